@@ -1,0 +1,80 @@
+-- Orders and their items, and the capacity they hold.
+-- Objects: public.orders, public.order_items, view-free capacity function
+--          public.tier_seats_taken(uuid, timestamptz).
+-- Risks:   capacity is counted from rows (pending holds that have not expired plus paid orders),
+--          never from a counter, so an expired hold frees its seats without any job running.
+--          Callers that sell seats must lock the tier row first (see the checkout claim).
+
+create table public.orders (
+  id uuid primary key default gen_random_uuid(),
+  event_id uuid not null references events.events (id),
+  user_id uuid references auth.users (id) on delete set null,
+  guest_email text check (guest_email is null or (length(guest_email) <= 254 and guest_email ~ '^[^@\s]+@[^@\s]+$')),
+  guest_name text check (guest_name is null or length(guest_name) <= 200),
+  status text not null default 'pending'
+    check (status in ('pending', 'paid', 'expired', 'cancelled')),
+  currency text not null check (currency ~ '^[a-z]{3}$'),
+  amount_total integer not null check (amount_total >= 0),
+  stripe_checkout_session_id text unique,
+  -- The hold ends with the Checkout Session: both get the same expiry.
+  hold_expires_at timestamptz not null,
+  paid_at timestamptz,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  -- A buyer is a signed-in user or a guest, never both. (Checkout always sets one; user_id can
+  -- only become null later, when the auth user is deleted.)
+  check (num_nonnulls(user_id, guest_email) <= 1),
+  check ((status = 'paid') = (paid_at is not null))
+);
+comment on table public.orders is 'A buyer''s order for one event; pending until Stripe says paid or the session ends.';
+comment on column public.orders.amount_total is 'Sum of the items in minor units, computed from ticket_tiers.';
+comment on column public.orders.hold_expires_at is 'When the pending seats are released: the Checkout Session''s expires_at.';
+create index orders_user_id_idx on public.orders (user_id) where user_id is not null;
+create index orders_event_id_idx on public.orders (event_id);
+
+create table public.order_items (
+  order_id uuid not null references public.orders (id) on delete cascade,
+  tier_id uuid not null references events.ticket_tiers (id),
+  quantity integer not null check (quantity between 1 and 100),
+  unit_amount integer not null check (unit_amount >= 0),
+  amount integer generated always as (quantity * unit_amount) stored,
+  primary key (order_id, tier_id)
+);
+comment on table public.order_items is 'Seats of one tier in an order, priced when the order was made.';
+create index order_items_tier_id_idx on public.order_items (tier_id);
+
+create trigger orders_set_updated_at before update on public.orders
+  for each row execute function public.set_updated_at();
+
+alter table public.orders enable row level security;
+alter table public.order_items enable row level security;
+
+grant select, insert, update, delete on public.orders, public.order_items to service_role;
+-- A signed-in buyer may read their own orders (and nothing else); guests go through the API.
+grant select on public.orders, public.order_items to authenticated;
+create policy "buyers read their own orders" on public.orders
+  for select to authenticated
+  using (user_id = (select auth.uid()));
+create policy "buyers read their own order items" on public.order_items
+  for select to authenticated
+  using (exists (
+    select 1 from public.orders o where o.id = order_id and o.user_id = (select auth.uid())
+  ));
+
+-- Seats of a tier currently taken: paid orders plus pending holds that have not expired.
+create or replace function public.tier_seats_taken(p_tier_id uuid, p_now timestamptz default now())
+returns bigint
+language sql
+stable
+set search_path = ''
+as $$
+  select coalesce(sum(i.quantity), 0)
+  from public.order_items i
+  join public.orders o on o.id = i.order_id
+  where i.tier_id = p_tier_id
+    and (o.status = 'paid' or (o.status = 'pending' and o.hold_expires_at > p_now));
+$$;
+comment on function public.tier_seats_taken(uuid, timestamptz) is
+  'Seats counted against a tier''s capacity: paid plus unexpired pending holds.';
+revoke execute on function public.tier_seats_taken(uuid, timestamptz) from public, anon, authenticated;
+grant execute on function public.tier_seats_taken(uuid, timestamptz) to service_role;

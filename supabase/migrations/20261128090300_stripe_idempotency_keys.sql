@@ -1,0 +1,421 @@
+-- Exactly-once Stripe calls: one row per logical Stripe operation, and the protocol around it.
+-- Objects: public.stripe_idempotency_keys; type public.stripe_idempotency_claim; functions
+--          claim_stripe_idempotency, check_stripe_idempotency, record_stripe_idempotency,
+--          release_stripe_idempotency, cleanup_expired_idempotency_keys.
+-- Protocol: claim (one statement: insert, or lock and classify the existing row) → call Stripe
+--          with the returned key → record (only the lease holder) or release (key kept when
+--          Stripe gave no answer, burnt when it did).
+-- Risks:   every function is service_role only. A key is never reused with other parameters:
+--          the fingerprint gate runs before any outcome that could hand out a key.
+-- Errors:  P0002 no such operation; 22023 bad argument; SI001 caller does not hold the lease
+--          (fenced); SI002 the operation is already completed with another result.
+
+create table public.stripe_idempotency_keys (
+  id bigint generated always as identity primary key,
+  operation_type text not null
+    constraint stripe_idempotency_keys_operation_type_format
+    check (length(operation_type) <= 64 and operation_type ~ '^[a-z][a-z0-9_]*(:[a-z][a-z0-9_]*)+$'),
+  operation_id text not null
+    constraint stripe_idempotency_keys_operation_id_format
+    check (operation_id ~ '^[A-Za-z0-9_.-]{1,150}$'),
+  stripe_idempotency_key text not null unique
+    constraint stripe_idempotency_keys_key_shape
+    check (
+      length(stripe_idempotency_key) <= 255
+      and right(stripe_idempotency_key, 36) ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+      and stripe_idempotency_key = operation_type || ':' || operation_id || ':' || right(stripe_idempotency_key, 36)
+    ),
+  request_fingerprint text not null
+    constraint stripe_idempotency_keys_fingerprint_format check (request_fingerprint ~ '^[0-9a-f]{64}$'),
+  status text not null default 'in_progress'
+    check (status in ('in_progress', 'completed', 'failed')),
+  lease_token uuid,
+  lease_expires_at timestamptz,
+  attempt integer not null default 1 check (attempt >= 1),
+  stripe_resource_id text check (length(stripe_resource_id) <= 255),
+  response_status integer check (response_status between 100 and 599),
+  response_body jsonb,
+  metadata jsonb not null default '{}'::jsonb check (jsonb_typeof(metadata) = 'object'),
+  last_error text,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  expires_at timestamptz not null default now() + interval '24 hours',
+  constraint stripe_idempotency_keys_operation_unique unique (operation_type, operation_id),
+  constraint stripe_idempotency_keys_in_progress_has_lease
+    check (status <> 'in_progress' or (lease_token is not null and lease_expires_at is not null)),
+  constraint stripe_idempotency_keys_completed_has_response
+    check (status <> 'completed' or (response_status is not null and response_body is not null))
+);
+comment on table public.stripe_idempotency_keys is
+  'One row per logical Stripe operation: the Stripe Idempotency-Key it uses, who holds the attempt in flight, and the response to replay.';
+comment on column public.stripe_idempotency_keys.operation_id is 'The stable id of the operation (for checkout: the client''s Idempotency-Key).';
+comment on column public.stripe_idempotency_keys.stripe_idempotency_key is 'Sent to Stripe as Idempotency-Key: operation_type:operation_id:uuid. A new uuid only after Stripe answered a failed attempt.';
+comment on column public.stripe_idempotency_keys.request_fingerprint is 'sha256 (hex) of the canonical request including who made it; another request under the same operation is rejected.';
+comment on column public.stripe_idempotency_keys.lease_token is 'Owner token of the attempt in flight; only its holder may record or release (fencing).';
+comment on column public.stripe_idempotency_keys.response_body is 'The body the endpoint returned, so that a replay returns exactly the same response.';
+comment on column public.stripe_idempotency_keys.expires_at is 'When cleanup may delete the row: at least 24 hours (Stripe''s key retention) after its last key was armed.';
+-- Cleanup walks rows by expiry.
+create index stripe_idempotency_keys_expires_at_idx on public.stripe_idempotency_keys (expires_at);
+
+alter table public.stripe_idempotency_keys enable row level security;
+-- Service only: RLS on, no policies, nothing granted to anon or authenticated.
+revoke all on public.stripe_idempotency_keys from anon, authenticated;
+grant select, insert, update, delete on public.stripe_idempotency_keys to service_role;
+
+create type public.stripe_idempotency_claim as (
+  -- created | replay | conflict | takeover | retry | mismatch
+  outcome text,
+  stripe_idempotency_key text,
+  lease_token uuid,
+  lease_expires_at timestamptz,
+  attempt integer,
+  stripe_resource_id text,
+  response_status integer,
+  response_body jsonb,
+  metadata jsonb
+);
+comment on type public.stripe_idempotency_claim is 'What claim_stripe_idempotency decided; fields that do not belong to the caller are null.';
+
+-- The atomic claim. One call either arms a new attempt for the caller or tells it what exists:
+--   created  — new row, in progress, leased to the caller, with the caller's key;
+--   replay   — completed: the stored response is returned;
+--   conflict — another attempt holds a live lease (lease_expires_at says until when);
+--   takeover — the previous attempt's lease expired: the caller gets a new lease and the SAME key,
+--              so Stripe answers a repeated create with the object it already made;
+--   retry    — the previous attempt failed after Stripe answered: the caller's new key replaces it;
+--   mismatch — the operation exists with another request fingerprint: nothing is revealed.
+-- No check-then-insert race: the insert arbitrates on the unique (operation_type, operation_id),
+-- and an existing row is classified under its row lock.
+create or replace function public.claim_stripe_idempotency(
+  p_operation_type text,
+  p_operation_id text,
+  p_stripe_idempotency_key text,
+  p_request_fingerprint text,
+  p_lease_token uuid,
+  p_lease_seconds integer default 60,
+  p_metadata jsonb default '{}'::jsonb,
+  p_now timestamptz default now()
+)
+returns public.stripe_idempotency_claim
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_row public.stripe_idempotency_keys;
+  v_result public.stripe_idempotency_claim;
+  v_lease_until timestamptz;
+begin
+  if p_lease_token is null then
+    raise exception using errcode = '22023', message = 'Cannot claim operation: lease token is required';
+  end if;
+  if p_lease_seconds is null or p_lease_seconds not between 1 and 3600 then
+    raise exception using errcode = '22023',
+      message = format('Cannot claim operation: lease of %s seconds is outside 1..3600', p_lease_seconds);
+  end if;
+  v_lease_until := p_now + make_interval(secs => p_lease_seconds);
+
+  loop
+    insert into public.stripe_idempotency_keys as k (
+      operation_type, operation_id, stripe_idempotency_key, request_fingerprint, status,
+      lease_token, lease_expires_at, metadata, created_at, updated_at, expires_at
+    ) values (
+      p_operation_type, p_operation_id, p_stripe_idempotency_key, p_request_fingerprint, 'in_progress',
+      p_lease_token, v_lease_until, coalesce(p_metadata, '{}'::jsonb), p_now, p_now,
+      p_now + interval '24 hours'
+    )
+    on conflict (operation_type, operation_id) do nothing
+    returning k.* into v_row;
+
+    if found then
+      v_result.outcome := 'created';
+      exit;
+    end if;
+
+    select k.* into v_row
+    from public.stripe_idempotency_keys k
+    where k.operation_type = p_operation_type and k.operation_id = p_operation_id
+    for update;
+
+    -- Deleted by cleanup between our insert and our select: insert again.
+    continue when not found;
+
+    if v_row.request_fingerprint is distinct from p_request_fingerprint then
+      v_result.outcome := 'mismatch';
+      return v_result;
+    end if;
+
+    if v_row.status = 'completed' then
+      v_result.outcome := 'replay';
+      v_result.stripe_idempotency_key := v_row.stripe_idempotency_key;
+      v_result.attempt := v_row.attempt;
+      v_result.stripe_resource_id := v_row.stripe_resource_id;
+      v_result.response_status := v_row.response_status;
+      v_result.response_body := v_row.response_body;
+      v_result.metadata := v_row.metadata;
+      return v_result;
+    end if;
+
+    if v_row.status = 'in_progress' and v_row.lease_expires_at > p_now then
+      v_result.outcome := 'conflict';
+      v_result.lease_expires_at := v_row.lease_expires_at;
+      v_result.attempt := v_row.attempt;
+      return v_result;
+    end if;
+
+    if v_row.status = 'in_progress' then
+      -- Expired lease: same key, new owner. The old owner is fenced off by the token change.
+      update public.stripe_idempotency_keys k
+      set lease_token = p_lease_token,
+          lease_expires_at = v_lease_until,
+          attempt = k.attempt + 1,
+          updated_at = p_now,
+          expires_at = greatest(k.expires_at, p_now + interval '24 hours')
+      where k.id = v_row.id
+      returning k.* into v_row;
+      v_result.outcome := 'takeover';
+    else
+      -- Failed after Stripe answered: Stripe replays that answer for the old key, so arm a new one.
+      update public.stripe_idempotency_keys k
+      set stripe_idempotency_key = p_stripe_idempotency_key,
+          status = 'in_progress',
+          lease_token = p_lease_token,
+          lease_expires_at = v_lease_until,
+          attempt = k.attempt + 1,
+          updated_at = p_now,
+          expires_at = greatest(k.expires_at, p_now + interval '24 hours')
+      where k.id = v_row.id
+      returning k.* into v_row;
+      v_result.outcome := 'retry';
+    end if;
+    exit;
+  end loop;
+
+  v_result.stripe_idempotency_key := v_row.stripe_idempotency_key;
+  v_result.lease_token := v_row.lease_token;
+  v_result.lease_expires_at := v_row.lease_expires_at;
+  v_result.attempt := v_row.attempt;
+  v_result.metadata := v_row.metadata;
+  return v_result;
+end;
+$$;
+comment on function public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz) is
+  'Atomic claim of a Stripe operation: created | replay | conflict | takeover | retry | mismatch, in one statement.';
+
+-- The completed record of an operation, if any.
+create or replace function public.check_stripe_idempotency(p_operation_type text, p_operation_id text)
+returns table (
+  stripe_idempotency_key text,
+  stripe_resource_id text,
+  response_status integer,
+  response_body jsonb,
+  metadata jsonb,
+  attempt integer,
+  created_at timestamptz,
+  updated_at timestamptz,
+  expires_at timestamptz
+)
+language sql
+stable
+set search_path = ''
+as $$
+  select k.stripe_idempotency_key, k.stripe_resource_id, k.response_status, k.response_body,
+         k.metadata, k.attempt, k.created_at, k.updated_at, k.expires_at
+  from public.stripe_idempotency_keys k
+  where k.operation_type = p_operation_type
+    and k.operation_id = p_operation_id
+    and k.status = 'completed';
+$$;
+comment on function public.check_stripe_idempotency(text, text) is
+  'The completed record of an operation (key, Stripe resource, stored response), or no row.';
+
+-- Completes the attempt. Fenced by the lease token, not by the clock: a holder whose lease
+-- expired may still complete as long as nobody took over (the token is unchanged). Repeating
+-- the same completion (a lost commit acknowledgement) returns the row again.
+create or replace function public.record_stripe_idempotency(
+  p_operation_type text,
+  p_operation_id text,
+  p_lease_token uuid,
+  p_stripe_resource_id text,
+  p_response_status integer,
+  p_response_body jsonb,
+  p_metadata jsonb default null,
+  p_now timestamptz default now()
+)
+returns public.stripe_idempotency_keys
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_row public.stripe_idempotency_keys;
+begin
+  if p_response_status is null or p_response_body is null then
+    raise exception using errcode = '22023',
+      message = 'Cannot record operation: response status and body are required';
+  end if;
+
+  select k.* into v_row
+  from public.stripe_idempotency_keys k
+  where k.operation_type = p_operation_type and k.operation_id = p_operation_id
+  for update;
+
+  if not found then
+    raise exception using errcode = 'P0002',
+      message = format('Cannot record operation %s/%s: it does not exist', p_operation_type, p_operation_id);
+  end if;
+
+  if v_row.status = 'completed' then
+    if v_row.lease_token = p_lease_token
+       and v_row.stripe_resource_id is not distinct from p_stripe_resource_id
+       and v_row.response_body = p_response_body then
+      return v_row;
+    end if;
+    raise exception using errcode = 'SI002',
+      message = format('Cannot record operation %s/%s: it is already completed with %s',
+                       p_operation_type, p_operation_id, coalesce(v_row.stripe_resource_id, 'another result'));
+  end if;
+
+  if v_row.status <> 'in_progress' or v_row.lease_token is distinct from p_lease_token then
+    raise exception using errcode = 'SI001',
+      message = format('Cannot record operation %s/%s: the caller does not hold its lease',
+                       p_operation_type, p_operation_id);
+  end if;
+
+  update public.stripe_idempotency_keys k
+  set status = 'completed',
+      stripe_resource_id = p_stripe_resource_id,
+      response_status = p_response_status,
+      response_body = p_response_body,
+      metadata = k.metadata || coalesce(p_metadata, '{}'::jsonb),
+      lease_expires_at = null,
+      last_error = null,
+      updated_at = p_now
+  where k.id = v_row.id
+  returning k.* into v_row;
+  return v_row;
+end;
+$$;
+comment on function public.record_stripe_idempotency(text, text, uuid, text, integer, jsonb, jsonb, timestamptz) is
+  'Completes an attempt with its Stripe resource and response; only the lease holder may; never overwrites a completed record.';
+
+-- Ends a failed attempt. p_key_consumed says whether Stripe gave an answer it caches under the
+-- key (any result of an executed request, a 500 included): then the key is burnt and the row is
+-- marked failed, so the next claim arms a new key. Without an answer (timeout, connection lost,
+-- or a 409/429 that Stripe does not cache) the key is kept and the lease ends now, so the next
+-- claim takes over and reaches Stripe with the SAME key. Returns the row's new status.
+create or replace function public.release_stripe_idempotency(
+  p_operation_type text,
+  p_operation_id text,
+  p_lease_token uuid,
+  p_key_consumed boolean,
+  p_error text default null,
+  p_now timestamptz default now()
+)
+returns text
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_row public.stripe_idempotency_keys;
+begin
+  if p_key_consumed is null then
+    raise exception using errcode = '22023',
+      message = 'Cannot release operation: say whether Stripe answered (p_key_consumed)';
+  end if;
+
+  select k.* into v_row
+  from public.stripe_idempotency_keys k
+  where k.operation_type = p_operation_type and k.operation_id = p_operation_id
+  for update;
+
+  if not found then
+    raise exception using errcode = 'P0002',
+      message = format('Cannot release operation %s/%s: it does not exist', p_operation_type, p_operation_id);
+  end if;
+  if v_row.status = 'completed' then
+    raise exception using errcode = 'SI002',
+      message = format('Cannot release operation %s/%s: it is already completed', p_operation_type, p_operation_id);
+  end if;
+  if v_row.status <> 'in_progress' or v_row.lease_token is distinct from p_lease_token then
+    raise exception using errcode = 'SI001',
+      message = format('Cannot release operation %s/%s: the caller does not hold its lease',
+                       p_operation_type, p_operation_id);
+  end if;
+
+  update public.stripe_idempotency_keys k
+  set status = case when p_key_consumed then 'failed' else 'in_progress' end,
+      lease_token = case when p_key_consumed then null else k.lease_token end,
+      lease_expires_at = case when p_key_consumed then null else p_now end,
+      last_error = left(p_error, 1000),
+      updated_at = p_now
+  where k.id = v_row.id
+  returning k.* into v_row;
+  return v_row.status;
+end;
+$$;
+comment on function public.release_stripe_idempotency(text, text, uuid, boolean, text, timestamptz) is
+  'Ends a failed attempt: key burnt (failed, next claim gets a new key) when Stripe answered, kept (lease ended) when not.';
+
+-- Deletes expired rows in batches of p_batch_size until none is left; never a row whose lease is
+-- live. SKIP LOCKED keeps it out of the way of claims that hold a row right now (those rows wait
+-- for the next run). Returns how many rows it deleted.
+create or replace function public.cleanup_expired_idempotency_keys(
+  p_batch_size integer default 10000,
+  p_now timestamptz default now()
+)
+returns bigint
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_deleted bigint := 0;
+  v_batch bigint;
+begin
+  if p_batch_size is null or p_batch_size < 1 then
+    raise exception using errcode = '22023',
+      message = format('Cannot clean up idempotency keys: batch size %s is not positive', p_batch_size);
+  end if;
+
+  loop
+    with doomed as (
+      select k.id
+      from public.stripe_idempotency_keys k
+      where k.expires_at <= p_now
+        and not (k.status = 'in_progress' and k.lease_expires_at > p_now)
+      order by k.expires_at
+      limit p_batch_size
+      for update skip locked
+    )
+    delete from public.stripe_idempotency_keys k
+    using doomed
+    where k.id = doomed.id;
+
+    get diagnostics v_batch = row_count;
+    v_deleted := v_deleted + v_batch;
+    exit when v_batch < p_batch_size;
+  end loop;
+
+  return v_deleted;
+end;
+$$;
+comment on function public.cleanup_expired_idempotency_keys(integer, timestamptz) is
+  'Deletes expired idempotency rows in batches (never a live lease) and returns how many; run by pg_cron.';
+
+revoke execute on function
+  public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz),
+  public.check_stripe_idempotency(text, text),
+  public.record_stripe_idempotency(text, text, uuid, text, integer, jsonb, jsonb, timestamptz),
+  public.release_stripe_idempotency(text, text, uuid, boolean, text, timestamptz),
+  public.cleanup_expired_idempotency_keys(integer, timestamptz)
+from public, anon, authenticated;
+
+grant execute on function
+  public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz),
+  public.check_stripe_idempotency(text, text),
+  public.record_stripe_idempotency(text, text, uuid, text, integer, jsonb, jsonb, timestamptz),
+  public.release_stripe_idempotency(text, text, uuid, boolean, text, timestamptz),
+  public.cleanup_expired_idempotency_keys(integer, timestamptz)
+to service_role;

@@ -1,0 +1,21 @@
+-- Scheduled maintenance with pg_cron.
+-- Objects: extension pg_cron; jobs 'cleanup-expired-idempotency-keys' (every 15 minutes) and
+--          'purge-cron-job-run-details' (daily).
+-- Risks:   jobs are scheduled by name, and cron.schedule with an existing name replaces that
+--          job, so re-applying this migration (db reset, a fresh project) never duplicates them.
+--          On hosted Supabase, pg_cron must be allowed for the project (it is by default).
+
+create extension if not exists pg_cron;
+
+select cron.schedule(
+  'cleanup-expired-idempotency-keys',
+  '*/15 * * * *',
+  $$select public.cleanup_expired_idempotency_keys()$$
+);
+
+-- pg_cron logs every run; without a purge that log grows forever.
+select cron.schedule(
+  'purge-cron-job-run-details',
+  '17 3 * * *',
+  $$delete from cron.job_run_details where end_time < now() - interval '7 days'$$
+);
