@@ -67,7 +67,9 @@ alter table events.events enable row level security;
 alter table events.ticket_tiers enable row level security;
 
 -- The catalogue is public: anyone may read published events and their tiers. Writes are
--- the platform's (service_role) only.
+-- the platform's (service_role) only. Revoke first: older projects grant every new table to
+-- anon and authenticated by default, and nothing here may rely on that default either way.
+revoke all on events.events, events.ticket_tiers from anon, authenticated;
 grant select on events.events, events.ticket_tiers to anon, authenticated;
 grant select, insert, update, delete on events.events, events.ticket_tiers to service_role;
 

@@ -49,6 +49,8 @@ create trigger orders_set_updated_at before update on public.orders
 alter table public.orders enable row level security;
 alter table public.order_items enable row level security;
 
+-- Revoke first: older projects grant every new table to anon and authenticated by default.
+revoke all on public.orders, public.order_items from anon, authenticated;
 grant select, insert, update, delete on public.orders, public.order_items to service_role;
 -- A signed-in buyer may read their own orders (and nothing else); guests go through the API.
 grant select on public.orders, public.order_items to authenticated;

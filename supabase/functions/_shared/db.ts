@@ -1,0 +1,157 @@
+/**
+ * Postgres access for the idempotency protocol: one statement per protocol step, each a call of
+ * a SQL function that owns the atomicity (see supabase/migrations/*_stripe_idempotency_keys.sql).
+ * Functions take a postgres.js `Sql` so tests pass a client to the real database.
+ */
+import postgres from "postgres";
+
+/** A postgres.js client (a pool) or a reserved connection. */
+export type Sql = postgres.Sql;
+
+/** Options for {@link createSql}. */
+export interface SqlOptions {
+  /** Pool size of this process. */
+  max?: number;
+  /** false through Supabase's transaction pooler (port 6543), which cannot keep prepared statements. */
+  prepare?: boolean;
+}
+
+/** Opens a pool to `url`; only an `index.ts` or a test harness calls it. */
+export function createSql(url: string, options: SqlOptions = {}): Sql {
+  return postgres(url, {
+    max: options.max ?? 5,
+    prepare: options.prepare ?? true,
+    idle_timeout: 20,
+    connect_timeout: 10,
+    // Notices (e.g. "already exists") are not errors; keep them out of the function logs.
+    onnotice: () => {},
+  });
+}
+
+/** What a claim decided; see claim_stripe_idempotency. */
+export type ClaimOutcome = "created" | "replay" | "conflict" | "takeover" | "retry" | "mismatch";
+
+/** Input of {@link claimOperation}. */
+export interface ClaimInput {
+  operationType: string;
+  operationId: string;
+  /** A freshly made key; used only when the claim arms a new key (created, retry). */
+  stripeIdempotencyKey: string;
+  requestFingerprint: string;
+  leaseToken: string;
+  leaseSeconds: number;
+  metadata?: Record<string, unknown>;
+  /** Moves the database's clock, for tests. */
+  now?: Date;
+}
+
+/** The row returned by claim_stripe_idempotency; fields that are not the caller's are null. */
+export interface ClaimResult {
+  outcome: ClaimOutcome;
+  stripeIdempotencyKey: string | null;
+  leaseToken: string | null;
+  leaseExpiresAt: Date | null;
+  attempt: number | null;
+  stripeResourceId: string | null;
+  responseStatus: number | null;
+  responseBody: unknown;
+  metadata: Record<string, unknown> | null;
+}
+
+interface ClaimRow {
+  outcome: ClaimOutcome;
+  stripe_idempotency_key: string | null;
+  lease_token: string | null;
+  lease_expires_at: Date | null;
+  attempt: number | null;
+  stripe_resource_id: string | null;
+  response_status: number | null;
+  response_body: unknown;
+  metadata: Record<string, unknown> | null;
+}
+
+/** Claims an operation in one statement: arms an attempt for the caller or says what exists. */
+export async function claimOperation(sql: Sql, input: ClaimInput): Promise<ClaimResult> {
+  const [row] = await sql<ClaimRow[]>`
+    select * from public.claim_stripe_idempotency(
+      ${input.operationType}, ${input.operationId}, ${input.stripeIdempotencyKey},
+      ${input.requestFingerprint}, ${input.leaseToken}::uuid, ${input.leaseSeconds}::int,
+      ${sql.json(toJson(input.metadata ?? {}))}::jsonb,
+      coalesce(${input.now ?? null}::timestamptz, now()))`;
+  if (!row) throw new Error("Cannot claim operation: the database returned no row");
+  return {
+    outcome: row.outcome,
+    stripeIdempotencyKey: row.stripe_idempotency_key,
+    leaseToken: row.lease_token,
+    leaseExpiresAt: row.lease_expires_at,
+    attempt: row.attempt,
+    stripeResourceId: row.stripe_resource_id,
+    responseStatus: row.response_status,
+    responseBody: row.response_body,
+    metadata: row.metadata,
+  };
+}
+
+/** Input of {@link recordOperation}. */
+export interface RecordInput {
+  operationType: string;
+  operationId: string;
+  leaseToken: string;
+  stripeResourceId: string | null;
+  responseStatus: number;
+  responseBody: unknown;
+  metadata?: Record<string, unknown>;
+  now?: Date;
+}
+
+/** Completes the caller's attempt; raises SI001 when it lost the lease, SI002 when already completed. */
+export async function recordOperation(sql: Sql, input: RecordInput): Promise<void> {
+  await sql`
+    select 1 from public.record_stripe_idempotency(
+      ${input.operationType}, ${input.operationId}, ${input.leaseToken}::uuid,
+      ${input.stripeResourceId}, ${input.responseStatus}::int,
+      ${sql.json(toJson(input.responseBody))}::jsonb,
+      ${input.metadata ? sql.json(toJson(input.metadata)) : null}::jsonb,
+      coalesce(${input.now ?? null}::timestamptz, now()))`;
+}
+
+/** Input of {@link releaseOperation}. */
+export interface ReleaseInput {
+  operationType: string;
+  operationId: string;
+  leaseToken: string;
+  /** Stripe answered under the key (the key is burnt); false after a timeout or a dropped connection. */
+  keyConsumed: boolean;
+  error?: string;
+  now?: Date;
+}
+
+/** Ends the caller's failed attempt; returns the row's new status. */
+export async function releaseOperation(sql: Sql, input: ReleaseInput): Promise<string> {
+  const [row] = await sql<{ status: string }[]>`
+    select public.release_stripe_idempotency(
+      ${input.operationType}, ${input.operationId}, ${input.leaseToken}::uuid,
+      ${input.keyConsumed}, ${input.error ?? null},
+      coalesce(${input.now ?? null}::timestamptz, now())) as status`;
+  if (!row) throw new Error("Cannot release operation: the database returned no row");
+  return row.status;
+}
+
+/** SQLSTATEs raised by the protocol functions. */
+export const SQLSTATE = {
+  leaseNotHeld: "SI001",
+  alreadyCompleted: "SI002",
+  noSuchOperation: "P0002",
+} as const;
+
+/** The SQLSTATE of a database error, if `error` is one. */
+export function sqlState(error: unknown): string | undefined {
+  if (error instanceof postgres.PostgresError) return error.code;
+  return undefined;
+}
+
+// postgres.js types sql.json's argument as its own JSON type; a JSON round trip gives exactly
+// what jsonb will store (undefined fields dropped) and satisfies that type.
+function toJson(value: unknown): postgres.JSONValue {
+  return JSON.parse(JSON.stringify(value ?? null));
+}
