@@ -35,6 +35,8 @@ create index orders_event_id_idx on public.orders (event_id);
 create table public.order_items (
   order_id uuid not null references public.orders (id) on delete cascade,
   tier_id uuid not null references events.ticket_tiers (id),
+  -- What the buyer was shown at Stripe; a retried Stripe call must send the same name again.
+  product_name text not null check (length(product_name) between 1 and 500),
   quantity integer not null check (quantity between 1 and 100),
   unit_amount integer not null check (unit_amount >= 0),
   amount integer generated always as (quantity * unit_amount) stored,

@@ -1,0 +1,326 @@
+-- Checkout on top of the idempotency protocol: the claim also creates the order and its
+-- capacity hold in the same transaction; the record also stores the session on the order.
+-- Objects: type public.checkout_claim; functions claim_checkout, record_checkout,
+--          release_checkout, and the internal create_checkout_order.
+-- Risks:   prices and names come only from events.ticket_tiers. Tier rows are locked in id
+--          order before capacity is counted, so concurrent checkouts cannot oversell and cannot
+--          deadlock each other. Any rejection raises, so a rejected checkout writes nothing.
+-- Errors:  CK001 event not found or not on sale; CK002 tier not in the event; CK003 sold out;
+--          CK004 quantity above the tier's max_per_order; CK005 outside the tier's sales window;
+--          22023 bad argument.
+
+create type public.checkout_claim as (
+  -- created | takeover | retry | renew: call Stripe with stripe_idempotency_key, then record.
+  -- replay: answer response_status/response_body. conflict | mismatch | paid: refuse.
+  outcome text,
+  stripe_idempotency_key text,
+  lease_token uuid,
+  lease_expires_at timestamptz,
+  attempt integer,
+  response_status integer,
+  response_body jsonb,
+  order_id uuid,
+  event_id uuid,
+  currency text,
+  amount_total integer,
+  hold_expires_at timestamptz,
+  -- [{tier_id, product_name, unit_amount, quantity}] ordered by tier_id: the Stripe line items.
+  lines jsonb
+);
+comment on type public.checkout_claim is 'What claim_checkout decided, with the order that the Stripe call must describe.';
+
+-- Creates a pending order holding seats, after checking the event, tiers, limits and capacity.
+create or replace function public.create_checkout_order(
+  p_order_id uuid,
+  p_event_id uuid,
+  p_items jsonb,
+  p_user_id uuid,
+  p_guest_email text,
+  p_guest_name text,
+  p_hold_expires_at timestamptz,
+  p_now timestamptz
+)
+returns public.orders
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_event events.events;
+  v_tier events.ticket_tiers;
+  v_item record;
+  v_order public.orders;
+  v_requested int;
+  v_found int := 0;
+begin
+  if num_nonnulls(p_user_id, p_guest_email) <> 1 then
+    raise exception using errcode = '22023',
+      message = 'Cannot create checkout: the buyer is either a user or a guest email';
+  end if;
+  if jsonb_typeof(p_items) is distinct from 'array' or jsonb_array_length(p_items) not between 1 and 20 then
+    raise exception using errcode = '22023', message = 'Cannot create checkout: 1 to 20 items are required';
+  end if;
+
+  select e.* into v_event from events.events e where e.id = p_event_id;
+  if not found or v_event.status <> 'published' then
+    raise exception using errcode = 'CK001',
+      message = 'Cannot create checkout: event not found or not on sale', detail = p_event_id::text;
+  end if;
+
+  select count(distinct x ->> 'tierId') into v_requested from jsonb_array_elements(p_items) x;
+  if v_requested <> jsonb_array_length(p_items) then
+    raise exception using errcode = '22023', message = 'Cannot create checkout: a tier is repeated';
+  end if;
+
+  insert into public.orders as o (id, event_id, user_id, guest_email, guest_name, status, currency,
+                                  amount_total, hold_expires_at, created_at, updated_at)
+  values (p_order_id, p_event_id, p_user_id, p_guest_email, p_guest_name, 'pending', v_event.currency,
+          0, p_hold_expires_at, p_now, p_now)
+  returning o.* into v_order;
+
+  -- Lock the tiers in id order: concurrent checkouts of overlapping tiers queue, never deadlock.
+  for v_item in
+    select t.id as tier_id, (x ->> 'quantity')::int as quantity
+    from jsonb_array_elements(p_items) x
+    join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = p_event_id
+    order by t.id
+  loop
+    select t.* into v_tier from events.ticket_tiers t where t.id = v_item.tier_id for update;
+    v_found := v_found + 1;
+    if v_item.quantity is null or v_item.quantity < 1 or v_item.quantity > v_tier.max_per_order then
+      raise exception using errcode = 'CK004',
+        message = format('Cannot create checkout: at most %s tickets of tier %s per order', v_tier.max_per_order, v_tier.name),
+        detail = v_tier.id::text;
+    end if;
+    if (v_tier.sales_start_at is not null and p_now < v_tier.sales_start_at)
+       or (v_tier.sales_end_at is not null and p_now >= v_tier.sales_end_at) then
+      raise exception using errcode = 'CK005',
+        message = format('Cannot create checkout: tier %s is not on sale now', v_tier.name), detail = v_tier.id::text;
+    end if;
+    if v_tier.capacity is not null
+       and public.tier_seats_taken(v_tier.id, p_now) + v_item.quantity > v_tier.capacity then
+      raise exception using errcode = 'CK003',
+        message = format('Cannot create checkout: tier %s is sold out', v_tier.name), detail = v_tier.id::text;
+    end if;
+    insert into public.order_items (order_id, tier_id, product_name, quantity, unit_amount)
+    values (v_order.id, v_tier.id, v_event.title || ' — ' || v_tier.name, v_item.quantity, v_tier.unit_amount);
+  end loop;
+
+  if v_found <> v_requested then
+    raise exception using errcode = 'CK002', message = 'Cannot create checkout: a tier does not belong to this event';
+  end if;
+
+  update public.orders o
+  set amount_total = (select sum(i.amount) from public.order_items i where i.order_id = o.id)
+  where o.id = v_order.id
+  returning o.* into v_order;
+  return v_order;
+end;
+$$;
+comment on function public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, timestamptz, timestamptz) is
+  'Internal to claim_checkout: a pending order priced from the tiers, holding seats, or an error.';
+
+-- Fills the order part of a checkout_claim.
+create or replace function public.checkout_claim_order(p_claim public.checkout_claim, p_order_id uuid)
+returns public.checkout_claim
+language sql
+stable
+set search_path = ''
+as $$
+  select (p_claim.outcome, p_claim.stripe_idempotency_key, p_claim.lease_token, p_claim.lease_expires_at,
+          p_claim.attempt, p_claim.response_status, p_claim.response_body, o.id, o.event_id, o.currency,
+          o.amount_total, o.hold_expires_at,
+          (select jsonb_agg(jsonb_build_object('tier_id', i.tier_id, 'product_name', i.product_name,
+                                               'unit_amount', i.unit_amount, 'quantity', i.quantity)
+                            order by i.tier_id)
+           from public.order_items i where i.order_id = o.id))::public.checkout_claim
+  from public.orders o
+  where o.id = p_order_id;
+$$;
+
+-- The checkout claim: claim_stripe_idempotency plus the order, in one statement.
+--   created  → new operation and a new order holding seats;
+--   takeover → the previous attempt died: same key, same order, same Stripe parameters;
+--   retry    → the previous attempt failed after Stripe answered: new key, new order;
+--   renew    → the completed session has expired (or its order was cancelled): new key, new order,
+--              capacity checked again, so a replay never hands out a dead link;
+--   replay | conflict | mismatch | paid.
+create or replace function public.claim_checkout(
+  p_operation_id text,
+  p_stripe_idempotency_key text,
+  p_request_fingerprint text,
+  p_lease_token uuid,
+  p_event_id uuid,
+  p_items jsonb,
+  p_user_id uuid default null,
+  p_guest_email text default null,
+  p_guest_name text default null,
+  p_hold_seconds integer default 1920,
+  p_lease_seconds integer default 60,
+  p_now timestamptz default now()
+)
+returns public.checkout_claim
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_claim public.stripe_idempotency_claim;
+  v_result public.checkout_claim;
+  v_order public.orders;
+  v_order_id uuid := gen_random_uuid();
+  v_old_order_id uuid;
+begin
+  if p_hold_seconds is null or p_hold_seconds not between 60 and 86400 then
+    raise exception using errcode = '22023',
+      message = format('Cannot claim checkout: hold of %s seconds is outside 60..86400', p_hold_seconds);
+  end if;
+
+  v_claim := public.claim_stripe_idempotency('checkout:create', p_operation_id, p_stripe_idempotency_key,
+    p_request_fingerprint, p_lease_token, p_lease_seconds,
+    jsonb_build_object('event_id', p_event_id, 'order_id', v_order_id), p_now);
+
+  v_result.outcome := v_claim.outcome;
+  v_result.stripe_idempotency_key := v_claim.stripe_idempotency_key;
+  v_result.lease_token := v_claim.lease_token;
+  v_result.lease_expires_at := v_claim.lease_expires_at;
+  v_result.attempt := v_claim.attempt;
+
+  if v_claim.outcome in ('conflict', 'mismatch') then
+    return v_result;
+  end if;
+
+  v_old_order_id := (v_claim.metadata ->> 'order_id')::uuid;
+
+  if v_claim.outcome = 'created' then
+    perform public.create_checkout_order(v_order_id, p_event_id, p_items, p_user_id, p_guest_email,
+      p_guest_name, p_now + make_interval(secs => p_hold_seconds), p_now);
+    return public.checkout_claim_order(v_result, v_order_id);
+  end if;
+
+  if v_claim.outcome = 'takeover' then
+    return public.checkout_claim_order(v_result, v_old_order_id);
+  end if;
+
+  if v_claim.outcome = 'replay' then
+    select o.* into v_order from public.orders o where o.id = v_old_order_id for update;
+    if v_order.status = 'paid' then
+      v_result.outcome := 'paid';
+      return public.checkout_claim_order(v_result, v_order.id);
+    end if;
+    if v_order.status = 'pending' and v_order.hold_expires_at > p_now then
+      v_result.response_status := v_claim.response_status;
+      v_result.response_body := v_claim.response_body;
+      return public.checkout_claim_order(v_result, v_order.id);
+    end if;
+    -- The session is dead: re-arm the operation with the caller's new key for a fresh session.
+    update public.orders o set status = 'expired' where o.id = v_order.id and o.status = 'pending';
+    update public.stripe_idempotency_keys k
+    set stripe_idempotency_key = p_stripe_idempotency_key,
+        status = 'in_progress',
+        lease_token = p_lease_token,
+        lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
+        attempt = k.attempt + 1,
+        stripe_resource_id = null,
+        response_status = null,
+        response_body = null,
+        updated_at = p_now,
+        expires_at = greatest(k.expires_at, p_now + interval '24 hours')
+    where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id
+    returning k.stripe_idempotency_key, k.lease_token, k.lease_expires_at, k.attempt
+    into v_result.stripe_idempotency_key, v_result.lease_token, v_result.lease_expires_at, v_result.attempt;
+    v_result.outcome := 'renew';
+  end if;
+
+  -- retry and renew: a new order for the new key (the old order stays as history).
+  perform public.create_checkout_order(v_order_id, p_event_id, p_items, p_user_id, p_guest_email,
+    p_guest_name, p_now + make_interval(secs => p_hold_seconds), p_now);
+  update public.stripe_idempotency_keys k
+  set metadata = k.metadata || jsonb_build_object('order_id', v_order_id, 'previous_order_id', v_old_order_id)
+  where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id;
+  return public.checkout_claim_order(v_result, v_order_id);
+end;
+$$;
+comment on function public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, integer, integer, timestamptz) is
+  'Atomic checkout claim: idempotency claim plus order and capacity hold in one statement.';
+
+-- Completes a checkout attempt: the stored response and the session on the order, one statement.
+create or replace function public.record_checkout(
+  p_operation_id text,
+  p_lease_token uuid,
+  p_session_id text,
+  p_response_body jsonb,
+  p_now timestamptz default now()
+)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_row public.stripe_idempotency_keys;
+begin
+  v_row := public.record_stripe_idempotency('checkout:create', p_operation_id, p_lease_token, p_session_id,
+    201, p_response_body, jsonb_build_object('session_id', p_session_id), p_now);
+  update public.orders o
+  set stripe_checkout_session_id = p_session_id
+  where o.id = (v_row.metadata ->> 'order_id')::uuid
+    and (o.stripe_checkout_session_id is null or o.stripe_checkout_session_id = p_session_id);
+  if not found then
+    raise exception using errcode = 'SI002',
+      message = format('Cannot record checkout %s: its order already has another session', p_operation_id);
+  end if;
+end;
+$$;
+comment on function public.record_checkout(text, uuid, text, jsonb, timestamptz) is
+  'Completes a checkout attempt (lease holder only) and links the Checkout Session to its order.';
+
+-- Ends a failed checkout attempt. When Stripe answered (key burnt), the order is cancelled so its
+-- seats are free at once; when it did not, the order keeps its hold, since the session may exist.
+create or replace function public.release_checkout(
+  p_operation_id text,
+  p_lease_token uuid,
+  p_key_consumed boolean,
+  p_error text default null,
+  p_now timestamptz default now()
+)
+returns text
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_status text;
+begin
+  v_status := public.release_stripe_idempotency('checkout:create', p_operation_id, p_lease_token,
+    p_key_consumed, p_error, p_now);
+  if v_status = 'failed' then
+    update public.orders o
+    set status = 'cancelled'
+    from public.stripe_idempotency_keys k
+    where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id
+      and o.id = (k.metadata ->> 'order_id')::uuid
+      and o.status = 'pending';
+  end if;
+  return v_status;
+end;
+$$;
+comment on function public.release_checkout(text, uuid, boolean, text, timestamptz) is
+  'Ends a failed checkout attempt; cancels the order (freeing seats) only when Stripe answered.';
+
+revoke execute on function
+  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, timestamptz, timestamptz),
+  public.checkout_claim_order(public.checkout_claim, uuid),
+  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, integer, integer, timestamptz),
+  public.record_checkout(text, uuid, text, jsonb, timestamptz),
+  public.release_checkout(text, uuid, boolean, text, timestamptz)
+from public, anon, authenticated;
+
+-- The internal helpers are granted too: claim_checkout runs as its caller (security invoker).
+grant execute on function
+  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, timestamptz, timestamptz),
+  public.checkout_claim_order(public.checkout_claim, uuid),
+  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, integer, integer, timestamptz),
+  public.record_checkout(text, uuid, text, jsonb, timestamptz),
+  public.release_checkout(text, uuid, boolean, text, timestamptz)
+to service_role;
