@@ -150,6 +150,126 @@ export function sqlState(error: unknown): string | undefined {
   return undefined;
 }
 
+/** One line of a checkout as Stripe must show it: name and price snapshotted from the tier. */
+export interface CheckoutLine {
+  tier_id: string;
+  product_name: string;
+  unit_amount: number;
+  quantity: number;
+}
+
+/** Input of {@link claimCheckout}. */
+export interface CheckoutClaimInput {
+  operationId: string;
+  stripeIdempotencyKey: string;
+  requestFingerprint: string;
+  leaseToken: string;
+  eventId: string;
+  items: { tierId: string; quantity: number }[];
+  userId: string | null;
+  guestEmail: string | null;
+  guestName: string | null;
+  holdSeconds: number;
+  leaseSeconds: number;
+  now?: Date;
+}
+
+/** What claim_checkout decided, with the order the Stripe call must describe. */
+export interface CheckoutClaim {
+  outcome: ClaimOutcome | "renew" | "paid";
+  stripeIdempotencyKey: string | null;
+  leaseToken: string | null;
+  leaseExpiresAt: Date | null;
+  attempt: number | null;
+  responseStatus: number | null;
+  responseBody: unknown;
+  orderId: string | null;
+  eventId: string | null;
+  currency: string | null;
+  amountTotal: number | null;
+  holdExpiresAt: Date | null;
+  lines: CheckoutLine[];
+}
+
+interface CheckoutClaimRow {
+  outcome: CheckoutClaim["outcome"];
+  stripe_idempotency_key: string | null;
+  lease_token: string | null;
+  lease_expires_at: Date | null;
+  attempt: number | null;
+  response_status: number | null;
+  response_body: unknown;
+  order_id: string | null;
+  event_id: string | null;
+  currency: string | null;
+  amount_total: number | null;
+  hold_expires_at: Date | null;
+  lines: CheckoutLine[] | null;
+}
+
+/** The checkout claim: idempotency claim, order and seat hold, in one statement. */
+export async function claimCheckout(sql: Sql, input: CheckoutClaimInput): Promise<CheckoutClaim> {
+  const [row] = await sql<CheckoutClaimRow[]>`
+    select * from public.claim_checkout(
+      ${input.operationId}, ${input.stripeIdempotencyKey}, ${input.requestFingerprint},
+      ${input.leaseToken}::uuid, ${input.eventId}::uuid, ${sql.json(toJson(input.items))}::jsonb,
+      ${input.userId}::uuid, ${input.guestEmail}, ${input.guestName},
+      ${input.holdSeconds}::int, ${input.leaseSeconds}::int,
+      coalesce(${input.now ?? null}::timestamptz, now()))`;
+  if (!row) throw new Error("Cannot claim checkout: the database returned no row");
+  return {
+    outcome: row.outcome,
+    stripeIdempotencyKey: row.stripe_idempotency_key,
+    leaseToken: row.lease_token,
+    leaseExpiresAt: row.lease_expires_at,
+    attempt: row.attempt,
+    responseStatus: row.response_status,
+    responseBody: row.response_body,
+    orderId: row.order_id,
+    eventId: row.event_id,
+    currency: row.currency,
+    amountTotal: row.amount_total,
+    holdExpiresAt: row.hold_expires_at,
+    lines: row.lines ?? [],
+  };
+}
+
+/** Completes a checkout attempt and links the session to its order, in one statement. */
+export async function recordCheckout(
+  sql: Sql,
+  input: {
+    operationId: string;
+    leaseToken: string;
+    sessionId: string;
+    responseBody: unknown;
+    now?: Date;
+  },
+): Promise<void> {
+  await sql`
+    select public.record_checkout(${input.operationId}, ${input.leaseToken}::uuid, ${input.sessionId},
+      ${sql.json(toJson(input.responseBody))}::jsonb, coalesce(${
+    input.now ?? null
+  }::timestamptz, now()))`;
+}
+
+/** Ends a failed checkout attempt (see release_checkout); returns the new status. */
+export async function releaseCheckout(
+  sql: Sql,
+  input: {
+    operationId: string;
+    leaseToken: string;
+    keyConsumed: boolean;
+    error?: string;
+    now?: Date;
+  },
+): Promise<string> {
+  const [row] = await sql<{ status: string }[]>`
+    select public.release_checkout(${input.operationId}, ${input.leaseToken}::uuid, ${input.keyConsumed},
+      ${input.error ?? null}, coalesce(${input.now ?? null}::timestamptz, now())) as status`;
+  if (!row) throw new Error("Cannot release checkout: the database returned no row");
+  return row.status;
+}
+
 // postgres.js types sql.json's argument as its own JSON type; a JSON round trip gives exactly
 // what jsonb will store (undefined fields dropped) and satisfies that type.
 function toJson(value: unknown): postgres.JSONValue {

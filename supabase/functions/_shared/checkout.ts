@@ -1,0 +1,354 @@
+/**
+ * The checkout handler both endpoints share: validate → claim (order and hold included) →
+ * Stripe checkout.sessions.create with the claim's key → record → respond. A pure function of
+ * (Request, deps): index.ts builds the deps, tests build them against a real database.
+ */
+import type Stripe from "stripe";
+import type { TokenVerifier } from "./auth.ts";
+import { fingerprint, makeStripeIdempotencyKey, OPERATION } from "./checkout-utils.ts";
+import {
+  type CheckoutClaim,
+  type CheckoutClaimInput,
+  claimCheckout,
+  recordCheckout,
+  releaseCheckout,
+  type Sql,
+  sqlState,
+} from "./db.ts";
+import {
+  canonicalJsonResponse,
+  corsHeaders,
+  errorResponse,
+  HttpError,
+  readJsonBody,
+} from "./http.ts";
+import { inUse, runAttempt, type Timings } from "./idempotency.ts";
+import {
+  type GuestCheckoutBody,
+  guestCheckoutBody,
+  parseBody,
+  requireIdempotencyKey,
+  type UserCheckoutBody,
+  userCheckoutBody,
+} from "./schemas.ts";
+
+/** The database steps of a checkout; a test may wrap them to inject faults. */
+export interface CheckoutStore {
+  claim(input: CheckoutClaimInput): Promise<CheckoutClaim>;
+  record(
+    input: { operationId: string; leaseToken: string; sessionId: string; responseBody: unknown },
+  ): Promise<void>;
+  release(
+    input: { operationId: string; leaseToken: string; keyConsumed: boolean; error?: string },
+  ): Promise<string>;
+}
+
+/** The store over a real database. */
+export function sqlCheckoutStore(sql: Sql): CheckoutStore {
+  return {
+    claim: (input) => claimCheckout(sql, input),
+    record: (input) => recordCheckout(sql, input),
+    release: (input) => releaseCheckout(sql, input),
+  };
+}
+
+/** One structured log line per request. */
+export type RequestLog = (line: Record<string, unknown>) => void;
+
+/** What the checkout handler needs. */
+export interface CheckoutDeps {
+  /** "enhanced-checkout" (signed-in buyer) or "guest-checkout". */
+  endpoint: "enhanced-checkout" | "guest-checkout";
+  store: CheckoutStore;
+  stripe: Stripe;
+  siteUrl: URL;
+  allowedOrigins: ReadonlySet<string>;
+  sessionTtlMinutes: number;
+  /** Required for enhanced-checkout. */
+  verifyToken?: TokenVerifier;
+  /** How long an attempt may hold the operation before another request may take over. */
+  leaseSeconds?: number;
+  log?: RequestLog;
+}
+
+/** The 201 body, stored and replayed byte for byte. */
+export interface CheckoutResponse {
+  orderId: string;
+  sessionId: string;
+  url: string | null;
+  expiresAt: string;
+}
+
+/** Margin on top of the session TTL, so Stripe's 30-minute minimum holds despite latency. */
+const HOLD_GRACE_SECONDS = 120;
+const DEFAULT_LEASE_SECONDS = 30;
+
+/** Maps the checkout SQL functions' SQLSTATEs to HTTP errors. */
+const SQL_ERRORS: Record<string, [number, string]> = {
+  CK001: [404, "event_not_found"],
+  CK002: [404, "tier_not_found"],
+  CK003: [409, "sold_out"],
+  CK004: [400, "quantity_exceeds_limit"],
+  CK005: [409, "sales_closed"],
+  "22023": [400, "validation_failed"],
+};
+
+type Buyer = { userId: string } | { email: string; name: string | null };
+
+/** Builds the handler for one endpoint. */
+export function createCheckoutHandler(deps: CheckoutDeps): (request: Request) => Promise<Response> {
+  if (deps.endpoint === "enhanced-checkout" && !deps.verifyToken) {
+    throw new Error("enhanced-checkout needs a token verifier");
+  }
+  const log = deps.log ?? ((line) => console.log(JSON.stringify(line)));
+
+  return async (request) => {
+    const started = performance.now();
+    const timings: Timings = { stripeMs: 0, dbMs: 0 };
+    const entry: Record<string, unknown> = { fn: deps.endpoint, operation: null, outcome: "error" };
+    const cors = corsHeaders({ allowedOrigins: deps.allowedOrigins }, request);
+    let response: Response;
+    try {
+      response = await handle(request, deps, timings, entry);
+    } catch (error) {
+      const httpError = error instanceof HttpError ? error : unexpected(error, entry);
+      entry.code = httpError.code;
+      response = errorResponse(httpError);
+    }
+    for (const [name, value] of Object.entries(cors)) response.headers.set(name, value);
+    log({
+      ...entry,
+      status: response.status,
+      stripe_ms: round(timings.stripeMs),
+      db_ms: round(timings.dbMs),
+      ms: round(performance.now() - started),
+    });
+    return response;
+  };
+}
+
+async function handle(
+  request: Request,
+  deps: CheckoutDeps,
+  timings: Timings,
+  entry: Record<string, unknown>,
+): Promise<Response> {
+  if (request.method === "OPTIONS") {
+    entry.outcome = "preflight";
+    return new Response(null, { status: 204 });
+  }
+  if (request.method !== "POST") {
+    throw new HttpError(
+      405,
+      "method_not_allowed",
+      `Cannot ${request.method} a checkout: use POST`,
+      undefined,
+      {
+        allow: "POST, OPTIONS",
+      },
+    );
+  }
+
+  const claims = deps.verifyToken
+    ? await deps.verifyToken(request.headers.get("authorization"))
+    : null;
+  const clientKey = requireIdempotencyKey(request);
+  entry.operation = `${OPERATION.checkoutCreate}:${clientKey}`;
+  const raw = await readJsonBody(request);
+
+  let body: UserCheckoutBody | GuestCheckoutBody;
+  let buyer: Buyer;
+  if (claims) {
+    body = parseBody(userCheckoutBody, raw);
+    buyer = { userId: claims.sub };
+  } else {
+    const guest = parseBody(guestCheckoutBody, raw);
+    body = guest;
+    buyer = { email: guest.email.trim().toLowerCase(), name: guest.name ?? null };
+  }
+  const successUrl = redirectUrl(
+    body.successUrl,
+    "successUrl",
+    deps,
+    "/checkout/success?session_id={CHECKOUT_SESSION_ID}",
+  );
+  const cancelUrl = redirectUrl(body.cancelUrl, "cancelUrl", deps, "/checkout/cancel");
+  const items = [...body.items].sort((a, b) => a.tierId.localeCompare(b.tierId));
+
+  // Who asked, where, and for what: a key replayed by another buyer or endpoint is a mismatch.
+  const requestFingerprint = await fingerprint({
+    endpoint: deps.endpoint,
+    buyer,
+    eventId: body.eventId.toLowerCase(),
+    items: items.map((i) => ({ tierId: i.tierId.toLowerCase(), quantity: i.quantity })),
+    successUrl,
+    cancelUrl,
+  });
+
+  const leaseToken = crypto.randomUUID();
+  const claimStarted = performance.now();
+  let claim: CheckoutClaim;
+  try {
+    claim = await deps.store.claim({
+      operationId: clientKey,
+      stripeIdempotencyKey: makeStripeIdempotencyKey(OPERATION.checkoutCreate, clientKey),
+      requestFingerprint,
+      leaseToken,
+      eventId: body.eventId,
+      items,
+      userId: "userId" in buyer ? buyer.userId : null,
+      guestEmail: "email" in buyer ? buyer.email : null,
+      guestName: "email" in buyer ? buyer.name : null,
+      holdSeconds: deps.sessionTtlMinutes * 60 + HOLD_GRACE_SECONDS,
+      leaseSeconds: deps.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
+    });
+  } catch (error) {
+    throw fromSqlError(error);
+  } finally {
+    timings.dbMs += performance.now() - claimStarted;
+  }
+  entry.claim = claim.outcome;
+
+  switch (claim.outcome) {
+    case "replay":
+      entry.outcome = "replayed";
+      return canonicalJsonResponse(claim.responseStatus ?? 200, claim.responseBody, {
+        "idempotent-replayed": "true",
+      });
+    case "conflict":
+      entry.outcome = "conflict";
+      throw inUse(1);
+    case "mismatch":
+      entry.outcome = "mismatch";
+      throw new HttpError(
+        422,
+        "idempotency_key_reused",
+        "Cannot create checkout: this Idempotency-Key was used for a different request",
+      );
+    case "paid":
+      entry.outcome = "paid";
+      throw new HttpError(
+        409,
+        "order_already_paid",
+        "Cannot create checkout: this order is already paid",
+      );
+  }
+
+  // created | takeover | retry | renew: this request holds the lease and the key.
+  const key = claim.stripeIdempotencyKey!;
+  const held = claim.leaseToken!;
+  const params = sessionParams(claim, { successUrl, cancelUrl, buyer, key });
+  const session = await runAttempt<Stripe.Checkout.Session>({
+    call: () => deps.stripe.checkout.sessions.create(params, { idempotencyKey: key }),
+    record: (created) =>
+      deps.store.record({
+        operationId: clientKey,
+        leaseToken: held,
+        sessionId: created.id,
+        responseBody: responseBody(claim, created),
+      }),
+    release: async (keyConsumed, reason) => {
+      await deps.store.release({
+        operationId: clientKey,
+        leaseToken: held,
+        keyConsumed,
+        error: reason,
+      });
+    },
+  }, timings);
+
+  entry.outcome = "created";
+  return canonicalJsonResponse(201, responseBody(claim, session), {
+    "idempotent-replayed": "false",
+  });
+}
+
+function responseBody(claim: CheckoutClaim, session: Stripe.Checkout.Session): CheckoutResponse {
+  return {
+    orderId: claim.orderId!,
+    sessionId: session.id,
+    url: session.url,
+    expiresAt: new Date(session.expires_at * 1000).toISOString(),
+  };
+}
+
+/** The Checkout Session parameters: everything priced and named from the database's claim. */
+function sessionParams(
+  claim: CheckoutClaim,
+  request: { successUrl: string; cancelUrl: string; buyer: Buyer; key: string },
+): Stripe.Checkout.SessionCreateParams {
+  const metadata = {
+    order_id: claim.orderId!,
+    event_id: claim.eventId!,
+    operation_key: request.key,
+  };
+  return {
+    mode: "payment",
+    line_items: claim.lines.map((line) => ({
+      quantity: line.quantity,
+      price_data: {
+        currency: claim.currency!,
+        unit_amount: line.unit_amount,
+        product_data: { name: line.product_name, metadata: { tier_id: line.tier_id } },
+      },
+    })),
+    client_reference_id: claim.orderId!,
+    metadata,
+    payment_intent_data: { metadata },
+    ...("email" in request.buyer ? { customer_email: request.buyer.email } : {}),
+    success_url: request.successUrl,
+    cancel_url: request.cancelUrl,
+    // The hold and the session end together; a takeover sends the same value again.
+    expires_at: Math.floor(claim.holdExpiresAt!.getTime() / 1000),
+  };
+}
+
+function redirectUrl(
+  value: string | undefined,
+  field: string,
+  deps: CheckoutDeps,
+  fallbackPath: string,
+): string {
+  if (value === undefined) {
+    // {CHECKOUT_SESSION_ID} is Stripe's template and must stay unescaped.
+    return new URL(fallbackPath.split("?")[0]!, deps.siteUrl).href +
+      (fallbackPath.includes("?") ? `?${fallbackPath.split("?")[1]}` : "");
+  }
+  if (!deps.allowedOrigins.has(new URL(value).origin)) {
+    throw new HttpError(
+      400,
+      "redirect_url_not_allowed",
+      `Cannot create checkout: ${field} is not on an allowed origin`,
+      [
+        { path: [field], code: "redirect_url_not_allowed", message: "origin not allowed" },
+      ],
+    );
+  }
+  return value;
+}
+
+function fromSqlError(error: unknown): unknown {
+  const state = sqlState(error);
+  const mapped = state ? SQL_ERRORS[state] : undefined;
+  if (!mapped) return error;
+  const message = error instanceof Error ? error.message : "Cannot create checkout";
+  return new HttpError(mapped[0], mapped[1], message);
+}
+
+function unexpected(error: unknown, entry: Record<string, unknown>): HttpError {
+  // Name and SQLSTATE only: messages can carry connection strings or parameters.
+  entry.error = error instanceof Error ? error.name : typeof error;
+  const state = sqlState(error);
+  if (state) entry.sqlstate = state;
+  return new HttpError(
+    503,
+    "temporarily_unavailable",
+    "Cannot create checkout: the service is temporarily unavailable, retry with the same Idempotency-Key",
+    undefined,
+    { "retry-after": "1" },
+  );
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 10) / 10;
+}

@@ -1,0 +1,78 @@
+/**
+ * Request schemas, validated once at the edge; the parsed types are the types everywhere after.
+ * Strict objects: unknown fields are rejected rather than silently dropped.
+ */
+import { z } from "zod";
+import { HttpError } from "./http.ts";
+
+/** The storefront's Idempotency-Key header: one per checkout attempt, resent on every retry. */
+export const IDEMPOTENCY_KEY = /^[A-Za-z0-9_.-]{16,128}$/;
+
+const item = z.strictObject({
+  tierId: z.uuid(),
+  // The tier's own max_per_order is checked by the database; 100 is the schema's hard cap.
+  quantity: z.int().min(1).max(100),
+});
+
+const items = z.array(item).min(1).max(20).refine(
+  (list) => new Set(list.map((i) => i.tierId)).size === list.length,
+  { message: "A tier may appear only once" },
+);
+
+const redirectUrl = z.url({ protocol: /^https?$/ }).max(2048);
+
+const checkoutFields = {
+  eventId: z.uuid(),
+  items,
+  successUrl: redirectUrl.optional(),
+  cancelUrl: redirectUrl.optional(),
+};
+
+/** Body of enhanced-checkout (the buyer comes from the verified token). */
+export const userCheckoutBody = z.strictObject(checkoutFields);
+
+/** Body of guest-checkout (the buyer is the email). */
+export const guestCheckoutBody = z.strictObject({
+  ...checkoutFields,
+  email: z.email().max(254),
+  name: z.string().trim().min(1).max(200).optional(),
+});
+
+export type UserCheckoutBody = z.infer<typeof userCheckoutBody>;
+export type GuestCheckoutBody = z.infer<typeof guestCheckoutBody>;
+
+/** Parses `value` with `schema`, or throws a 400 carrying the zod issue paths. */
+export function parseBody<T>(schema: z.ZodType<T>, value: unknown): T {
+  const result = schema.safeParse(value);
+  if (result.success) return result.data;
+  throw new HttpError(
+    400,
+    "validation_failed",
+    "Cannot create checkout: the request body is invalid",
+    result.error.issues.map((issue) => ({
+      path: issue.path.map((p) => (typeof p === "symbol" ? String(p) : p)),
+      code: issue.code,
+      message: issue.message,
+    })),
+  );
+}
+
+/** The client's Idempotency-Key header, or a 400 saying what is wrong with it. */
+export function requireIdempotencyKey(request: Request): string {
+  const key = request.headers.get("idempotency-key");
+  if (key === null || key === "") {
+    throw new HttpError(
+      400,
+      "idempotency_key_missing",
+      "Cannot create checkout: the Idempotency-Key header is required",
+    );
+  }
+  if (!IDEMPOTENCY_KEY.test(key)) {
+    throw new HttpError(
+      400,
+      "idempotency_key_invalid",
+      "Cannot create checkout: Idempotency-Key must be 16-128 characters of A-Z a-z 0-9 _ . -",
+    );
+  }
+  return key;
+}

@@ -1,0 +1,133 @@
+/**
+ * Builds both checkout handlers exactly as index.ts does, but against the test database and
+ * the local Stripe-compatible server, with a fresh published event per harness.
+ */
+import { createTokenVerifier } from "../../supabase/functions/_shared/auth.ts";
+import {
+  type CheckoutStore,
+  createCheckoutHandler,
+  sqlCheckoutStore,
+} from "../../supabase/functions/_shared/checkout.ts";
+import type { Sql } from "../../supabase/functions/_shared/db.ts";
+import { createStripeClient } from "../../supabase/functions/_shared/stripe.ts";
+import { openPool } from "./database.ts";
+import { startStripeServer, type StripeServer } from "./stripe_server.ts";
+import { TEST_JWT_SECRET } from "./tokens.ts";
+
+export const SITE_URL = "http://shop.test";
+export const ALLOWED_ORIGIN = "http://shop.test";
+
+/** A published event with three tiers, made for one harness. */
+export interface TestEvent {
+  id: string;
+  /** 5 seats, max 4 per order, 15.00 */
+  floor: string;
+  /** unlimited, max 10 per order, 9.99 */
+  balcony: string;
+  /** 1 seat */
+  last: string;
+}
+
+export interface Harness {
+  sql: Sql;
+  stripe: StripeServer;
+  event: TestEvent;
+  guest: (request: Request) => Promise<Response>;
+  enhanced: (request: Request) => Promise<Response>;
+  logs: Record<string, unknown>[];
+  /** Swap to inject database faults; defaults to the real store. */
+  store: CheckoutStore;
+  close(): Promise<void>;
+}
+
+/** Starts the harness; `wrapStore` may decorate the real store (fault injection). */
+export async function startHarness(
+  options: { wrapStore?: (store: CheckoutStore) => CheckoutStore; leaseSeconds?: number } = {},
+): Promise<Harness> {
+  const sql = openPool(10);
+  const stripe = await startStripeServer();
+  const event = await createEvent(sql);
+  const stripeClient = createStripeClient("sk_test_harness", {
+    apiBase: new URL(stripe.url),
+    timeoutMs: 3_000,
+  });
+  const real = sqlCheckoutStore(sql);
+  const store = options.wrapStore ? options.wrapStore(real) : real;
+  const logs: Record<string, unknown>[] = [];
+  const common = {
+    store,
+    stripe: stripeClient,
+    siteUrl: new URL(SITE_URL),
+    allowedOrigins: new Set([ALLOWED_ORIGIN]),
+    sessionTtlMinutes: 30,
+    leaseSeconds: options.leaseSeconds,
+    log: (line: Record<string, unknown>) => logs.push(line),
+  };
+  return {
+    sql,
+    stripe,
+    event,
+    logs,
+    store,
+    guest: createCheckoutHandler({ ...common, endpoint: "guest-checkout" }),
+    enhanced: createCheckoutHandler({
+      ...common,
+      endpoint: "enhanced-checkout",
+      verifyToken: createTokenVerifier({ jwtSecret: TEST_JWT_SECRET }),
+    }),
+    async close() {
+      await stripe.close();
+      await sql.end({ timeout: 5 });
+    },
+  };
+}
+
+async function createEvent(sql: Sql): Promise<TestEvent> {
+  const [event] = await sql<{ id: string }[]>`
+    insert into events.events (title, currency, status) values ('Harness Gig', 'usd', 'published')
+    returning id`;
+  const tiers = await sql<{ id: string; name: string }[]>`
+    insert into events.ticket_tiers (event_id, name, unit_amount, capacity, max_per_order)
+    values (${event!.id}, 'Floor', 1500, 5, 4), (${event!.id}, 'Balcony', 999, null, 10),
+           (${event!.id}, 'Last seat', 5000, 1, 1)
+    returning id, name`;
+  const id = (name: string) => tiers.find((t) => t.name === name)!.id;
+  return { id: event!.id, floor: id("Floor"), balcony: id("Balcony"), last: id("Last seat") };
+}
+
+/** A fresh storefront Idempotency-Key. */
+export function newKey(): string {
+  return `sf-${crypto.randomUUID()}`;
+}
+
+/** A checkout POST as the storefront sends it. */
+export function checkoutRequest(
+  body: unknown,
+  options: {
+    key?: string | null;
+    token?: string;
+    headers?: Record<string, string>;
+    method?: string;
+  } = {},
+): Request {
+  const headers: Record<string, string> = {
+    "content-type": "application/json",
+    origin: ALLOWED_ORIGIN,
+    ...options.headers,
+  };
+  if (options.key !== null) headers["idempotency-key"] = options.key ?? newKey();
+  if (options.token) headers.authorization = `Bearer ${options.token}`;
+  return new Request("http://functions.test/functions/v1/checkout", {
+    method: options.method ?? "POST",
+    headers,
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+}
+
+/** Rows that a rejected request must not add to. */
+export async function rowCounts(sql: Sql): Promise<string> {
+  const [row] = await sql<{ n: string }[]>`
+    select concat_ws('/', (select count(*) from public.orders), (select count(*) from public.order_items),
+                     (select count(*) from public.stripe_idempotency_keys)) as n`;
+  return row!.n;
+}
