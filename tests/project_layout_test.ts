@@ -1,0 +1,68 @@
+/**
+ * Guards on the Supabase layout that the CLI does not check until deploy time.
+ */
+import assert from "node:assert/strict";
+
+const root = new URL("../supabase/", import.meta.url);
+
+async function functionFolders(): Promise<string[]> {
+  const names: string[] = [];
+  for await (const entry of Deno.readDir(new URL("functions/", root))) {
+    if (entry.isDirectory && !entry.name.startsWith("_")) names.push(entry.name);
+  }
+  return names.sort();
+}
+
+/** [functions.<name>] blocks of config.toml, with their keys (a minimal TOML reader). */
+async function functionBlocks(): Promise<Map<string, Record<string, string>>> {
+  const text = await Deno.readTextFile(new URL("config.toml", root));
+  const blocks = new Map<string, Record<string, string>>();
+  let current: Record<string, string> | null = null;
+  for (const line of text.split("\n")) {
+    const header = /^\[functions\.([a-z0-9-]+)\]\s*$/.exec(line);
+    if (header) {
+      current = {};
+      blocks.set(header[1]!, current);
+      continue;
+    }
+    if (/^\[/.test(line)) current = null;
+    const pair = /^([a-z_]+)\s*=\s*"?([^"]*)"?\s*$/.exec(line);
+    if (current && pair) current[pair[1]!] = pair[2]!;
+  }
+  return blocks;
+}
+
+Deno.test("every function folder has a config.toml block whose entrypoint exists", async () => {
+  const blocks = await functionBlocks();
+  const folders = await functionFolders();
+  assert.deepEqual([...blocks.keys()].sort(), folders);
+  for (const [name, block] of blocks) {
+    assert.equal(block.entrypoint, `./functions/${name}/index.ts`, name);
+    await Deno.stat(new URL(block.entrypoint!, root));
+    assert.equal(block.import_map, "../deno.json", `${name} uses the root import map`);
+  }
+});
+
+Deno.test("only the Stripe webhook skips the gateway's JWT check", async () => {
+  for (const [name, block] of await functionBlocks()) {
+    assert.equal(block.verify_jwt, name === "stripe-webhook" ? "false" : "true", name);
+  }
+});
+
+Deno.test("_shared has no index.ts (the CLI would deploy it) and functions never import each other", async () => {
+  await assert.rejects(Deno.stat(new URL("functions/_shared/index.ts", root)));
+  for (const name of await functionFolders()) {
+    const source = await Deno.readTextFile(new URL(`functions/${name}/index.ts`, root));
+    for (const match of source.matchAll(/from\s+"(\.\.\/[^"]+)"/g)) {
+      assert.match(match[1]!, /^\.\.\/_shared\//, `${name} imports ${match[1]}`);
+    }
+  }
+});
+
+Deno.test("only index.ts files read the environment", async () => {
+  const shared = new URL("functions/_shared/", root);
+  for await (const entry of Deno.readDir(shared)) {
+    const source = await Deno.readTextFile(new URL(entry.name, shared));
+    assert.doesNotMatch(source, /Deno\.env\.\w+\(/, `${entry.name} reads the environment`);
+  }
+});
