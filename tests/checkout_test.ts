@@ -367,3 +367,43 @@ Deno.test("every request logs one JSON line with the operation key and never the
       assert.ok(!JSON.stringify(line).toLowerCase().includes("buyer@example.com"));
     }
   }));
+
+Deno.test("a function killed after Stripe answered: duplicates wait out the lease, then take over the same session", async () => {
+  let crashed = false;
+  await withHarness(async (h) => {
+    const key = newKey();
+    const first = await h.guest(checkoutRequest(guestBody(h), { key }));
+    assert.equal(first.status, 503, "the dying attempt could neither record nor release");
+    assert.ok(crashed);
+
+    const early = await h.guest(checkoutRequest(guestBody(h), { key }));
+    assert.equal(early.status, 409, "the dead attempt's lease is still live");
+    assert.equal(h.stripe.sessionsCreated(), 1);
+
+    await new Promise((r) => setTimeout(r, 1_100));
+    const later = await h.guest(checkoutRequest(guestBody(h), { key }));
+    assert.equal(later.status, 201);
+    assert.equal(h.logs.at(-1)?.claim, "takeover");
+    const body = await later.json();
+    assert.equal(h.stripe.sessionsCreated(), 1, "the takeover got the original session back");
+    assert.ok(h.stripe.sessions.has(body.sessionId));
+  }, {
+    leaseSeconds: 1,
+    wrapStore: (store): CheckoutStore => ({
+      ...store,
+      // The process "dies" between Stripe's answer and the record: nothing after it reaches the
+      // database for that attempt.
+      record: (input) => {
+        if (!crashed) {
+          crashed = true;
+          return Promise.reject(new Error("killed"));
+        }
+        return store.record(input);
+      },
+      release: (input) =>
+        crashed && input.error === "record failed"
+          ? Promise.reject(new Error("killed"))
+          : store.release(input),
+    }),
+  });
+});
