@@ -67,7 +67,7 @@ begin
       message = 'Cannot create checkout: event not found or not on sale', detail = p_event_id::text;
   end if;
 
-  select count(distinct x ->> 'tierId') into v_requested from jsonb_array_elements(p_items) x;
+  select count(distinct (x ->> 'tierId')::uuid) into v_requested from jsonb_array_elements(p_items) x;
   if v_requested <> jsonb_array_length(p_items) then
     raise exception using errcode = '22023', message = 'Cannot create checkout: a tier is repeated';
   end if;

@@ -93,6 +93,9 @@ const SQL_ERRORS: Record<string, [number, string]> = {
   "22023": [400, "validation_failed"],
 };
 
+/** The foreign key from public.orders.user_id to auth.users. */
+const USER_FK = "orders_user_id_fkey";
+
 type Buyer = { userId: string } | { email: string; name: string | null };
 
 /** Builds the handler for one endpoint. */
@@ -329,6 +332,17 @@ function redirectUrl(
 
 function fromSqlError(error: unknown): unknown {
   const state = sqlState(error);
+  // A validly signed token whose user no longer exists (deleted, tokens still unexpired): a
+  // retry can never succeed, so it is the token that is bad, not the service.
+  if (state === "23503" && (error as { constraint_name?: string }).constraint_name === USER_FK) {
+    return new HttpError(
+      401,
+      "unauthorized",
+      "Cannot authenticate: the token's user does not exist",
+      undefined,
+      { "www-authenticate": 'Bearer error="invalid_token"' },
+    );
+  }
   const mapped = state ? SQL_ERRORS[state] : undefined;
   if (!mapped) return error;
   const message = error instanceof Error ? error.message : "Cannot create checkout";

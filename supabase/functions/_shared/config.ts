@@ -46,7 +46,8 @@ export function loadCheckoutConfig(
     (env("SUPABASE_URL")
       ? `${env("SUPABASE_URL")!.replace(/\/+$/, "")}/auth/v1/.well-known/jwks.json`
       : "");
-  const jwksUrl = jwksSource ? url("SUPABASE_JWKS_URL", jwksSource) : null;
+  const jwksName = env("SUPABASE_JWKS_URL") ? "SUPABASE_JWKS_URL" : "SUPABASE_URL";
+  const jwksUrl = jwksSource ? url(jwksName, jwksSource) : null;
   if (options.requireUserAuth && !jwtSecret && !jwksUrl) {
     throw new ConfigError(
       "Missing environment variable SUPABASE_JWT_SECRET or SUPABASE_URL (for the JWKS): cannot verify user tokens",

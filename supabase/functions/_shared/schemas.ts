@@ -15,7 +15,8 @@ const item = z.strictObject({
 });
 
 const items = z.array(item).min(1).max(20).refine(
-  (list) => new Set(list.map((i) => i.tierId)).size === list.length,
+  // UUIDs compare case-insensitively: "A1…" and "a1…" are the same tier.
+  (list) => new Set(list.map((i) => i.tierId.toLowerCase())).size === list.length,
   { message: "A tier may appear only once" },
 );
 

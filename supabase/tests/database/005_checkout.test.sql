@@ -1,6 +1,6 @@
 -- Checkout claim, record and release: orders, prices from the tiers, capacity holds, renewals.
 begin;
-select plan(41);
+select plan(42);
 
 insert into events.events (id, title, currency, status) values
   ('e0000000-0000-4000-8000-000000000001', 'Test Gig', 'eur', 'published'),
@@ -118,6 +118,8 @@ select throws_ok($$select pg_temp.claim('op-checkout-0000002', 'a', 'a', '[{"tie
   'CK005', null, 'a tier before its sales window is rejected');
 select throws_ok($$select pg_temp.claim('op-checkout-0000002', 'a', 'a', '[{"tierId":"70000000-0000-4000-8000-000000000002","quantity":1},{"tierId":"70000000-0000-4000-8000-000000000002","quantity":2}]', 0)$$,
   '22023', null, 'a repeated tier is rejected');
+select throws_ok($$select pg_temp.claim('op-checkout-0000002', 'a', 'a', '[{"tierId":"70000000-0000-4000-8000-00000000000a","quantity":1},{"tierId":"70000000-0000-4000-8000-00000000000A","quantity":2}]', 0)$$,
+  '22023', null, 'a tier repeated in another letter case is still repeated');
 -- 2 paid seats + 3 new = 5 = capacity: fine; one more is sold out.
 create temp table c5 as select * from pg_temp.claim('op-checkout-0000003', 'a', 'a', pg_temp.items(3), 2000);
 select is((select outcome from c5), 'created', 'the last seats can be sold');

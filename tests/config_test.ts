@@ -1,0 +1,141 @@
+/**
+ * loadCheckoutConfig: a missing or malformed variable fails at start-up with a ConfigError that
+ * names it; defaults (allowed origins, session TTL) and parsed URLs are what the functions use.
+ */
+import assert from "node:assert/strict";
+import {
+  type CheckoutConfig,
+  ConfigError,
+  loadCheckoutConfig,
+} from "../supabase/functions/_shared/config.ts";
+
+const BASE: Readonly<Record<string, string>> = {
+  SUPABASE_DB_URL: "postgresql://postgres:secret@db.example.com:6543/postgres",
+  STRIPE_SECRET_KEY: "sk_test_config",
+  SITE_URL: "https://shop.example.com/store/",
+  SUPABASE_JWT_SECRET: "super-secret-jwt-token-with-at-least-32-characters-long",
+  SUPABASE_URL: "https://project.supabase.co",
+};
+
+type Overrides = Record<string, string | undefined>;
+
+function load(overrides: Overrides = {}, requireUserAuth = false): CheckoutConfig {
+  const env: Overrides = { ...BASE, ...overrides };
+  return loadCheckoutConfig((name) => env[name], { requireUserAuth });
+}
+
+/** Asserts that loading throws a ConfigError whose message names `variable`. */
+function throwsNaming(variable: string, overrides: Overrides, requireUserAuth = false): void {
+  assert.throws(() => load(overrides, requireUserAuth), (error: unknown) => {
+    assert.ok(error instanceof ConfigError, `${variable}: ${error}`);
+    assert.equal(error.name, "ConfigError");
+    assert.ok(error.message.includes(variable), `"${error.message}" names ${variable}`);
+    for (const secret of [BASE.STRIPE_SECRET_KEY!, BASE.SUPABASE_JWT_SECRET!, "secret@"]) {
+      assert.ok(!error.message.includes(secret), `"${error.message}" leaks a secret`);
+    }
+    return true;
+  });
+}
+
+Deno.test("a complete environment loads, with every URL parsed", () => {
+  const config = load({ STRIPE_API_BASE: "http://127.0.0.1:12111" }, true);
+  assert.equal(config.databaseUrl, BASE.SUPABASE_DB_URL);
+  assert.equal(config.stripeSecretKey, BASE.STRIPE_SECRET_KEY);
+  assert.equal(config.jwtSecret, BASE.SUPABASE_JWT_SECRET);
+  assert.ok(config.siteUrl instanceof URL);
+  assert.equal(config.siteUrl.href, BASE.SITE_URL);
+  assert.ok(config.stripeApiBase instanceof URL);
+  assert.equal(config.stripeApiBase.origin, "http://127.0.0.1:12111");
+  assert.equal(config.jwksUrl?.href, "https://project.supabase.co/auth/v1/.well-known/jwks.json");
+  assert.equal(config.sessionTtlMinutes, 30);
+});
+
+for (const variable of ["SUPABASE_DB_URL", "STRIPE_SECRET_KEY", "SITE_URL"]) {
+  Deno.test(`a missing ${variable} throws a ConfigError naming it, on both endpoints`, () => {
+    for (const requireUserAuth of [false, true]) {
+      throwsNaming(variable, { [variable]: undefined }, requireUserAuth);
+      throwsNaming(variable, { [variable]: "" }, requireUserAuth);
+    }
+  });
+}
+
+Deno.test("enhanced-checkout without SUPABASE_JWT_SECRET and SUPABASE_URL throws a ConfigError naming both", () => {
+  const neither = { SUPABASE_JWT_SECRET: undefined, SUPABASE_URL: undefined };
+  throwsNaming("SUPABASE_JWT_SECRET", neither, true);
+  throwsNaming("SUPABASE_URL", neither, true);
+  throwsNaming("SUPABASE_JWT_SECRET", { SUPABASE_JWT_SECRET: "", SUPABASE_URL: "" }, true);
+});
+
+Deno.test("enhanced-checkout loads with either the JWT secret or the project URL's JWKS", () => {
+  const secretOnly = load({ SUPABASE_URL: undefined }, true);
+  assert.equal(secretOnly.jwtSecret, BASE.SUPABASE_JWT_SECRET);
+  assert.equal(secretOnly.jwksUrl, null);
+
+  const jwksOnly = load(
+    { SUPABASE_JWT_SECRET: undefined, SUPABASE_URL: "https://p.supabase.co/" },
+    true,
+  );
+  assert.equal(jwksOnly.jwtSecret, null);
+  assert.equal(jwksOnly.jwksUrl?.href, "https://p.supabase.co/auth/v1/.well-known/jwks.json");
+});
+
+Deno.test("guest-checkout needs neither SUPABASE_JWT_SECRET nor SUPABASE_URL", () => {
+  const config = load({ SUPABASE_JWT_SECRET: undefined, SUPABASE_URL: undefined }, false);
+  assert.equal(config.jwtSecret, null);
+  assert.equal(config.jwksUrl, null);
+});
+
+Deno.test("an unparsable SITE_URL, STRIPE_API_BASE or SUPABASE_URL throws a ConfigError naming it", () => {
+  throwsNaming("SITE_URL", { SITE_URL: "shop.example.com" });
+  throwsNaming("STRIPE_API_BASE", { STRIPE_API_BASE: "not a url" });
+  throwsNaming("SUPABASE_URL", { SUPABASE_URL: "not a url" }, true);
+});
+
+Deno.test("CHECKOUT_ALLOWED_ORIGINS defaults to SITE_URL's origin", () => {
+  assert.deepEqual([...load().allowedOrigins], ["https://shop.example.com"]);
+  assert.deepEqual(
+    [
+      ...load({ SITE_URL: "http://localhost:3000/app?x=1", CHECKOUT_ALLOWED_ORIGINS: "" })
+        .allowedOrigins,
+    ],
+    ["http://localhost:3000"],
+  );
+});
+
+Deno.test("CHECKOUT_ALLOWED_ORIGINS is a comma-separated list of origins; a path or bad URL throws", () => {
+  const config = load({
+    CHECKOUT_ALLOWED_ORIGINS: "https://shop.example.com, http://localhost:3000 ,",
+  });
+  assert.deepEqual([...config.allowedOrigins].sort(), [
+    "http://localhost:3000",
+    "https://shop.example.com",
+  ]);
+  throwsNaming("CHECKOUT_ALLOWED_ORIGINS", {
+    CHECKOUT_ALLOWED_ORIGINS: "https://shop.example.com/",
+  });
+  throwsNaming("CHECKOUT_ALLOWED_ORIGINS", { CHECKOUT_ALLOWED_ORIGINS: "shop.example.com" });
+  throwsNaming("CHECKOUT_ALLOWED_ORIGINS", { CHECKOUT_ALLOWED_ORIGINS: "*" });
+});
+
+Deno.test("CHECKOUT_SESSION_TTL_MINUTES defaults to 30 and accepts whole minutes from 30 to 1440", () => {
+  assert.equal(load().sessionTtlMinutes, 30);
+  assert.equal(load({ CHECKOUT_SESSION_TTL_MINUTES: "30" }).sessionTtlMinutes, 30);
+  assert.equal(load({ CHECKOUT_SESSION_TTL_MINUTES: "90" }).sessionTtlMinutes, 90);
+  assert.equal(load({ CHECKOUT_SESSION_TTL_MINUTES: "1440" }).sessionTtlMinutes, 1440);
+});
+
+Deno.test("a CHECKOUT_SESSION_TTL_MINUTES outside 30..1440 or not a whole number throws", () => {
+  for (const ttl of ["29", "1441", "abc", "0", "-30", "45.5", "1e3x", "Infinity"]) {
+    throwsNaming("CHECKOUT_SESSION_TTL_MINUTES", { CHECKOUT_SESSION_TTL_MINUTES: ttl });
+  }
+});
+
+Deno.test("STRIPE_API_BASE is parsed as a URL, and absent means Stripe itself (null)", () => {
+  const local = load({ STRIPE_API_BASE: "http://localhost:12111/" }).stripeApiBase;
+  assert.ok(local instanceof URL);
+  assert.equal(local.protocol, "http:");
+  assert.equal(local.hostname, "localhost");
+  assert.equal(local.port, "12111");
+  assert.equal(load().stripeApiBase, null);
+  assert.equal(load({ STRIPE_API_BASE: "" }).stripeApiBase, null);
+});
