@@ -16,6 +16,10 @@ create table public.orders (
   currency text not null check (currency ~ '^[a-z]{3}$'),
   amount_total integer not null check (amount_total >= 0),
   stripe_checkout_session_id text unique,
+  -- Where Stripe sends the buyer back; kept so that a retried Stripe call (reconciliation)
+  -- sends exactly the parameters of the first one.
+  success_url text check (length(success_url) <= 2048),
+  cancel_url text check (length(cancel_url) <= 2048),
   -- The hold ends with the Checkout Session: both get the same expiry.
   hold_expires_at timestamptz not null,
   paid_at timestamptz,

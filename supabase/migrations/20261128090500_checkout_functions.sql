@@ -25,7 +25,11 @@ create type public.checkout_claim as (
   amount_total integer,
   hold_expires_at timestamptz,
   -- [{tier_id, product_name, unit_amount, quantity}] ordered by tier_id: the Stripe line items.
-  lines jsonb
+  lines jsonb,
+  success_url text,
+  cancel_url text,
+  -- The guest's email (Stripe's customer_email); null for signed-in buyers.
+  customer_email text
 );
 comment on type public.checkout_claim is 'What claim_checkout decided, with the order that the Stripe call must describe.';
 
@@ -37,6 +41,8 @@ create or replace function public.create_checkout_order(
   p_user_id uuid,
   p_guest_email text,
   p_guest_name text,
+  p_success_url text,
+  p_cancel_url text,
   p_hold_expires_at timestamptz,
   p_now timestamptz
 )
@@ -72,10 +78,10 @@ begin
     raise exception using errcode = '22023', message = 'Cannot create checkout: a tier is repeated';
   end if;
 
-  insert into public.orders as o (id, event_id, user_id, guest_email, guest_name, status, currency,
-                                  amount_total, hold_expires_at, created_at, updated_at)
-  values (p_order_id, p_event_id, p_user_id, p_guest_email, p_guest_name, 'pending', v_event.currency,
-          0, p_hold_expires_at, p_now, p_now)
+  insert into public.orders as o (id, event_id, user_id, guest_email, guest_name, success_url, cancel_url,
+                                  status, currency, amount_total, hold_expires_at, created_at, updated_at)
+  values (p_order_id, p_event_id, p_user_id, p_guest_email, p_guest_name, p_success_url, p_cancel_url,
+          'pending', v_event.currency, 0, p_hold_expires_at, p_now, p_now)
   returning o.* into v_order;
 
   -- Lock the tiers in id order: concurrent checkouts of overlapping tiers queue, never deadlock.
@@ -117,7 +123,7 @@ begin
   return v_order;
 end;
 $$;
-comment on function public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, timestamptz, timestamptz) is
+comment on function public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, timestamptz, timestamptz) is
   'Internal to claim_checkout: a pending order priced from the tiers, holding seats, or an error.';
 
 -- Fills the order part of a checkout_claim.
@@ -133,7 +139,8 @@ as $$
           (select jsonb_agg(jsonb_build_object('tier_id', i.tier_id, 'product_name', i.product_name,
                                                'unit_amount', i.unit_amount, 'quantity', i.quantity)
                             order by i.tier_id)
-           from public.order_items i where i.order_id = o.id))::public.checkout_claim
+           from public.order_items i where i.order_id = o.id),
+          o.success_url, o.cancel_url, o.guest_email)::public.checkout_claim
   from public.orders o
   where o.id = p_order_id;
 $$;
@@ -155,6 +162,8 @@ create or replace function public.claim_checkout(
   p_user_id uuid default null,
   p_guest_email text default null,
   p_guest_name text default null,
+  p_success_url text default null,
+  p_cancel_url text default null,
   p_hold_seconds integer default 1920,
   p_lease_seconds integer default 60,
   p_now timestamptz default now()
@@ -194,7 +203,7 @@ begin
 
   if v_claim.outcome = 'created' then
     perform public.create_checkout_order(v_order_id, p_event_id, p_items, p_user_id, p_guest_email,
-      p_guest_name, p_now + make_interval(secs => p_hold_seconds), p_now);
+      p_guest_name, p_success_url, p_cancel_url, p_now + make_interval(secs => p_hold_seconds), p_now);
     return public.checkout_claim_order(v_result, v_order_id);
   end if;
 
@@ -234,14 +243,14 @@ begin
 
   -- retry and renew: a new order for the new key (the old order stays as history).
   perform public.create_checkout_order(v_order_id, p_event_id, p_items, p_user_id, p_guest_email,
-    p_guest_name, p_now + make_interval(secs => p_hold_seconds), p_now);
+    p_guest_name, p_success_url, p_cancel_url, p_now + make_interval(secs => p_hold_seconds), p_now);
   update public.stripe_idempotency_keys k
   set metadata = k.metadata || jsonb_build_object('order_id', v_order_id, 'previous_order_id', v_old_order_id)
   where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id;
   return public.checkout_claim_order(v_result, v_order_id);
 end;
 $$;
-comment on function public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, integer, integer, timestamptz) is
+comment on function public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz) is
   'Atomic checkout claim: idempotency claim plus order and capacity hold in one statement.';
 
 -- Completes a checkout attempt: the stored response and the session on the order, one statement.
@@ -309,18 +318,18 @@ comment on function public.release_checkout(text, uuid, boolean, text, timestamp
   'Ends a failed checkout attempt; cancels the order (freeing seats) only when Stripe answered.';
 
 revoke execute on function
-  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, timestamptz, timestamptz),
+  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, timestamptz, timestamptz),
   public.checkout_claim_order(public.checkout_claim, uuid),
-  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, integer, integer, timestamptz),
+  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz),
   public.record_checkout(text, uuid, text, jsonb, timestamptz),
   public.release_checkout(text, uuid, boolean, text, timestamptz)
 from public, anon, authenticated;
 
 -- The internal helpers are granted too: claim_checkout runs as its caller (security invoker).
 grant execute on function
-  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, timestamptz, timestamptz),
+  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, timestamptz, timestamptz),
   public.checkout_claim_order(public.checkout_claim, uuid),
-  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, integer, integer, timestamptz),
+  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz),
   public.record_checkout(text, uuid, text, jsonb, timestamptz),
   public.release_checkout(text, uuid, boolean, text, timestamptz)
 to service_role;

@@ -5,6 +5,7 @@
  */
 import type Stripe from "stripe";
 import type { TokenVerifier } from "./auth.ts";
+import { checkoutSessionParams } from "./checkout-session.ts";
 import { fingerprint, makeStripeIdempotencyKey, OPERATION } from "./checkout-utils.ts";
 import {
   type CheckoutClaim,
@@ -202,6 +203,8 @@ async function handle(
       userId: "userId" in buyer ? buyer.userId : null,
       guestEmail: "email" in buyer ? buyer.email : null,
       guestName: "email" in buyer ? buyer.name : null,
+      successUrl,
+      cancelUrl,
       holdSeconds: deps.sessionTtlMinutes * 60 + HOLD_GRACE_SECONDS,
       leaseSeconds: deps.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
     });
@@ -240,7 +243,7 @@ async function handle(
   // created | takeover | retry | renew: this request holds the lease and the key.
   const key = claim.stripeIdempotencyKey!;
   const held = claim.leaseToken!;
-  const params = sessionParams(claim, { successUrl, cancelUrl, buyer, key });
+  const params = checkoutSessionParams(claim);
   const session = await runAttempt<Stripe.Checkout.Session>({
     call: () => deps.stripe.checkout.sessions.create(params, { idempotencyKey: key }),
     record: (created) =>
@@ -272,37 +275,6 @@ function responseBody(claim: CheckoutClaim, session: Stripe.Checkout.Session): C
     sessionId: session.id,
     url: session.url,
     expiresAt: new Date(session.expires_at * 1000).toISOString(),
-  };
-}
-
-/** The Checkout Session parameters: everything priced and named from the database's claim. */
-function sessionParams(
-  claim: CheckoutClaim,
-  request: { successUrl: string; cancelUrl: string; buyer: Buyer; key: string },
-): Stripe.Checkout.SessionCreateParams {
-  const metadata = {
-    order_id: claim.orderId!,
-    event_id: claim.eventId!,
-    operation_key: request.key,
-  };
-  return {
-    mode: "payment",
-    line_items: claim.lines.map((line) => ({
-      quantity: line.quantity,
-      price_data: {
-        currency: claim.currency!,
-        unit_amount: line.unit_amount,
-        product_data: { name: line.product_name, metadata: { tier_id: line.tier_id } },
-      },
-    })),
-    client_reference_id: claim.orderId!,
-    metadata,
-    payment_intent_data: { metadata },
-    ...("email" in request.buyer ? { customer_email: request.buyer.email } : {}),
-    success_url: request.successUrl,
-    cancel_url: request.cancelUrl,
-    // The hold and the session end together; a takeover sends the same value again.
-    expires_at: Math.floor(claim.holdExpiresAt!.getTime() / 1000),
   };
 }
 

@@ -169,6 +169,8 @@ export interface CheckoutClaimInput {
   userId: string | null;
   guestEmail: string | null;
   guestName: string | null;
+  successUrl: string;
+  cancelUrl: string;
   holdSeconds: number;
   leaseSeconds: number;
   now?: Date;
@@ -189,6 +191,9 @@ export interface CheckoutClaim {
   amountTotal: number | null;
   holdExpiresAt: Date | null;
   lines: CheckoutLine[];
+  successUrl: string | null;
+  cancelUrl: string | null;
+  customerEmail: string | null;
 }
 
 interface CheckoutClaimRow {
@@ -205,6 +210,9 @@ interface CheckoutClaimRow {
   amount_total: number | null;
   hold_expires_at: Date | null;
   lines: CheckoutLine[] | null;
+  success_url: string | null;
+  cancel_url: string | null;
+  customer_email: string | null;
 }
 
 /** The checkout claim: idempotency claim, order and seat hold, in one statement. */
@@ -214,9 +222,13 @@ export async function claimCheckout(sql: Sql, input: CheckoutClaimInput): Promis
       ${input.operationId}, ${input.stripeIdempotencyKey}, ${input.requestFingerprint},
       ${input.leaseToken}::uuid, ${input.eventId}::uuid, ${sql.json(toJson(input.items))}::jsonb,
       ${input.userId}::uuid, ${input.guestEmail}, ${input.guestName},
-      ${input.holdSeconds}::int, ${input.leaseSeconds}::int,
+      ${input.successUrl}, ${input.cancelUrl}, ${input.holdSeconds}::int, ${input.leaseSeconds}::int,
       coalesce(${input.now ?? null}::timestamptz, now()))`;
   if (!row) throw new Error("Cannot claim checkout: the database returned no row");
+  return checkoutClaimFromRow(row);
+}
+
+function checkoutClaimFromRow(row: CheckoutClaimRow): CheckoutClaim {
   return {
     outcome: row.outcome,
     stripeIdempotencyKey: row.stripe_idempotency_key,
@@ -231,6 +243,9 @@ export async function claimCheckout(sql: Sql, input: CheckoutClaimInput): Promis
     amountTotal: row.amount_total,
     holdExpiresAt: row.hold_expires_at,
     lines: row.lines ?? [],
+    successUrl: row.success_url,
+    cancelUrl: row.cancel_url,
+    customerEmail: row.customer_email,
   };
 }
 

@@ -18,7 +18,7 @@ returns public.checkout_claim language sql as $$
   select public.claim_checkout(p_op,
     'checkout:create:' || p_op || ':' || p_key || '0000000-0000-4000-8000-000000000000',
     repeat(p_fp, 64), gen_random_uuid(), p_event, p_items, null, 'buyer@example.com', 'Buyer',
-    1800, 30, '2030-01-01 12:00:00+00'::timestamptz + make_interval(secs => p_at))
+    'http://shop.test/ok', 'http://shop.test/cancel', 1800, 30, '2030-01-01 12:00:00+00'::timestamptz + make_interval(secs => p_at))
 $$;
 create function pg_temp.items(p_floor int, p_balcony int default 0) returns jsonb language sql as $$
   select jsonb_agg(x) from (
@@ -46,8 +46,10 @@ select is((select lines from c1),
     {"tier_id":"70000000-0000-4000-8000-000000000002","product_name":"Test Gig — Balcony","unit_amount":999,"quantity":3}]'::jsonb,
   'the Stripe lines are the tiers'' names and prices, in tier order');
 select row_eq(
-  $$select o.status, o.guest_email, o.user_id, o.amount_total from public.orders o join c1 on c1.order_id = o.id$$,
-  row('pending'::text, 'buyer@example.com'::text, null::uuid, 5997), 'a pending guest order exists');
+  $$select o.status, o.guest_email, o.user_id, o.amount_total, o.success_url, o.cancel_url
+    from public.orders o join c1 on c1.order_id = o.id$$,
+  row('pending'::text, 'buyer@example.com'::text, null::uuid, 5997, 'http://shop.test/ok'::text, 'http://shop.test/cancel'::text),
+  'a pending guest order exists and keeps its redirect URLs');
 select is((select metadata ->> 'order_id' from public.stripe_idempotency_keys where operation_id = 'op-checkout-0000001'),
   (select order_id::text from c1), 'the operation knows its order');
 select is(pg_temp.floor_taken(0), 2::bigint, 'the pending order holds its seats');
