@@ -29,7 +29,8 @@ create type public.checkout_claim as (
   success_url text,
   cancel_url text,
   -- The guest's email (Stripe's customer_email); null for signed-in buyers.
-  customer_email text
+  customer_email text,
+  operation_id text
 );
 comment on type public.checkout_claim is 'What claim_checkout decided, with the order that the Stripe call must describe.';
 
@@ -140,7 +141,7 @@ as $$
                                                'unit_amount', i.unit_amount, 'quantity', i.quantity)
                             order by i.tier_id)
            from public.order_items i where i.order_id = o.id),
-          o.success_url, o.cancel_url, o.guest_email)::public.checkout_claim
+          o.success_url, o.cancel_url, o.guest_email, p_claim.operation_id)::public.checkout_claim
   from public.orders o
   where o.id = p_order_id;
 $$;
@@ -189,6 +190,7 @@ begin
     p_request_fingerprint, p_lease_token, p_lease_seconds,
     jsonb_build_object('event_id', p_event_id, 'order_id', v_order_id), p_now);
 
+  v_result.operation_id := p_operation_id;
   v_result.outcome := v_claim.outcome;
   v_result.stripe_idempotency_key := v_claim.stripe_idempotency_key;
   v_result.lease_token := v_claim.lease_token;

@@ -9,7 +9,7 @@ import {
   sqlCheckoutStore,
 } from "../../supabase/functions/_shared/checkout.ts";
 import type { Sql } from "../../supabase/functions/_shared/db.ts";
-import { createStripeClient } from "../../supabase/functions/_shared/stripe.ts";
+import { createStripeClient, type Stripe } from "../../supabase/functions/_shared/stripe.ts";
 import { openPool } from "./database.ts";
 import { startStripeServer, type StripeServer } from "./stripe_server.ts";
 import { TEST_JWT_SECRET } from "./tokens.ts";
@@ -31,6 +31,8 @@ export interface TestEvent {
 export interface Harness {
   sql: Sql;
   stripe: StripeServer;
+  /** The SDK client the handlers use, pointed at the local server. */
+  stripeClient: Stripe;
   event: TestEvent;
   guest: (request: Request) => Promise<Response>;
   enhanced: (request: Request) => Promise<Response>;
@@ -66,6 +68,7 @@ export async function startHarness(
   return {
     sql,
     stripe,
+    stripeClient,
     event,
     logs,
     store,

@@ -27,6 +27,8 @@ export interface VerifierOptions {
   fetchJwks?: () => Promise<{ keys: Jwk[] }>;
   /** Seconds of clock skew tolerated on exp and nbf. */
   leewaySeconds?: number;
+  /** The role a token must carry: a signed-in user (default), or the service role (cron jobs). */
+  requiredRole?: "authenticated" | "service_role";
   now?: () => number;
 }
 
@@ -39,6 +41,7 @@ const JWKS_REFRESH_MS = 60_000;
 /** Builds a verifier over the configured keys. */
 export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
   const leeway = options.leewaySeconds ?? 30;
+  const requiredRole = options.requiredRole ?? "authenticated";
   const now = options.now ?? (() => Date.now());
   const hmacKey = options.jwtSecret
     ? crypto.subtle.importKey(
@@ -87,13 +90,22 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
     if (typeof payload.nbf === "number" && payload.nbf - leeway > nowSeconds) {
       throw unauthorized("the token is not valid yet");
     }
-    if (payload.role !== "authenticated") throw unauthorized("the token is not a signed-in user's");
+    if (payload.role !== requiredRole) {
+      throw unauthorized(
+        requiredRole === "authenticated"
+          ? "the token is not a signed-in user's"
+          : `the token is not ${requiredRole}'s`,
+      );
+    }
+    if (requiredRole === "service_role") {
+      return { sub: "", role: requiredRole, exp: payload.exp };
+    }
     if (typeof payload.sub !== "string" || !UUID.test(payload.sub)) {
       throw unauthorized("the token has no user id");
     }
     return {
       sub: payload.sub.toLowerCase(),
-      role: payload.role,
+      role: requiredRole,
       exp: payload.exp,
       email: typeof payload.email === "string" ? payload.email : undefined,
     };

@@ -251,7 +251,7 @@ async function handle(
         operationId: clientKey,
         leaseToken: held,
         sessionId: created.id,
-        responseBody: responseBody(claim, created),
+        responseBody: checkoutResponseBody(claim, created),
       }),
     release: async (keyConsumed, reason) => {
       await deps.store.release({
@@ -264,12 +264,16 @@ async function handle(
   }, timings);
 
   entry.outcome = "created";
-  return canonicalJsonResponse(201, responseBody(claim, session), {
+  return canonicalJsonResponse(201, checkoutResponseBody(claim, session), {
     "idempotent-replayed": "false",
   });
 }
 
-function responseBody(claim: CheckoutClaim, session: Stripe.Checkout.Session): CheckoutResponse {
+/** The 201 body for a claimed order and its session. */
+export function checkoutResponseBody(
+  claim: CheckoutClaim,
+  session: Stripe.Checkout.Session,
+): CheckoutResponse {
   return {
     orderId: claim.orderId!,
     sessionId: session.id,

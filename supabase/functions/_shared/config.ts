@@ -4,13 +4,7 @@
  */
 
 /** Everything the checkout functions read from the environment. */
-export interface CheckoutConfig {
-  databaseUrl: string;
-  stripeSecretKey: string;
-  /** e.g. http://127.0.0.1:12111 for a local Stripe-compatible server; null for Stripe itself. */
-  stripeApiBase: URL | null;
-  jwtSecret: string | null;
-  jwksUrl: URL | null;
+export interface CheckoutConfig extends BaseConfig, TokenKeys {
   siteUrl: URL;
   allowedOrigins: ReadonlySet<string>;
   sessionTtlMinutes: number;
@@ -27,20 +21,35 @@ export class ConfigError extends Error {
   }
 }
 
-/** Parses the checkout configuration. */
-export function loadCheckoutConfig(
-  env: EnvReader,
-  options: { requireUserAuth: boolean },
-): CheckoutConfig {
+/** What every function that talks to Postgres and Stripe needs. */
+export interface BaseConfig {
+  databaseUrl: string;
+  stripeSecretKey: string;
+  /** e.g. http://127.0.0.1:12111 for a local Stripe-compatible server; null for Stripe itself. */
+  stripeApiBase: URL | null;
+}
+
+/** Keys that verify Supabase-issued tokens. */
+export interface TokenKeys {
+  jwtSecret: string | null;
+  jwksUrl: URL | null;
+}
+
+/** Database and Stripe settings, shared by every function. */
+export function loadBaseConfig(env: EnvReader): BaseConfig {
   const databaseUrl = env("SUPABASE_DB_URL") || env("DATABASE_URL");
   if (!databaseUrl) {
     throw new ConfigError("Missing environment variable SUPABASE_DB_URL (or DATABASE_URL)");
   }
   const stripeSecretKey = required(env, "STRIPE_SECRET_KEY");
-  const siteUrl = url("SITE_URL", required(env, "SITE_URL"));
   const stripeApiBase = env("STRIPE_API_BASE")
     ? url("STRIPE_API_BASE", env("STRIPE_API_BASE")!)
     : null;
+  return { databaseUrl, stripeSecretKey, stripeApiBase };
+}
+
+/** The HS256 secret and/or the JWKS location; `purpose` names what they are for in errors. */
+export function loadTokenKeys(env: EnvReader, purpose: string | null): TokenKeys {
   const jwtSecret = env("SUPABASE_JWT_SECRET") || null;
   const jwksSource = env("SUPABASE_JWKS_URL") ||
     (env("SUPABASE_URL")
@@ -48,11 +57,22 @@ export function loadCheckoutConfig(
       : "");
   const jwksName = env("SUPABASE_JWKS_URL") ? "SUPABASE_JWKS_URL" : "SUPABASE_URL";
   const jwksUrl = jwksSource ? url(jwksName, jwksSource) : null;
-  if (options.requireUserAuth && !jwtSecret && !jwksUrl) {
+  if (purpose && !jwtSecret && !jwksUrl) {
     throw new ConfigError(
-      "Missing environment variable SUPABASE_JWT_SECRET or SUPABASE_URL (for the JWKS): cannot verify user tokens",
+      `Missing environment variable SUPABASE_JWT_SECRET or SUPABASE_URL (for the JWKS): cannot verify ${purpose}`,
     );
   }
+  return { jwtSecret, jwksUrl };
+}
+
+/** Parses the checkout configuration. */
+export function loadCheckoutConfig(
+  env: EnvReader,
+  options: { requireUserAuth: boolean },
+): CheckoutConfig {
+  const base = loadBaseConfig(env);
+  const siteUrl = url("SITE_URL", required(env, "SITE_URL"));
+  const keys = loadTokenKeys(env, options.requireUserAuth ? "user tokens" : null);
 
   const origins = (env("CHECKOUT_ALLOWED_ORIGINS") || siteUrl.origin).split(",").map((o) =>
     o.trim()
@@ -75,14 +95,39 @@ export function loadCheckoutConfig(
   }
 
   return {
-    databaseUrl,
-    stripeSecretKey,
-    stripeApiBase,
-    jwtSecret,
-    jwksUrl,
+    ...base,
+    ...keys,
     siteUrl,
     allowedOrigins: new Set(origins),
     sessionTtlMinutes,
+  };
+}
+
+/** Configuration of stripe-webhook. */
+export interface WebhookConfig extends BaseConfig {
+  webhookSecret: string;
+}
+
+/** Parses the webhook configuration. */
+export function loadWebhookConfig(env: EnvReader): WebhookConfig {
+  return { ...loadBaseConfig(env), webhookSecret: required(env, "STRIPE_WEBHOOK_SECRET") };
+}
+
+/** Configuration of reconcile-checkouts. */
+export interface ReconcileConfig extends BaseConfig, TokenKeys {
+  staleSeconds: number;
+}
+
+/** Parses the reconciliation configuration. */
+export function loadReconcileConfig(env: EnvReader): ReconcileConfig {
+  const minutes = Number(env("RECONCILE_STALE_MINUTES") || "10");
+  if (!Number.isInteger(minutes) || minutes < 1 || minutes > 1440) {
+    throw new ConfigError("RECONCILE_STALE_MINUTES must be an integer from 1 to 1440");
+  }
+  return {
+    ...loadBaseConfig(env),
+    ...loadTokenKeys(env, "the cron job's service role token"),
+    staleSeconds: minutes * 60,
   };
 }
 

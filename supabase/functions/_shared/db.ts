@@ -178,7 +178,7 @@ export interface CheckoutClaimInput {
 
 /** What claim_checkout decided, with the order the Stripe call must describe. */
 export interface CheckoutClaim {
-  outcome: ClaimOutcome | "renew" | "paid";
+  outcome: ClaimOutcome | "renew" | "paid" | "reconcile";
   stripeIdempotencyKey: string | null;
   leaseToken: string | null;
   leaseExpiresAt: Date | null;
@@ -194,6 +194,7 @@ export interface CheckoutClaim {
   successUrl: string | null;
   cancelUrl: string | null;
   customerEmail: string | null;
+  operationId: string | null;
 }
 
 interface CheckoutClaimRow {
@@ -213,6 +214,7 @@ interface CheckoutClaimRow {
   success_url: string | null;
   cancel_url: string | null;
   customer_email: string | null;
+  operation_id: string | null;
 }
 
 /** The checkout claim: idempotency claim, order and seat hold, in one statement. */
@@ -246,6 +248,7 @@ function checkoutClaimFromRow(row: CheckoutClaimRow): CheckoutClaim {
     successUrl: row.success_url,
     cancelUrl: row.cancel_url,
     customerEmail: row.customer_email,
+    operationId: row.operation_id,
   };
 }
 
@@ -283,6 +286,38 @@ export async function releaseCheckout(
       ${input.error ?? null}, coalesce(${input.now ?? null}::timestamptz, now())) as status`;
   if (!row) throw new Error("Cannot release checkout: the database returned no row");
   return row.status;
+}
+
+/** What processing a webhook event did; see process_stripe_webhook_event. */
+export interface WebhookResult {
+  outcome: string;
+  orderId: string | null;
+  detail: string | null;
+}
+
+/** Stores a verified Stripe event once and applies it once (one statement, one transaction). */
+export async function processWebhookEvent(
+  sql: Sql,
+  event: { id: string; type: string; livemode: boolean; payload: unknown; now?: Date },
+): Promise<WebhookResult> {
+  const [row] = await sql<{ outcome: string; order_id: string | null; detail: string | null }[]>`
+    select * from public.process_stripe_webhook_event(${event.id}, ${event.type}, ${event.livemode},
+      ${sql.json(toJson(event.payload))}::jsonb, coalesce(${
+    event.now ?? null
+  }::timestamptz, now()))`;
+  if (!row) throw new Error("Cannot process webhook event: the database returned no row");
+  return { outcome: row.outcome, orderId: row.order_id, detail: row.detail };
+}
+
+/** Takes over checkout attempts stuck for more than `staleSeconds` (see claim_stuck_checkouts). */
+export async function claimStuckCheckouts(
+  sql: Sql,
+  options: { staleSeconds: number; limit: number; leaseSeconds: number; now?: Date },
+): Promise<CheckoutClaim[]> {
+  const rows = await sql<CheckoutClaimRow[]>`
+    select * from public.claim_stuck_checkouts(${options.staleSeconds}::int, ${options.limit}::int,
+      ${options.leaseSeconds}::int, coalesce(${options.now ?? null}::timestamptz, now()))`;
+  return rows.map(checkoutClaimFromRow);
 }
 
 // postgres.js types sql.json's argument as its own JSON type; a JSON round trip gives exactly

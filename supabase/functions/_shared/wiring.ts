@@ -1,0 +1,83 @@
+/**
+ * Wiring for the entry points: environment → clients → handler. Only the index.ts files call
+ * these, with Deno.env, so only they read the environment. Bad configuration fails at start-up.
+ */
+import { createTokenVerifier, type Jwk, type TokenVerifier } from "./auth.ts";
+import { createCheckoutHandler, sqlCheckoutStore } from "./checkout.ts";
+import {
+  type EnvReader,
+  loadCheckoutConfig,
+  loadReconcileConfig,
+  loadWebhookConfig,
+  type TokenKeys,
+} from "./config.ts";
+import { createSql, type Sql } from "./db.ts";
+import { createReconcileHandler } from "./reconcile.ts";
+import { createStripeClient } from "./stripe.ts";
+import { createWebhookHandler } from "./webhook.ts";
+
+type Handler = (request: Request) => Promise<Response>;
+
+/** A checkout endpoint's handler. */
+export function checkoutHandlerFromEnv(
+  endpoint: "enhanced-checkout" | "guest-checkout",
+  env: EnvReader,
+): Handler {
+  const config = loadCheckoutConfig(env, { requireUserAuth: endpoint === "enhanced-checkout" });
+  return createCheckoutHandler({
+    endpoint,
+    store: sqlCheckoutStore(openDatabase(config.databaseUrl)),
+    stripe: createStripeClient(config.stripeSecretKey, { apiBase: config.stripeApiBase }),
+    siteUrl: config.siteUrl,
+    allowedOrigins: config.allowedOrigins,
+    sessionTtlMinutes: config.sessionTtlMinutes,
+    verifyToken: endpoint === "enhanced-checkout"
+      ? tokenVerifier(config, "authenticated")
+      : undefined,
+  });
+}
+
+/** The stripe-webhook handler. */
+export function webhookHandlerFromEnv(env: EnvReader): Handler {
+  const config = loadWebhookConfig(env);
+  return createWebhookHandler({
+    sql: openDatabase(config.databaseUrl),
+    stripe: createStripeClient(config.stripeSecretKey, { apiBase: config.stripeApiBase }),
+    webhookSecret: config.webhookSecret,
+  });
+}
+
+/** The reconcile-checkouts handler, for the cron job. */
+export function reconcileHandlerFromEnv(env: EnvReader): Handler {
+  const config = loadReconcileConfig(env);
+  return createReconcileHandler({
+    sql: openDatabase(config.databaseUrl),
+    stripe: createStripeClient(config.stripeSecretKey, { apiBase: config.stripeApiBase }),
+    staleSeconds: config.staleSeconds,
+    verifyToken: tokenVerifier(config, "service_role"),
+  });
+}
+
+function openDatabase(url: string): Sql {
+  // Supabase's pooler (port 6543) runs in transaction mode, which cannot keep prepared statements.
+  const pooled = new URL(url.replace(/^postgres(ql)?:/, "http:")).port === "6543";
+  return createSql(url, { max: 5, prepare: !pooled });
+}
+
+function tokenVerifier(
+  keys: TokenKeys,
+  requiredRole: "authenticated" | "service_role",
+): TokenVerifier {
+  const jwksUrl = keys.jwksUrl;
+  return createTokenVerifier({
+    jwtSecret: keys.jwtSecret,
+    requiredRole,
+    fetchJwks: jwksUrl
+      ? async () => {
+        const response = await fetch(jwksUrl, { signal: AbortSignal.timeout(5_000) });
+        if (!response.ok) throw new Error(`JWKS fetch failed: ${response.status}`);
+        return await response.json() as { keys: Jwk[] };
+      }
+      : undefined,
+  });
+}

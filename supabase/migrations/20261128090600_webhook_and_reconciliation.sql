@@ -1,0 +1,245 @@
+-- The order lifecycle driven by verified Stripe events, and the reconciliation of attempts that
+-- died between their claim and their record.
+-- Objects: type public.webhook_result; functions process_stripe_webhook_event,
+--          apply_checkout_session_event, claim_stuck_checkouts; index on in-flight leases.
+-- Risks:   each event is applied in one transaction under its stored row's lock, so a
+--          redelivery or a concurrent duplicate is never applied twice. State only moves
+--          forward: pending → paid | expired | cancelled; a late expiry never undoes paid. A
+--          payment that lands after its seats were released is applied only if the seats are
+--          still free, otherwise it is recorded (capacity_conflict) for an operator to refund.
+
+create type public.webhook_result as (
+  -- paid | expired | cancelled | awaiting_payment | noop | ignored | duplicate
+  -- | unmatched | mismatch | capacity_conflict | failed
+  outcome text,
+  order_id uuid,
+  detail text
+);
+comment on type public.webhook_result is 'What processing one Stripe event did.';
+
+-- Applies one checkout.session.* event to its order. Raises only on unexpected errors.
+create or replace function public.apply_checkout_session_event(
+  p_type text,
+  p_session jsonb,
+  p_now timestamptz default now()
+)
+returns public.webhook_result
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_reference text := coalesce(p_session ->> 'client_reference_id', p_session -> 'metadata' ->> 'order_id');
+  v_session_id text := p_session ->> 'id';
+  v_order public.orders;
+  v_item record;
+  v_capacity integer;
+begin
+  if p_type not in ('checkout.session.completed', 'checkout.session.async_payment_succeeded',
+                    'checkout.session.async_payment_failed', 'checkout.session.expired') then
+    return ('ignored', null, null)::public.webhook_result;
+  end if;
+  if v_reference is null or v_reference !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
+    return ('unmatched', null, 'the session names no order')::public.webhook_result;
+  end if;
+
+  select o.* into v_order from public.orders o where o.id = v_reference::uuid for update;
+  if not found then
+    return ('unmatched', null, format('order %s does not exist', v_reference))::public.webhook_result;
+  end if;
+
+  -- Cross-checks: the event must describe this order's session, amount and currency.
+  if p_session -> 'metadata' ->> 'order_id' is not null and p_session -> 'metadata' ->> 'order_id' <> v_reference then
+    return ('mismatch', v_order.id, 'metadata.order_id differs from client_reference_id')::public.webhook_result;
+  end if;
+  if v_order.stripe_checkout_session_id is not null and v_order.stripe_checkout_session_id is distinct from v_session_id then
+    return ('mismatch', v_order.id,
+      format('session %s is not the order''s session %s', v_session_id, v_order.stripe_checkout_session_id))::public.webhook_result;
+  end if;
+  if (p_session ->> 'amount_total') is distinct from v_order.amount_total::text
+     or lower(p_session ->> 'currency') is distinct from v_order.currency then
+    return ('mismatch', v_order.id,
+      format('session amount %s %s differs from the order''s %s %s', p_session ->> 'amount_total',
+             p_session ->> 'currency', v_order.amount_total, v_order.currency))::public.webhook_result;
+  end if;
+
+  if p_type in ('checkout.session.async_payment_failed', 'checkout.session.expired') then
+    if v_order.status <> 'pending' then
+      return ('noop', v_order.id, format('order is already %s', v_order.status))::public.webhook_result;
+    end if;
+    update public.orders o
+    set status = case when p_type = 'checkout.session.expired' then 'expired' else 'cancelled' end,
+        stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, v_session_id)
+    where o.id = v_order.id
+    returning o.* into v_order;
+    return (v_order.status, v_order.id, null)::public.webhook_result;
+  end if;
+
+  -- completed or async_payment_succeeded
+  if p_type = 'checkout.session.completed'
+     and coalesce(p_session ->> 'payment_status', '') not in ('paid', 'no_payment_required') then
+    -- A delayed payment method: the session is complete, the money is not there yet. Keep the
+    -- seats held until the async event decides (Stripe settles those within days).
+    if v_order.status = 'pending' then
+      update public.orders o
+      set hold_expires_at = greatest(o.hold_expires_at, p_now + interval '14 days'),
+          stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, v_session_id)
+      where o.id = v_order.id;
+    end if;
+    return ('awaiting_payment', v_order.id, null)::public.webhook_result;
+  end if;
+
+  if v_order.status = 'paid' then
+    return ('noop', v_order.id, 'order is already paid')::public.webhook_result;
+  end if;
+
+  if v_order.status in ('expired', 'cancelled') then
+    -- The money arrived after the seats were released: take them back only if still free.
+    for v_item in
+      select i.tier_id, i.quantity from public.order_items i where i.order_id = v_order.id order by i.tier_id
+    loop
+      select t.capacity into v_capacity from events.ticket_tiers t where t.id = v_item.tier_id for update;
+      if v_capacity is not null and public.tier_seats_taken(v_item.tier_id, p_now) + v_item.quantity > v_capacity then
+        return ('capacity_conflict', v_order.id,
+          format('paid after its hold was released and tier %s has no seats left: refund it', v_item.tier_id))::public.webhook_result;
+      end if;
+    end loop;
+  end if;
+
+  update public.orders o
+  set status = 'paid',
+      paid_at = p_now,
+      stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, v_session_id)
+  where o.id = v_order.id;
+  return ('paid', v_order.id, null)::public.webhook_result;
+end;
+$$;
+comment on function public.apply_checkout_session_event(text, jsonb, timestamptz) is
+  'Moves an order forward for a checkout.session.* event, after cross-checking session, amount and currency.';
+
+-- Stores a verified Stripe event once and applies it once. A redelivery of a processed event
+-- is a duplicate; a concurrent one waits on the row lock and then sees it processed. If
+-- applying fails, the event stays unprocessed with its error recorded, and 'failed' is
+-- returned so the endpoint answers 500 and Stripe redelivers.
+create or replace function public.process_stripe_webhook_event(
+  p_event_id text,
+  p_type text,
+  p_livemode boolean,
+  p_payload jsonb,
+  p_now timestamptz default now()
+)
+returns public.webhook_result
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_event public.stripe_webhook_events;
+  v_result public.webhook_result;
+  v_state text;
+  v_message text;
+begin
+  insert into public.stripe_webhook_events (stripe_event_id, type, livemode, payload, received_at)
+  values (p_event_id, p_type, coalesce(p_livemode, false), p_payload, p_now)
+  on conflict (stripe_event_id) do nothing;
+
+  select e.* into v_event from public.stripe_webhook_events e where e.stripe_event_id = p_event_id for update;
+  if v_event.processed_at is not null then
+    return ('duplicate', null, null)::public.webhook_result;
+  end if;
+
+  begin
+    if p_type like 'checkout.session.%' then
+      v_result := public.apply_checkout_session_event(p_type, p_payload -> 'data' -> 'object', p_now);
+    else
+      v_result := ('ignored', null, null)::public.webhook_result;
+    end if;
+    update public.stripe_webhook_events e
+    set processed_at = p_now,
+        attempts = e.attempts + 1,
+        last_error = case when v_result.outcome in ('unmatched', 'mismatch', 'capacity_conflict')
+                          then left(v_result.outcome || ': ' || coalesce(v_result.detail, ''), 1000) end
+    where e.id = v_event.id;
+  exception when others then
+    -- Not swallowed: recorded on the event and reported as 'failed' (the endpoint answers 500).
+    get stacked diagnostics v_state = returned_sqlstate, v_message = message_text;
+    update public.stripe_webhook_events e
+    set attempts = e.attempts + 1,
+        last_error = left(v_state || ': ' || v_message, 1000)
+    where e.id = v_event.id;
+    return ('failed', null, v_state)::public.webhook_result;
+  end;
+  return v_result;
+end;
+$$;
+comment on function public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz) is
+  'Stores a verified Stripe event once and applies it once, in one transaction; failures stay retryable.';
+
+-- Attempts whose lease expired long ago: the request that claimed them died between the claim
+-- and the record. Takes each over (new lease, SAME key) so the reconciler can settle it with
+-- Stripe. SKIP LOCKED keeps concurrent reconcilers and live requests out of each other's way.
+create index stripe_idempotency_keys_in_flight_idx on public.stripe_idempotency_keys (lease_expires_at)
+  where status = 'in_progress';
+
+create or replace function public.claim_stuck_checkouts(
+  p_stale_seconds integer default 600,
+  p_limit integer default 50,
+  p_lease_seconds integer default 120,
+  p_now timestamptz default now()
+)
+returns setof public.checkout_claim
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_row public.stripe_idempotency_keys;
+  v_claim public.checkout_claim;
+begin
+  if p_stale_seconds is null or p_stale_seconds < 0 or p_limit is null or p_limit < 1
+     or p_lease_seconds is null or p_lease_seconds not between 1 and 3600 then
+    raise exception using errcode = '22023', message = 'Cannot claim stuck checkouts: bad arguments';
+  end if;
+
+  for v_row in
+    select k.* from public.stripe_idempotency_keys k
+    where k.status = 'in_progress'
+      and k.operation_type = 'checkout:create'
+      and k.lease_expires_at < p_now - make_interval(secs => p_stale_seconds)
+    order by k.lease_expires_at
+    limit p_limit
+    for update skip locked
+  loop
+    update public.stripe_idempotency_keys k
+    set lease_token = gen_random_uuid(),
+        lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
+        attempt = k.attempt + 1,
+        updated_at = p_now
+    where k.id = v_row.id
+    returning k.* into v_row;
+
+    v_claim := null;
+    v_claim.outcome := 'reconcile';
+    v_claim.operation_id := v_row.operation_id;
+    v_claim.stripe_idempotency_key := v_row.stripe_idempotency_key;
+    v_claim.lease_token := v_row.lease_token;
+    v_claim.lease_expires_at := v_row.lease_expires_at;
+    v_claim.attempt := v_row.attempt;
+    return next public.checkout_claim_order(v_claim, (v_row.metadata ->> 'order_id')::uuid);
+  end loop;
+end;
+$$;
+comment on function public.claim_stuck_checkouts(integer, integer, integer, timestamptz) is
+  'Takes over checkout attempts whose lease expired more than p_stale_seconds ago, for reconciliation.';
+
+revoke execute on function
+  public.apply_checkout_session_event(text, jsonb, timestamptz),
+  public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz),
+  public.claim_stuck_checkouts(integer, integer, integer, timestamptz)
+from public, anon, authenticated;
+
+grant execute on function
+  public.apply_checkout_session_event(text, jsonb, timestamptz),
+  public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz),
+  public.claim_stuck_checkouts(integer, integer, integer, timestamptz)
+to service_role;

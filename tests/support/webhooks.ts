@@ -1,0 +1,49 @@
+/** Signed Stripe webhook deliveries for tests, made the way Stripe signs them. */
+import Stripe from "stripe";
+import type { CheckoutSession } from "./stripe_server.ts";
+
+/** The signing secret the tests configure stripe-webhook with. */
+export const TEST_WEBHOOK_SECRET = "whsec_test_secret_for_local_runs_only";
+
+const signer = new Stripe("sk_test_signer");
+const cryptoProvider = Stripe.createSubtleCryptoProvider();
+
+/** A Stripe event JSON for a Checkout Session. */
+export function sessionEvent(
+  type: string,
+  session: Partial<CheckoutSession> & { id: string },
+  id = `evt_${crypto.randomUUID().replaceAll("-", "")}`,
+): string {
+  return JSON.stringify({
+    id,
+    object: "event",
+    api_version: "2026-10-28.endive",
+    created: Math.floor(Date.now() / 1000),
+    livemode: false,
+    pending_webhooks: 1,
+    type,
+    data: { object: session },
+  });
+}
+
+/** A POST to stripe-webhook with a valid (or deliberately broken) Stripe-Signature. */
+export async function signedDelivery(
+  payload: string,
+  options: { secret?: string; timestamp?: number; signature?: string | null } = {},
+): Promise<Request> {
+  const headers: Record<string, string> = { "content-type": "application/json" };
+  if (options.signature !== null) {
+    headers["stripe-signature"] = options.signature ??
+      await signer.webhooks.generateTestHeaderStringAsync({
+        payload,
+        secret: options.secret ?? TEST_WEBHOOK_SECRET,
+        timestamp: options.timestamp,
+        cryptoProvider,
+      });
+  }
+  return new Request("http://functions.test/functions/v1/stripe-webhook", {
+    method: "POST",
+    headers,
+    body: payload,
+  });
+}
