@@ -1,0 +1,232 @@
+/**
+ * Reconciliation of attempts that died between claim and record: settled to exactly one
+ * session or a released hold, safe beside live traffic and beside itself.
+ */
+import assert from "node:assert/strict";
+import { createTokenVerifier } from "../supabase/functions/_shared/auth.ts";
+import type { CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
+import {
+  createReconcileHandler,
+  reconcileStuckCheckouts,
+} from "../supabase/functions/_shared/reconcile.ts";
+import { checkoutRequest, type Harness, newKey, startHarness } from "./support/checkout_harness.ts";
+import { signToken, TEST_JWT_SECRET, userToken } from "./support/tokens.ts";
+
+/** A harness whose attempts "die" after the claim: record and release never reach the database. */
+async function withDyingAttempts(fn: (h: Harness, kill: { on: boolean }) => Promise<void>) {
+  const kill = { on: true };
+  const h = await startHarness({
+    leaseSeconds: 1,
+    wrapStore: (store): CheckoutStore => ({
+      ...store,
+      record: (input) => kill.on ? Promise.reject(new Error("killed")) : store.record(input),
+      release: (input) => kill.on ? Promise.reject(new Error("killed")) : store.release(input),
+    }),
+  });
+  // Reconciliation is global: park attempts that other tests left stuck on purpose, so that
+  // this test's Stripe server only ever sees this test's operations.
+  await h.sql`
+    update public.stripe_idempotency_keys set status = 'failed', lease_token = null, lease_expires_at = null
+    where status = 'in_progress' and operation_type = 'checkout:create'`;
+  try {
+    await fn(h, kill);
+  } finally {
+    await h.close();
+  }
+}
+
+function body(h: Harness, quantity = 1) {
+  return {
+    eventId: h.event.id,
+    items: [{ tierId: h.event.floor, quantity }],
+    email: "late@example.com",
+  };
+}
+
+async function waitForLeases() {
+  await new Promise((r) => setTimeout(r, 1_100));
+}
+
+async function floorTaken(h: Harness): Promise<number> {
+  const [row] = await h.sql<{ n: string }[]>`select public.tier_seats_taken(${h.event.floor}) as n`;
+  return Number(row!.n);
+}
+
+Deno.test("a crash after Stripe created the session is settled by recording that same session", () =>
+  withDyingAttempts(async (h, kill) => {
+    const key = newKey();
+    assert.equal((await h.guest(checkoutRequest(body(h), { key }))).status, 503);
+    assert.equal(h.stripe.sessionsCreated(), 1);
+    kill.on = false;
+    await waitForLeases();
+
+    const summary = await reconcileStuckCheckouts({
+      sql: h.sql,
+      stripe: h.stripeClient,
+      staleSeconds: 0,
+      log: () => {},
+    });
+    assert.equal(summary.recorded, 1, JSON.stringify(summary));
+    assert.equal(h.stripe.sessionsCreated(), 1, "no second session");
+    const [order] = await h.sql<{ stripe_checkout_session_id: string; status: string }[]>`
+      select o.stripe_checkout_session_id, o.status from public.orders o where o.event_id = ${h.event.id}`;
+    assert.equal(order?.status, "pending");
+    assert.ok(h.stripe.sessions.has(order!.stripe_checkout_session_id));
+
+    const retry = await h.guest(checkoutRequest(body(h), { key }));
+    assert.equal(retry.status, 201);
+    assert.equal(retry.headers.get("idempotent-replayed"), "true");
+    assert.equal((await retry.json()).sessionId, order!.stripe_checkout_session_id);
+  }));
+
+Deno.test("a crash before Stripe saw the request is settled by releasing the hold, and the retry works", () =>
+  withDyingAttempts(async (h, kill) => {
+    const key = newKey();
+    // Every try of the first attempt is dropped before Stripe handles it.
+    for (let i = 0; i < 3; i++) {
+      h.stripe.faults.push({ kind: "reset_before", path: "/v1/checkout/sessions" });
+    }
+    assert.equal((await h.guest(checkoutRequest(body(h, 3), { key }))).status, 503);
+    assert.equal(h.stripe.sessionsCreated(), 0);
+    assert.equal(await floorTaken(h), 3, "the dead attempt still holds its seats");
+    kill.on = false;
+    h.stripe.faults.length = 0;
+    await waitForLeases();
+
+    const summary = await reconcileStuckCheckouts({
+      sql: h.sql,
+      stripe: h.stripeClient,
+      staleSeconds: 0,
+      log: () => {},
+    });
+    assert.equal(summary.released, 1, JSON.stringify(summary));
+    assert.equal(await floorTaken(h), 0, "the seats are free again");
+    const open = [...h.stripe.sessions.values()].filter((s) => s.status === "open");
+    assert.equal(open.length, 0, "no payable session was left behind");
+
+    const retry = await h.guest(checkoutRequest(body(h, 3), { key }));
+    assert.equal(retry.status, 201);
+    assert.equal(h.stripe.sessions.get((await retry.json()).sessionId)?.status, "open");
+  }));
+
+Deno.test("reconcilers running concurrently settle each stuck attempt exactly once", () =>
+  withDyingAttempts(async (h, kill) => {
+    const keys = Array.from({ length: 6 }, newKey);
+    for (const key of keys) {
+      const response = await h.guest(
+        checkoutRequest({ ...body(h), items: [{ tierId: h.event.balcony, quantity: 1 }] }, { key }),
+      );
+      assert.equal(response.status, 503);
+    }
+    kill.on = false;
+    await waitForLeases();
+    const runs = await Promise.all(
+      Array.from(
+        { length: 3 },
+        () =>
+          reconcileStuckCheckouts({
+            sql: h.sql,
+            stripe: h.stripeClient,
+            staleSeconds: 0,
+            log: () => {},
+          }),
+      ),
+    );
+    assert.equal(runs.reduce((n, r) => n + r.examined, 0), keys.length, JSON.stringify(runs));
+    assert.equal(runs.reduce((n, r) => n + r.recorded, 0), keys.length);
+    assert.equal(h.stripe.sessionsCreated(), keys.length, "one session per operation, never two");
+    const again = await reconcileStuckCheckouts({
+      sql: h.sql,
+      stripe: h.stripeClient,
+      staleSeconds: 0,
+      log: () => {},
+    });
+    assert.equal(again.examined, 0, "nothing is left stuck");
+  }));
+
+Deno.test("a live retry during reconciliation waits (409) and then replays the reconciled session", () =>
+  withDyingAttempts(async (h, kill) => {
+    const key = newKey();
+    assert.equal((await h.guest(checkoutRequest(body(h), { key }))).status, 503);
+    kill.on = false;
+    await waitForLeases();
+    // Slow answer (a replay is answered from Stripe's store, so latency must come after it).
+    h.stripe.faults.push({ kind: "timeout", ms: 300, path: "/v1/checkout/sessions" });
+    const reconciling = reconcileStuckCheckouts({
+      sql: h.sql,
+      stripe: h.stripeClient,
+      staleSeconds: 0,
+      log: () => {},
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    const during = await h.guest(checkoutRequest(body(h), { key }));
+    assert.equal(
+      during.status,
+      409,
+      `the reconciler holds the operation: ${JSON.stringify(h.logs.at(-1))}`,
+    );
+    assert.equal((await reconciling).recorded, 1);
+    const after = await h.guest(checkoutRequest(body(h), { key }));
+    assert.equal(after.headers.get("idempotent-replayed"), "true");
+    assert.equal(h.stripe.sessionsCreated(), 1);
+  }));
+
+Deno.test("recent attempts are left alone: only leases expired longer than the threshold are reconciled", () =>
+  withDyingAttempts(async (h, kill) => {
+    assert.equal((await h.guest(checkoutRequest(body(h)))).status, 503);
+    kill.on = false;
+    await waitForLeases();
+    const summary = await reconcileStuckCheckouts({
+      sql: h.sql,
+      stripe: h.stripeClient,
+      staleSeconds: 600,
+      log: () => {},
+    });
+    assert.equal(summary.examined, 0);
+  }));
+
+Deno.test("reconcile-checkouts accepts only the service role's token", async () => {
+  const h = await startHarness();
+  try {
+    const handler = createReconcileHandler({
+      sql: h.sql,
+      stripe: h.stripeClient,
+      staleSeconds: 600,
+      log: () => {},
+      verifyToken: createTokenVerifier({
+        jwtSecret: TEST_JWT_SECRET,
+        requiredRole: "service_role",
+      }),
+    });
+    const call = (token?: string) =>
+      handler(
+        new Request("http://functions.test/functions/v1/reconcile-checkouts", {
+          method: "POST",
+          headers: token ? { authorization: `Bearer ${token}` } : {},
+        }),
+      );
+    assert.equal((await call()).status, 401);
+    assert.equal(
+      (await call(await userToken(crypto.randomUUID()))).status,
+      401,
+      "a user is not cron",
+    );
+    const anon = await signToken({ role: "anon", exp: Math.floor(Date.now() / 1000) + 60 });
+    assert.equal((await call(anon)).status, 401);
+    const service = await signToken({
+      role: "service_role",
+      exp: Math.floor(Date.now() / 1000) + 60,
+    });
+    const ok = await call(service);
+    assert.equal(ok.status, 200);
+    assert.deepEqual(Object.keys(await ok.json()).sort(), [
+      "examined",
+      "recorded",
+      "released",
+      "retry_later",
+      "unresolved",
+    ]);
+  } finally {
+    await h.close();
+  }
+});
