@@ -1,7 +1,8 @@
 -- The order lifecycle driven by verified Stripe events, and the reconciliation of attempts that
 -- died between their claim and their record.
 -- Objects: type public.webhook_result; functions process_stripe_webhook_event,
---          apply_checkout_session_event, claim_stuck_checkouts; index on in-flight leases.
+--          apply_checkout_session_event, order_seats_unavailable, claim_stuck_checkouts; index
+--          on in-flight leases.
 -- Risks:   each event is applied in one transaction under its stored row's lock, so a
 --          redelivery or a concurrent duplicate is never applied twice. State only moves
 --          forward: pending → paid | expired | cancelled; a late expiry never undoes paid. A
@@ -16,6 +17,33 @@ create type public.webhook_result as (
   detail text
 );
 comment on type public.webhook_result is 'What processing one Stripe event did.';
+
+-- The first tier of an order that no longer has room for it, or null when all do. Locks the
+-- tiers in id order (the order every seller uses). The order itself must not be counted (it is
+-- expired, cancelled or past its hold), so this is "could it take its seats back now".
+create or replace function public.order_seats_unavailable(p_order_id uuid, p_now timestamptz)
+returns uuid
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_item record;
+  v_capacity integer;
+begin
+  for v_item in
+    select i.tier_id, i.quantity from public.order_items i where i.order_id = p_order_id order by i.tier_id
+  loop
+    select t.capacity into v_capacity from events.ticket_tiers t where t.id = v_item.tier_id for update;
+    if v_capacity is not null and public.tier_seats_taken(v_item.tier_id, p_now) + v_item.quantity > v_capacity then
+      return v_item.tier_id;
+    end if;
+  end loop;
+  return null;
+end;
+$$;
+comment on function public.order_seats_unavailable(uuid, timestamptz) is
+  'Internal: the first tier without room to take an order''s seats back, or null.';
 
 -- Applies one checkout.session.* event to its order. Raises only on unexpected errors.
 create or replace function public.apply_checkout_session_event(
@@ -32,8 +60,8 @@ declare
   v_reference text := coalesce(p_session ->> 'client_reference_id', p_session -> 'metadata' ->> 'order_id');
   v_session_id text := p_session ->> 'id';
   v_order public.orders;
-  v_item record;
-  v_capacity integer;
+  v_holding boolean;
+  v_short uuid;
 begin
   if p_type not in ('checkout.session.completed', 'checkout.session.async_payment_succeeded',
                     'checkout.session.async_payment_failed', 'checkout.session.expired') then
@@ -76,6 +104,22 @@ begin
   end if;
 
   -- completed or async_payment_succeeded
+  if v_order.status = 'paid' then
+    return ('noop', v_order.id, 'order is already paid')::public.webhook_result;
+  end if;
+
+  -- Does the order still hold its seats? If it was expired or cancelled, or its hold simply ran
+  -- out before this event arrived, the seats may have been sold again: take them back only if
+  -- they are still free, otherwise record the conflict (nothing is oversold).
+  v_holding := v_order.status = 'pending' and v_order.hold_expires_at > p_now;
+  if not v_holding then
+    v_short := public.order_seats_unavailable(v_order.id, p_now);
+    if v_short is not null then
+      return ('capacity_conflict', v_order.id,
+        format('paid after its hold ended and tier %s has no seats left: refund it', v_short))::public.webhook_result;
+    end if;
+  end if;
+
   if p_type = 'checkout.session.completed'
      and coalesce(p_session ->> 'payment_status', '') not in ('paid', 'no_payment_required') then
     -- A delayed payment method: the session is complete, the money is not there yet. Keep the
@@ -87,23 +131,6 @@ begin
       where o.id = v_order.id;
     end if;
     return ('awaiting_payment', v_order.id, null)::public.webhook_result;
-  end if;
-
-  if v_order.status = 'paid' then
-    return ('noop', v_order.id, 'order is already paid')::public.webhook_result;
-  end if;
-
-  if v_order.status in ('expired', 'cancelled') then
-    -- The money arrived after the seats were released: take them back only if still free.
-    for v_item in
-      select i.tier_id, i.quantity from public.order_items i where i.order_id = v_order.id order by i.tier_id
-    loop
-      select t.capacity into v_capacity from events.ticket_tiers t where t.id = v_item.tier_id for update;
-      if v_capacity is not null and public.tier_seats_taken(v_item.tier_id, p_now) + v_item.quantity > v_capacity then
-        return ('capacity_conflict', v_order.id,
-          format('paid after its hold was released and tier %s has no seats left: refund it', v_item.tier_id))::public.webhook_result;
-      end if;
-    end loop;
   end if;
 
   update public.orders o
@@ -233,12 +260,14 @@ comment on function public.claim_stuck_checkouts(integer, integer, integer, time
   'Takes over checkout attempts whose lease expired more than p_stale_seconds ago, for reconciliation.';
 
 revoke execute on function
+  public.order_seats_unavailable(uuid, timestamptz),
   public.apply_checkout_session_event(text, jsonb, timestamptz),
   public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz),
   public.claim_stuck_checkouts(integer, integer, integer, timestamptz)
 from public, anon, authenticated;
 
 grant execute on function
+  public.order_seats_unavailable(uuid, timestamptz),
   public.apply_checkout_session_event(text, jsonb, timestamptz),
   public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz),
   public.claim_stuck_checkouts(integer, integer, integer, timestamptz)
