@@ -298,6 +298,14 @@ Deno.test("after checkout.session.expired the storefront's retry gets a fresh se
       "expired",
     );
     assert.equal(await f.floorTaken(), 0, "the hold was released");
+    const [record] = await f.h.sql<{ ended: string | null }[]>`
+      select metadata ->> 'session_ended' as ended from public.stripe_idempotency_keys
+      where operation_type = 'checkout:create' and operation_id = ${first.key}`;
+    assert.equal(
+      record?.ended,
+      "checkout.session.expired",
+      "the idempotency record knows its session ended",
+    );
 
     const retry = await f.checkout(2, first.key);
     assert.notEqual(retry.sessionId, first.sessionId);

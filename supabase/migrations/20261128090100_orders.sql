@@ -16,6 +16,9 @@ create table public.orders (
   currency text not null check (currency ~ '^[a-z]{3}$'),
   amount_total integer not null check (amount_total >= 0),
   stripe_checkout_session_id text unique,
+  -- The checkout operation (its client Idempotency-Key) that made this order; lets a webhook
+  -- find the operation's idempotency record when the session ends.
+  checkout_operation_id text check (length(checkout_operation_id) <= 150),
   -- Where Stripe sends the buyer back; kept so that a retried Stripe call (reconciliation)
   -- sends exactly the parameters of the first one.
   success_url text check (length(success_url) <= 2048),

@@ -44,6 +44,7 @@ create or replace function public.create_checkout_order(
   p_guest_name text,
   p_success_url text,
   p_cancel_url text,
+  p_operation_id text,
   p_hold_expires_at timestamptz,
   p_now timestamptz
 )
@@ -80,9 +81,10 @@ begin
   end if;
 
   insert into public.orders as o (id, event_id, user_id, guest_email, guest_name, success_url, cancel_url,
-                                  status, currency, amount_total, hold_expires_at, created_at, updated_at)
+                                  checkout_operation_id, status, currency, amount_total, hold_expires_at,
+                                  created_at, updated_at)
   values (p_order_id, p_event_id, p_user_id, p_guest_email, p_guest_name, p_success_url, p_cancel_url,
-          'pending', v_event.currency, 0, p_hold_expires_at, p_now, p_now)
+          p_operation_id, 'pending', v_event.currency, 0, p_hold_expires_at, p_now, p_now)
   returning o.* into v_order;
 
   -- Lock the tiers in id order: concurrent checkouts of overlapping tiers queue, never deadlock.
@@ -124,7 +126,7 @@ begin
   return v_order;
 end;
 $$;
-comment on function public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, timestamptz, timestamptz) is
+comment on function public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, timestamptz, timestamptz) is
   'Internal to claim_checkout: a pending order priced from the tiers, holding seats, or an error.';
 
 -- Fills the order part of a checkout_claim.
@@ -205,7 +207,7 @@ begin
 
   if v_claim.outcome = 'created' then
     perform public.create_checkout_order(v_order_id, p_event_id, p_items, p_user_id, p_guest_email,
-      p_guest_name, p_success_url, p_cancel_url, p_now + make_interval(secs => p_hold_seconds), p_now);
+      p_guest_name, p_success_url, p_cancel_url, p_operation_id, p_now + make_interval(secs => p_hold_seconds), p_now);
     return public.checkout_claim_order(v_result, v_order_id);
   end if;
 
@@ -245,7 +247,7 @@ begin
 
   -- retry and renew: a new order for the new key (the old order stays as history).
   perform public.create_checkout_order(v_order_id, p_event_id, p_items, p_user_id, p_guest_email,
-    p_guest_name, p_success_url, p_cancel_url, p_now + make_interval(secs => p_hold_seconds), p_now);
+    p_guest_name, p_success_url, p_cancel_url, p_operation_id, p_now + make_interval(secs => p_hold_seconds), p_now);
   update public.stripe_idempotency_keys k
   set metadata = k.metadata || jsonb_build_object('order_id', v_order_id, 'previous_order_id', v_old_order_id)
   where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id;
@@ -320,7 +322,7 @@ comment on function public.release_checkout(text, uuid, boolean, text, timestamp
   'Ends a failed checkout attempt; cancels the order (freeing seats) only when Stripe answered.';
 
 revoke execute on function
-  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, timestamptz, timestamptz),
+  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, timestamptz, timestamptz),
   public.checkout_claim_order(public.checkout_claim, uuid),
   public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz),
   public.record_checkout(text, uuid, text, jsonb, timestamptz),
@@ -329,7 +331,7 @@ from public, anon, authenticated;
 
 -- The internal helpers are granted too: claim_checkout runs as its caller (security invoker).
 grant execute on function
-  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, timestamptz, timestamptz),
+  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, timestamptz, timestamptz),
   public.checkout_claim_order(public.checkout_claim, uuid),
   public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz),
   public.record_checkout(text, uuid, text, jsonb, timestamptz),

@@ -100,6 +100,14 @@ begin
         stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, v_session_id)
     where o.id = v_order.id
     returning o.* into v_order;
+    -- Mark the operation's stored response as dead: claim_checkout sees the order ended and
+    -- answers the storefront's next retry with a fresh session, never this link.
+    update public.stripe_idempotency_keys k
+    set metadata = k.metadata || jsonb_build_object('session_ended', p_type, 'session_ended_at', p_now),
+        updated_at = p_now
+    where k.operation_type = 'checkout:create'
+      and k.operation_id = v_order.checkout_operation_id
+      and k.metadata ->> 'order_id' = v_order.id::text;
     return (v_order.status, v_order.id, null)::public.webhook_result;
   end if;
 
