@@ -7,6 +7,8 @@ import {
   type CheckoutConfig,
   ConfigError,
   loadCheckoutConfig,
+  loadReconcileConfig,
+  loadWebhookConfig,
 } from "../supabase/functions/_shared/config.ts";
 
 const BASE: Readonly<Record<string, string>> = {
@@ -138,4 +140,44 @@ Deno.test("STRIPE_API_BASE is parsed as a URL, and absent means Stripe itself (n
   assert.equal(local.port, "12111");
   assert.equal(load().stripeApiBase, null);
   assert.equal(load({ STRIPE_API_BASE: "" }).stripeApiBase, null);
+});
+
+Deno.test("pending-hold limits default to 5 per buyer and 20 per address over 30 minutes", () => {
+  assert.deepEqual(load().holdLimits, {
+    maxPendingPerBuyer: 5,
+    maxPendingPerAddress: 20,
+    windowSeconds: 1800,
+  });
+  assert.deepEqual(
+    load({
+      CHECKOUT_MAX_PENDING_PER_BUYER: "off",
+      CHECKOUT_MAX_PENDING_PER_ADDRESS: "7",
+      CHECKOUT_PENDING_WINDOW_MINUTES: "60",
+    }).holdLimits,
+    { maxPendingPerBuyer: null, maxPendingPerAddress: 7, windowSeconds: 3600 },
+  );
+  throwsNaming("CHECKOUT_MAX_PENDING_PER_ADDRESS", { CHECKOUT_MAX_PENDING_PER_ADDRESS: "-1" });
+  throwsNaming("CHECKOUT_PENDING_WINDOW_MINUTES", { CHECKOUT_PENDING_WINDOW_MINUTES: "1.5" });
+});
+
+Deno.test("webhook and reconcile configurations name what they miss", () => {
+  const env = (vars: Record<string, string>) => (name: string) => vars[name];
+  assert.throws(
+    () =>
+      loadWebhookConfig(env({ SUPABASE_DB_URL: "postgresql://x", STRIPE_SECRET_KEY: "sk_test_x" })),
+    (e: unknown) => e instanceof ConfigError && e.message.includes("STRIPE_WEBHOOK_SECRET"),
+  );
+  assert.throws(
+    () =>
+      loadReconcileConfig(
+        env({ SUPABASE_DB_URL: "postgresql://x", STRIPE_SECRET_KEY: "sk_test_x" }),
+      ),
+    (e: unknown) => e instanceof ConfigError && e.message.includes("SUPABASE_JWT_SECRET"),
+  );
+  const reconcile = loadReconcileConfig(env({
+    SUPABASE_DB_URL: "postgresql://x",
+    STRIPE_SECRET_KEY: "sk_test_x",
+    SUPABASE_JWT_SECRET: "s",
+  }));
+  assert.equal(reconcile.staleSeconds, 600, "10 minutes by default");
 });

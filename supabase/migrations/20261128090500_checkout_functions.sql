@@ -7,7 +7,7 @@
 --          deadlock each other. Any rejection raises, so a rejected checkout writes nothing.
 -- Errors:  CK001 event not found or not on sale; CK002 tier not in the event; CK003 sold out;
 --          CK004 quantity above the tier's max_per_order; CK005 outside the tier's sales window;
---          22023 bad argument.
+--          CK006 too many pending checkouts for this buyer or address; 22023 bad argument.
 
 create type public.checkout_claim as (
   -- created | takeover | retry | renew: call Stripe with stripe_idempotency_key, then record.
@@ -45,6 +45,7 @@ create or replace function public.create_checkout_order(
   p_success_url text,
   p_cancel_url text,
   p_operation_id text,
+  p_client_address inet,
   p_hold_expires_at timestamptz,
   p_now timestamptz
 )
@@ -81,10 +82,10 @@ begin
   end if;
 
   insert into public.orders as o (id, event_id, user_id, guest_email, guest_name, success_url, cancel_url,
-                                  checkout_operation_id, status, currency, amount_total, hold_expires_at,
-                                  created_at, updated_at)
+                                  checkout_operation_id, client_address, status, currency, amount_total,
+                                  hold_expires_at, created_at, updated_at)
   values (p_order_id, p_event_id, p_user_id, p_guest_email, p_guest_name, p_success_url, p_cancel_url,
-          p_operation_id, 'pending', v_event.currency, 0, p_hold_expires_at, p_now, p_now)
+          p_operation_id, p_client_address, 'pending', v_event.currency, 0, p_hold_expires_at, p_now, p_now)
   returning o.* into v_order;
 
   -- Lock the tiers in id order: concurrent checkouts of overlapping tiers queue, never deadlock.
@@ -126,7 +127,7 @@ begin
   return v_order;
 end;
 $$;
-comment on function public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, timestamptz, timestamptz) is
+comment on function public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, inet, timestamptz, timestamptz) is
   'Internal to claim_checkout: a pending order priced from the tiers, holding seats, or an error.';
 
 -- Fills the order part of a checkout_claim.
@@ -147,6 +148,61 @@ as $$
   from public.orders o
   where o.id = p_order_id;
 $$;
+
+-- Hold flooding: one buyer (user or guest email) and one client address may each hold at most
+-- so many pending checkouts created within the window; beyond that CK006, whose DETAIL is the
+-- number of seconds until a slot frees (Retry-After). Advisory locks per buyer and per address
+-- make the count and the insert that follows atomic against concurrent checkouts of the same
+-- client (buyer lock first, then address: one order everywhere, no deadlock).
+create or replace function public.enforce_pending_hold_limits(
+  p_user_id uuid,
+  p_guest_email text,
+  p_client_address inet,
+  p_max_per_buyer integer,
+  p_max_per_address integer,
+  p_window_seconds integer,
+  p_now timestamptz
+)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_since timestamptz := p_now - make_interval(secs => coalesce(p_window_seconds, 1800));
+  v_count integer;
+  v_frees timestamptz;
+begin
+  if p_max_per_buyer is not null and num_nonnulls(p_user_id, p_guest_email) = 1 then
+    perform pg_advisory_xact_lock(hashtextextended('checkout-buyer:' || coalesce(p_user_id::text, p_guest_email), 0));
+    select count(*), min(least(o.hold_expires_at, o.created_at + make_interval(secs => coalesce(p_window_seconds, 1800))))
+    into v_count, v_frees
+    from public.orders o
+    where o.status = 'pending' and o.created_at > v_since and o.hold_expires_at > p_now
+      and (o.user_id = p_user_id or o.guest_email = p_guest_email);
+    if v_count >= p_max_per_buyer then
+      raise exception using errcode = 'CK006',
+        message = format('Cannot create checkout: this buyer already has %s pending checkouts', v_count),
+        detail = greatest(1, ceil(extract(epoch from v_frees - p_now)))::text;
+    end if;
+  end if;
+  if p_max_per_address is not null and p_client_address is not null then
+    perform pg_advisory_xact_lock(hashtextextended('checkout-address:' || host(p_client_address), 0));
+    select count(*), min(least(o.hold_expires_at, o.created_at + make_interval(secs => coalesce(p_window_seconds, 1800))))
+    into v_count, v_frees
+    from public.orders o
+    where o.status = 'pending' and o.created_at > v_since and o.hold_expires_at > p_now
+      and o.client_address = p_client_address;
+    if v_count >= p_max_per_address then
+      raise exception using errcode = 'CK006',
+        message = format('Cannot create checkout: this address already has %s pending checkouts', v_count),
+        detail = greatest(1, ceil(extract(epoch from v_frees - p_now)))::text;
+    end if;
+  end if;
+end;
+$$;
+comment on function public.enforce_pending_hold_limits(uuid, text, inet, integer, integer, integer, timestamptz) is
+  'Internal to claim_checkout: CK006 when a buyer or an address holds too many pending checkouts.';
 
 -- The checkout claim: claim_stripe_idempotency plus the order, in one statement.
 --   created  → new operation and a new order holding seats;
@@ -169,7 +225,13 @@ create or replace function public.claim_checkout(
   p_cancel_url text default null,
   p_hold_seconds integer default 1920,
   p_lease_seconds integer default 60,
-  p_now timestamptz default now()
+  p_now timestamptz default now(),
+  -- Hold-flooding limits (null = no limit); they apply to new operations only, never to a
+  -- replay or a retry of an existing one. Appended last to keep earlier positions stable.
+  p_client_address inet default null,
+  p_max_pending_per_buyer integer default null,
+  p_max_pending_per_address integer default null,
+  p_pending_window_seconds integer default 1800
 )
 returns public.checkout_claim
 language plpgsql
@@ -206,8 +268,11 @@ begin
   v_old_order_id := (v_claim.metadata ->> 'order_id')::uuid;
 
   if v_claim.outcome = 'created' then
+    perform public.enforce_pending_hold_limits(p_user_id, p_guest_email, p_client_address,
+      p_max_pending_per_buyer, p_max_pending_per_address, p_pending_window_seconds, p_now);
     perform public.create_checkout_order(v_order_id, p_event_id, p_items, p_user_id, p_guest_email,
-      p_guest_name, p_success_url, p_cancel_url, p_operation_id, p_now + make_interval(secs => p_hold_seconds), p_now);
+      p_guest_name, p_success_url, p_cancel_url, p_operation_id, p_client_address,
+    p_now + make_interval(secs => p_hold_seconds), p_now);
     return public.checkout_claim_order(v_result, v_order_id);
   end if;
 
@@ -247,14 +312,15 @@ begin
 
   -- retry and renew: a new order for the new key (the old order stays as history).
   perform public.create_checkout_order(v_order_id, p_event_id, p_items, p_user_id, p_guest_email,
-    p_guest_name, p_success_url, p_cancel_url, p_operation_id, p_now + make_interval(secs => p_hold_seconds), p_now);
+    p_guest_name, p_success_url, p_cancel_url, p_operation_id, p_client_address,
+    p_now + make_interval(secs => p_hold_seconds), p_now);
   update public.stripe_idempotency_keys k
   set metadata = k.metadata || jsonb_build_object('order_id', v_order_id, 'previous_order_id', v_old_order_id)
   where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id;
   return public.checkout_claim_order(v_result, v_order_id);
 end;
 $$;
-comment on function public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz) is
+comment on function public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer) is
   'Atomic checkout claim: idempotency claim plus order and capacity hold in one statement.';
 
 -- Completes a checkout attempt: the stored response and the session on the order, one statement.
@@ -322,18 +388,20 @@ comment on function public.release_checkout(text, uuid, boolean, text, timestamp
   'Ends a failed checkout attempt; cancels the order (freeing seats) only when Stripe answered.';
 
 revoke execute on function
-  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, timestamptz, timestamptz),
+  public.enforce_pending_hold_limits(uuid, text, inet, integer, integer, integer, timestamptz),
+  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, inet, timestamptz, timestamptz),
   public.checkout_claim_order(public.checkout_claim, uuid),
-  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz),
+  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer),
   public.record_checkout(text, uuid, text, jsonb, timestamptz),
   public.release_checkout(text, uuid, boolean, text, timestamptz)
 from public, anon, authenticated;
 
 -- The internal helpers are granted too: claim_checkout runs as its caller (security invoker).
 grant execute on function
-  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, timestamptz, timestamptz),
+  public.enforce_pending_hold_limits(uuid, text, inet, integer, integer, integer, timestamptz),
+  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, inet, timestamptz, timestamptz),
   public.checkout_claim_order(public.checkout_claim, uuid),
-  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz),
+  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer),
   public.record_checkout(text, uuid, text, jsonb, timestamptz),
   public.release_checkout(text, uuid, boolean, text, timestamptz)
 to service_role;

@@ -8,7 +8,7 @@ import {
   createCheckoutHandler,
   sqlCheckoutStore,
 } from "../../supabase/functions/_shared/checkout.ts";
-import type { Sql } from "../../supabase/functions/_shared/db.ts";
+import type { HoldLimits, Sql } from "../../supabase/functions/_shared/db.ts";
 import { createStripeClient, type Stripe } from "../../supabase/functions/_shared/stripe.ts";
 import { openPool } from "./database.ts";
 import { startStripeServer, type StripeServer } from "./stripe_server.ts";
@@ -44,7 +44,11 @@ export interface Harness {
 
 /** Starts the harness; `wrapStore` may decorate the real store (fault injection). */
 export async function startHarness(
-  options: { wrapStore?: (store: CheckoutStore) => CheckoutStore; leaseSeconds?: number } = {},
+  options: {
+    wrapStore?: (store: CheckoutStore) => CheckoutStore;
+    leaseSeconds?: number;
+    holdLimits?: HoldLimits;
+  } = {},
 ): Promise<Harness> {
   const sql = openPool(10);
   const stripe = await startStripeServer();
@@ -63,6 +67,7 @@ export async function startHarness(
     allowedOrigins: new Set([ALLOWED_ORIGIN]),
     sessionTtlMinutes: 30,
     leaseSeconds: options.leaseSeconds,
+    holdLimits: options.holdLimits,
     log: (line: Record<string, unknown>) => logs.push(line),
   };
   return {

@@ -11,6 +11,7 @@ import {
   type CheckoutClaim,
   type CheckoutClaimInput,
   claimCheckout,
+  type HoldLimits,
   recordCheckout,
   releaseCheckout,
   type Sql,
@@ -69,6 +70,8 @@ export interface CheckoutDeps {
   verifyToken?: TokenVerifier;
   /** How long an attempt may hold the operation before another request may take over. */
   leaseSeconds?: number;
+  /** Hold-flooding limits for new checkouts; absent means unlimited. */
+  holdLimits?: HoldLimits;
   log?: RequestLog;
 }
 
@@ -91,6 +94,7 @@ const SQL_ERRORS: Record<string, [number, string]> = {
   CK003: [409, "sold_out"],
   CK004: [400, "quantity_exceeds_limit"],
   CK005: [409, "sales_closed"],
+  CK006: [429, "too_many_pending_checkouts"],
   "22023": [400, "validation_failed"],
 };
 
@@ -205,6 +209,8 @@ async function handle(
       guestName: "email" in buyer ? buyer.name : null,
       successUrl,
       cancelUrl,
+      clientAddress: clientAddress(request),
+      limits: deps.holdLimits,
       holdSeconds: deps.sessionTtlMinutes * 60 + HOLD_GRACE_SECONDS,
       leaseSeconds: deps.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
     });
@@ -322,7 +328,27 @@ function fromSqlError(error: unknown): unknown {
   const mapped = state ? SQL_ERRORS[state] : undefined;
   if (!mapped) return error;
   const message = error instanceof Error ? error.message : "Cannot create checkout";
-  return new HttpError(mapped[0], mapped[1], message);
+  // CK006 carries the seconds until a pending hold frees up in its DETAIL.
+  const retryAfter = state === "CK006"
+    ? { "retry-after": String((error as { detail?: string }).detail ?? "60") }
+    : undefined;
+  return new HttpError(mapped[0], mapped[1], message, undefined, retryAfter);
+}
+
+/**
+ * The client's address: the first X-Forwarded-For hop, as the Supabase gateway sets it. Not an
+ * IP address → null (the per-address limit then does not apply; the per-buyer one still does).
+ */
+function clientAddress(request: Request): string | null {
+  const first = request.headers.get("x-forwarded-for")?.split(",")[0]?.trim() ?? "";
+  if (/^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/.test(first)) return first;
+  if (!/^[0-9a-fA-F:.]{2,45}$/.test(first) || !first.includes(":")) return null;
+  try {
+    // The URL parser accepts exactly the IPv6 literals; it returns them normalized.
+    return new URL(`http://[${first}]/`).hostname.slice(1, -1);
+  } catch {
+    return null;
+  }
 }
 
 function unexpected(error: unknown, entry: Record<string, unknown>): HttpError {

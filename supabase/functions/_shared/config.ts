@@ -1,3 +1,5 @@
+import type { HoldLimits } from "./db.ts";
+
 /**
  * Configuration from the environment, parsed once at start-up. A missing or malformed required
  * variable fails right away with a message naming it, never on the first request.
@@ -8,6 +10,7 @@ export interface CheckoutConfig extends BaseConfig, TokenKeys {
   siteUrl: URL;
   allowedOrigins: ReadonlySet<string>;
   sessionTtlMinutes: number;
+  holdLimits: HoldLimits;
 }
 
 /** Reads a variable by name; the default reader is Deno.env. */
@@ -94,9 +97,16 @@ export function loadCheckoutConfig(
     throw new ConfigError("CHECKOUT_SESSION_TTL_MINUTES must be an integer from 30 to 1440");
   }
 
+  const holdLimits: HoldLimits = {
+    maxPendingPerBuyer: limit(env, "CHECKOUT_MAX_PENDING_PER_BUYER", 5),
+    maxPendingPerAddress: limit(env, "CHECKOUT_MAX_PENDING_PER_ADDRESS", 20),
+    windowSeconds: integer(env, "CHECKOUT_PENDING_WINDOW_MINUTES", 30, 1, 1440) * 60,
+  };
+
   return {
     ...base,
     ...keys,
+    holdLimits,
     siteUrl,
     allowedOrigins: new Set(origins),
     sessionTtlMinutes,
@@ -129,6 +139,23 @@ export function loadReconcileConfig(env: EnvReader): ReconcileConfig {
     ...loadTokenKeys(env, "the cron job's service role token"),
     staleSeconds: minutes * 60,
   };
+}
+
+/** A pending-hold limit: a positive integer, or "off"/"0" for none. */
+function limit(env: EnvReader, name: string, fallback: number): number | null {
+  const text = env(name);
+  if (text === "off" || text === "0") return null;
+  return integer(env, name, fallback, 1, 100_000);
+}
+
+function integer(env: EnvReader, name: string, fallback: number, min: number, max: number): number {
+  const text = env(name);
+  if (!text) return fallback;
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${name} must be an integer from ${min} to ${max}`);
+  }
+  return value;
 }
 
 function required(env: EnvReader, name: string): string {

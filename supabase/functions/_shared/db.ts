@@ -174,6 +174,17 @@ export interface CheckoutClaimInput {
   holdSeconds: number;
   leaseSeconds: number;
   now?: Date;
+  /** The client's address, for the per-address hold limit. */
+  clientAddress?: string | null;
+  /** Hold-flooding limits; absent or null means unlimited. */
+  limits?: HoldLimits;
+}
+
+/** How many pending checkouts one buyer / one client address may hold within a window. */
+export interface HoldLimits {
+  maxPendingPerBuyer: number | null;
+  maxPendingPerAddress: number | null;
+  windowSeconds: number;
 }
 
 /** What claim_checkout decided, with the order the Stripe call must describe. */
@@ -225,7 +236,11 @@ export async function claimCheckout(sql: Sql, input: CheckoutClaimInput): Promis
       ${input.leaseToken}::uuid, ${input.eventId}::uuid, ${sql.json(toJson(input.items))}::jsonb,
       ${input.userId}::uuid, ${input.guestEmail}, ${input.guestName},
       ${input.successUrl}, ${input.cancelUrl}, ${input.holdSeconds}::int, ${input.leaseSeconds}::int,
-      coalesce(${input.now ?? null}::timestamptz, now()))`;
+      coalesce(${input.now ?? null}::timestamptz, now()), ${input.clientAddress ?? null}::inet,
+      ${input.limits?.maxPendingPerBuyer ?? null}::int, ${
+    input.limits?.maxPendingPerAddress ?? null
+  }::int,
+      ${input.limits?.windowSeconds ?? 1800}::int)`;
   if (!row) throw new Error("Cannot claim checkout: the database returned no row");
   return checkoutClaimFromRow(row);
 }

@@ -31,6 +31,7 @@ export function checkoutHandlerFromEnv(
     siteUrl: config.siteUrl,
     allowedOrigins: config.allowedOrigins,
     sessionTtlMinutes: config.sessionTtlMinutes,
+    holdLimits: config.holdLimits,
     verifyToken: endpoint === "enhanced-checkout"
       ? tokenVerifier(config, "authenticated")
       : undefined,
