@@ -48,6 +48,8 @@ export async function startHarness(
     wrapStore?: (store: CheckoutStore) => CheckoutStore;
     leaseSeconds?: number;
     holdLimits?: HoldLimits;
+    /** The Stripe client's per-request timeout (default 3 s). */
+    stripeTimeoutMs?: number;
   } = {},
 ): Promise<Harness> {
   const sql = openPool(10);
@@ -55,7 +57,7 @@ export async function startHarness(
   const event = await createEvent(sql);
   const stripeClient = createStripeClient("sk_test_harness", {
     apiBase: new URL(stripe.url),
-    timeoutMs: 3_000,
+    timeoutMs: options.stripeTimeoutMs ?? 3_000,
   });
   const real = sqlCheckoutStore(sql);
   const store = options.wrapStore ? options.wrapStore(real) : real;

@@ -1,0 +1,135 @@
+/**
+ * Shared pieces of the reliability suite: a storefront that retries with the same key until it
+ * gets a final answer, the invariants checked after every case, and the figures it reports.
+ */
+import assert from "node:assert/strict";
+import { reconcileStuckCheckouts } from "../../supabase/functions/_shared/reconcile.ts";
+import type { Harness } from "./checkout_harness.ts";
+
+/** What a retrying client ended with. */
+export interface FinalAnswer {
+  status: number;
+  body: Record<string, unknown>;
+  tries: number;
+}
+
+/** Statuses after which a storefront retries with the same Idempotency-Key. */
+const RETRYABLE = new Set([409, 429, 502, 503]);
+
+/**
+ * Sends until the answer is final: 201, or a non-retryable error. 502 (Stripe refused) is
+ * retried too, because a real storefront shows an error and the shopper presses Pay again with
+ * the same attempt key; a bounded number of tries keeps every case finite.
+ */
+export async function retryUntilFinal(
+  send: () => Promise<Response>,
+  options: { maxTries?: number; delayMs?: number } = {},
+): Promise<FinalAnswer> {
+  const maxTries = options.maxTries ?? 40;
+  let last: FinalAnswer = { status: 0, body: {}, tries: 0 };
+  for (let tries = 1; tries <= maxTries; tries++) {
+    const response = await send();
+    const body = await response.json().catch(() => ({}));
+    last = { status: response.status, body, tries };
+    if (!RETRYABLE.has(response.status)) return last;
+    await new Promise((r) => setTimeout(r, options.delayMs ?? 100));
+  }
+  return last;
+}
+
+/** Counters reported in RELIABILITY.md. */
+export interface ReliabilityTally {
+  cases: number;
+  requests: number;
+  faultsInjected: number;
+  duplicateSessions: number;
+  lostOrders: number;
+  oversoldTiers: number;
+  stuckAttempts: number;
+}
+
+/** A fresh tally. */
+export function newTally(): ReliabilityTally {
+  return {
+    cases: 0,
+    requests: 0,
+    faultsInjected: 0,
+    duplicateSessions: 0,
+    lostOrders: 0,
+    oversoldTiers: 0,
+    stuckAttempts: 0,
+  };
+}
+
+/**
+ * The invariants, for the operations (client Idempotency-Keys) of one case:
+ * - at most one live (open) Stripe session per operation;
+ * - no order lost: every 201 names an order that exists with that very session;
+ * - no tier oversold;
+ * - nothing stuck: once leases have run out, reconciliation leaves no attempt in progress.
+ * Counts violations into `tally` (the suite asserts they are all zero) and returns nothing.
+ */
+export async function checkInvariants(
+  h: Harness,
+  operations: Map<string, FinalAnswer[]>,
+  tally: ReliabilityTally,
+  options: { leaseSeconds: number },
+): Promise<void> {
+  tally.cases += 1;
+  for (const [key, answers] of operations) {
+    const open = [...h.stripe.sessions.values()].filter((s) =>
+      s.status === "open" && s.metadata.operation_key?.startsWith(`checkout:create:${key}:`)
+    );
+    if (open.length > 1) tally.duplicateSessions += open.length - 1;
+    const ok = answers.filter((a) => a.status === 201);
+    if (new Set(ok.map((a) => a.body.sessionId)).size > 1) tally.duplicateSessions += 1;
+    for (const answer of ok) {
+      const [order] = await h.sql<{ session: string | null; status: string }[]>`
+        select stripe_checkout_session_id as session, status from public.orders where id = ${
+        String(answer.body.orderId)
+      }`;
+      if (!order || order.session !== answer.body.sessionId) tally.lostOrders += 1;
+    }
+  }
+
+  const oversold = await h.sql<{ id: string }[]>`
+    select t.id from events.ticket_tiers t
+    where t.event_id = ${h.event.id} and t.capacity is not null
+      and public.tier_seats_taken(t.id) > t.capacity`;
+  tally.oversoldTiers += oversold.length;
+
+  // Let every lease run out, reconcile, and check nothing of this case is still in flight.
+  await new Promise((r) => setTimeout(r, options.leaseSeconds * 1000 + 100));
+  await reconcileStuckCheckouts({
+    sql: h.sql,
+    stripe: h.stripeClient,
+    staleSeconds: 0,
+    log: () => {},
+  });
+  const keys = [...operations.keys()];
+  const [stuck] = await h.sql<{ n: number }[]>`
+    select count(*)::int as n from public.stripe_idempotency_keys
+    where operation_type = 'checkout:create' and operation_id = any(${keys})
+      and status = 'in_progress' and lease_expires_at < now()`;
+  tally.stuckAttempts += stuck?.n ?? 0;
+}
+
+/** Asserts a tally found no violation. */
+export function assertClean(tally: ReliabilityTally): void {
+  assert.deepEqual(
+    {
+      duplicateSessions: tally.duplicateSessions,
+      lostOrders: tally.lostOrders,
+      oversoldTiers: tally.oversoldTiers,
+      stuckAttempts: tally.stuckAttempts,
+    },
+    { duplicateSessions: 0, lostOrders: 0, oversoldTiers: 0, stuckAttempts: 0 },
+  );
+}
+
+/** Writes a figure file under .test-artifacts/reliability/ for RELIABILITY.md. */
+export async function saveFigures(name: string, figures: unknown): Promise<void> {
+  const dir = new URL("../../.test-artifacts/reliability/", import.meta.url);
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeTextFile(new URL(`${name}.json`, dir), JSON.stringify(figures, null, 2) + "\n");
+}
