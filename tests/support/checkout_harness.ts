@@ -33,6 +33,7 @@ export interface Harness {
   stripe: StripeServer;
   /** The SDK client the handlers use, pointed at the local server. */
   stripeClient: Stripe;
+  /** The current event (a test may swap in a fresh one from createEvent). */
   event: TestEvent;
   guest: (request: Request) => Promise<Response>;
   enhanced: (request: Request) => Promise<Response>;
@@ -92,7 +93,8 @@ export async function startHarness(
   };
 }
 
-async function createEvent(sql: Sql): Promise<TestEvent> {
+/** A published event with the three tiers of {@link TestEvent}. */
+export async function createEvent(sql: Sql): Promise<TestEvent> {
   const [event] = await sql<{ id: string }[]>`
     insert into events.events (title, currency, status) values ('Harness Gig', 'usd', 'published')
     returning id`;

@@ -1,0 +1,131 @@
+/**
+ * Property-based reliability: random interleavings of several operations × double-clicking,
+ * retrying clients × Stripe faults × failed records, against the real database and the
+ * Stripe-compatible server. Whatever fast-check draws, the invariants hold.
+ */
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import type { CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
+import { checkoutRequest, createEvent, newKey, startHarness } from "./support/checkout_harness.ts";
+import {
+  assertClean,
+  checkInvariants,
+  type FinalAnswer,
+  newTally,
+  retryUntilFinal,
+  saveFigures,
+} from "./support/reliability.ts";
+import type { Fault } from "./support/stripe_server.ts";
+
+const LEASE_SECONDS = 1;
+const RUNS = 20;
+const SEED = 20261128;
+const SESSIONS = "/v1/checkout/sessions";
+
+const stripeFault: fc.Arbitrary<Fault> = fc.oneof(
+  fc.constant<Fault>({ kind: "reset_before", path: SESSIONS }),
+  fc.constant<Fault>({ kind: "reset_after", path: SESSIONS }),
+  fc.record({
+    kind: fc.constant("status" as const),
+    status: fc.constantFrom(429, 500, 503),
+    storeUnderKey: fc.boolean(),
+    path: fc.constant(SESSIONS),
+  }),
+  fc.record({
+    kind: fc.constant("latency" as const),
+    ms: fc.integer({ min: 0, max: 1_400 }),
+    path: fc.constant(SESSIONS),
+  }),
+  fc.record({
+    kind: fc.constant("timeout" as const),
+    ms: fc.integer({ min: 50, max: 900 }),
+    path: fc.constant(SESSIONS),
+  }),
+);
+
+const scenario = fc.record({
+  /** Seats asked by each operation (floor tier: 5 seats, max 4 per order). */
+  operations: fc.array(fc.integer({ min: 1, max: 4 }), { minLength: 1, maxLength: 4 }),
+  clientsPerOperation: fc.integer({ min: 1, max: 3 }),
+  stripeFaults: fc.array(stripeFault, { maxLength: 6 }),
+  /** How many record calls die (the process is gone before the record lands). */
+  failedRecords: fc.integer({ min: 0, max: 2 }),
+});
+
+Deno.test(`property: ${RUNS} random interleavings of clients, retries and faults keep every invariant`, async () => {
+  const failures = { records: 0 };
+  const h = await startHarness({
+    leaseSeconds: LEASE_SECONDS,
+    stripeTimeoutMs: 500,
+    wrapStore: (store): CheckoutStore => ({
+      ...store,
+      record: (input) => {
+        if (failures.records > 0) {
+          failures.records -= 1;
+          return Promise.reject(new Error("process died before the record"));
+        }
+        return store.record(input);
+      },
+    }),
+  });
+  const tally = newTally();
+  const outcomes: Record<string, number> = {};
+  try {
+    await fc.assert(
+      fc.asyncProperty(scenario, async (s) => {
+        h.stripe.faults.length = 0;
+        h.stripe.faults.push(...s.stripeFaults);
+        failures.records = s.failedRecords;
+        tally.faultsInjected += s.stripeFaults.length + s.failedRecords;
+        h.event = await createEvent(h.sql); // fresh capacity for every run
+
+        const operations = new Map<string, FinalAnswer[]>();
+        await Promise.all(s.operations.map(async (quantity, i) => {
+          const key = newKey();
+          const body = {
+            eventId: h.event.id,
+            items: [{ tierId: h.event.floor, quantity }],
+            email: `p${i}@example.com`,
+          };
+          const send = () => {
+            tally.requests += 1;
+            return h.guest(checkoutRequest(body, { key }));
+          };
+          const finals = await Promise.all(
+            Array.from({ length: s.clientsPerOperation }, () => retryUntilFinal(send)),
+          );
+          operations.set(key, finals);
+        }));
+
+        for (const finals of operations.values()) {
+          for (const final of finals) {
+            const label = final.status === 201
+              ? "201"
+              : `${final.status} ${(final.body.error as { code?: string })?.code}`;
+            outcomes[label] = (outcomes[label] ?? 0) + 1;
+            assert.ok(
+              final.status === 201 ||
+                (final.status === 409 &&
+                  (final.body.error as { code: string }).code === "sold_out"),
+              `final answers are a session or sold out: ${JSON.stringify(final)}`,
+            );
+          }
+          const sessions = new Set(
+            finals.filter((f) => f.status === 201).map((f) => f.body.sessionId),
+          );
+          assert.ok(sessions.size <= 1, "all clients of one operation got the same session");
+        }
+        await checkInvariants(h, operations, tally, { leaseSeconds: LEASE_SECONDS });
+        assertClean(tally);
+      }),
+      { numRuns: RUNS, seed: SEED, endOnFailure: true },
+    );
+  } finally {
+    h.stripe.faults.length = 0;
+    await h.close();
+    await saveFigures("property", { runs: RUNS, seed: SEED, tally, outcomes });
+  }
+  console.log(
+    `property: ${RUNS} runs, ${JSON.stringify(tally)}, outcomes ${JSON.stringify(outcomes)}`,
+  );
+});
