@@ -20,7 +20,13 @@ const items = z.array(item).min(1).max(20).refine(
   { message: "A tier may appear only once" },
 );
 
-const redirectUrl = z.url({ protocol: /^https?$/ }).max(2048);
+/** Postgres text cannot hold U+0000: refused here as a 400, not by the database as a 503. */
+function noNul(value: string): boolean {
+  return !value.includes("\u0000");
+}
+const NO_NUL = { message: "Must not contain the NUL character (U+0000)" };
+
+const redirectUrl = z.url({ protocol: /^https?$/ }).max(2048).refine(noNul, NO_NUL);
 
 const checkoutFields = {
   eventId: z.uuid(),
@@ -36,7 +42,7 @@ export const userCheckoutBody = z.strictObject(checkoutFields);
 export const guestCheckoutBody = z.strictObject({
   ...checkoutFields,
   email: z.email().max(254),
-  name: z.string().trim().min(1).max(200).optional(),
+  name: z.string().trim().min(1).max(200).refine(noNul, NO_NUL).optional(),
 });
 
 export type UserCheckoutBody = z.infer<typeof userCheckoutBody>;
