@@ -337,3 +337,19 @@ Deno.test("when the database is unreachable the delivery fails with 5xx and a re
     assert.equal((await f.order(orderId)).status, "pending");
     assert.equal((await deliver(f, payload)).outcome, "paid");
   }));
+
+Deno.test("a signed event with NUL or a lone surrogate in a string is stored and applied, not refused", () =>
+  withWebhook(async (f) => {
+    const { orderId, sessionId } = await f.checkout();
+    const session = f.h.stripe.completeSession(sessionId);
+    const payload = sessionEvent(
+      "checkout.session.completed",
+      {
+        ...session,
+        customer_details: { name: "Nul\u0000 and \ud800 lone" },
+      } as typeof session,
+    );
+    assert.match(payload, /\\u0000/);
+    assert.deepEqual(await deliver(f, payload), { status: 200, outcome: "paid" });
+    assert.equal((await f.order(orderId)).status, "paid");
+  }));

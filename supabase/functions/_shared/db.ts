@@ -336,7 +336,16 @@ export async function claimStuckCheckouts(
 }
 
 // postgres.js types sql.json's argument as its own JSON type; a JSON round trip gives exactly
-// what jsonb will store (undefined fields dropped) and satisfies that type.
+// what jsonb will store (undefined fields dropped) and satisfies that type. jsonb cannot hold
+// U+0000 nor a lone surrogate, so those become U+FFFD rather than failing the whole statement
+// (a signed Stripe event carrying one would otherwise be refused for three days of retries).
 function toJson(value: unknown): postgres.JSONValue {
-  return JSON.parse(JSON.stringify(value ?? null));
+  return JSON.parse(
+    JSON.stringify(value ?? null),
+    (_key, field) => typeof field === "string" ? jsonbSafe(field) : field,
+  ) as postgres.JSONValue;
+}
+
+function jsonbSafe(text: string): string {
+  return text.replaceAll("\u0000", "\uFFFD").toWellFormed();
 }
