@@ -5,7 +5,8 @@
 # what hosted Supabase has (scripts/bootstrap-supabase.sql), applies
 # supabase/migrations with `supabase db push` exactly as an operator does,
 # then runs: second push (must be a no-op), `supabase db lint`, pgTAP
-# (pg_prove), deno fmt/lint/check and `deno test`.
+# (pg_prove), deno fmt/lint/check, `deno test` and the browser test
+# (tests/browser/, Debian's chromium, installed when root and missing).
 #
 # Every step after the database is up runs even if an earlier one failed; the
 # last line of output is always `N passed, N failed`; exit 0 only if N failed = 0.
@@ -14,8 +15,8 @@ export RUST_BACKTRACE=0 NO_COLOR=1 DO_NOT_TRACK=1 SUPABASE_TELEMETRY_DISABLED=1
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ARTIFACTS="$ROOT/.test-artifacts"
-PG_BIN=/usr/lib/postgresql/15/bin
-PG_PACKAGES=(postgresql-15 postgresql-15-pgtap postgresql-15-cron postgresql-15-plpgsql-check)
+# shellcheck source=scripts/lib/postgres.sh
+source "$ROOT/scripts/lib/postgres.sh" # PG_BIN, PG_PACKAGES, as_postgres, pg_init, pg_start …
 # Schemas that are Supabase's or Postgres's, not ours: never linted.
 NOT_OUR_SCHEMAS="'information_schema','extensions','auth','supabase_migrations','cron'"
 
@@ -98,12 +99,13 @@ setup_failed() {
 # Always stop and delete the throwaway cluster: on success, failure, Ctrl-C, kill.
 cleanup() {
   local rc=$?
-  trap - EXIT INT TERM
+  # Ignore further signals while cleaning up: npm forwards the Ctrl-C it got to this script
+  # too, and a second signal must not cut the cleanup short (leaving PostgreSQL running).
+  trap - EXIT
+  trap '' INT TERM
   if [[ -n "$JOB_PID" ]]; then kill -TERM -- "-$JOB_PID" 2>/dev/null || true; fi
   if [[ -n "$CLUSTER_DIR" && -d "$CLUSTER_DIR" ]]; then
-    if [[ -f "$CLUSTER_DIR/data/postmaster.pid" ]]; then
-      as_postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
-    fi
+    pg_stop "$CLUSTER_DIR/data" immediate 2>/dev/null || true
     rm -rf "$CLUSTER_DIR"
   fi
   exit "$rc"
@@ -113,10 +115,6 @@ trap cleanup EXIT
 # script; exiting instead runs the EXIT trap (cleanup) and stops.
 trap 'echo; log "interrupted"; exit 130' INT
 trap 'echo; log "terminated"; exit 143' TERM
-
-as_postgres() { # initdb/pg_ctl refuse to run as root
-  if [[ "$(id -u)" -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
 
 # ---------------------------------------------------------------------- steps
 step_node_tools() {
@@ -129,53 +127,28 @@ step_node_tools() {
 }
 
 step_debian_packages() {
-  local missing=() p
-  for p in "${PG_PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-      missing+=("$p")
-    fi
-  done
-  if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "all present: ${PG_PACKAGES[*]}"
-  elif [[ "$(id -u)" -eq 0 ]]; then
-    log "installing ${missing[*]}"
-    apt-get update -q || return 1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-  elif [[ -n "${TEST_DATABASE_URL:-}" ]] && command -v pg_prove >/dev/null && command -v psql >/dev/null; then
+  local missing=()
+  mapfile -t missing < <(missing_debian_packages "${PG_PACKAGES[@]}")
+  if [[ ${#missing[@]} -gt 0 && "$(id -u)" -ne 0 && -n "${TEST_DATABASE_URL:-}" ]] &&
+    command -v pg_prove >/dev/null && command -v psql >/dev/null; then
     # The server behind TEST_DATABASE_URL must provide pgtap, pg_cron and
     # plpgsql_check itself; locally we only need the clients.
     echo "not root; missing ${missing[*]}, but psql and pg_prove exist"
-  else
-    echo "ERROR: missing Debian packages: ${missing[*]}" >&2
-    echo "       install them as root: apt-get install ${missing[*]}" >&2
-    return 1
+    return 0
   fi
-}
-
-free_port() { # ask the kernel for a free port on loopback
-  node -e 'const s = require("net").createServer();
-    s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'
+  install_debian_packages "${PG_PACKAGES[@]}"
 }
 
 step_start_cluster() {
   local port attempt
   CLUSTER_DIR="$(mktemp -d -t pgtest.XXXXXX)"
-  if [[ "$(id -u)" -eq 0 ]]; then chown postgres "$CLUSTER_DIR" || return 1; fi
-  if ! as_postgres "$PG_BIN/initdb" -D "$CLUSTER_DIR/data" -U postgres --auth=trust -E UTF8 \
-    --locale=C.UTF-8 >"$CLUSTER_DIR/initdb.log" 2>&1; then
-    rm -rf "$CLUSTER_DIR/data"
-    as_postgres "$PG_BIN/initdb" -D "$CLUSTER_DIR/data" -U postgres --auth=trust -E UTF8 \
-      --locale=C >"$CLUSTER_DIR/initdb.log" 2>&1 || { cat "$CLUSTER_DIR/initdb.log"; return 1; }
-  fi
+  pg_init "$CLUSTER_DIR/data" "$CLUSTER_DIR/initdb.log" || return 1
   # The port is free when asked but could be taken before postgres binds it: retry.
   for attempt in 1 2 3; do
     port="$(free_port)"
-    if as_postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/log" -w -t 30 start \
-      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$CLUSTER_DIR \
-          -c shared_preload_libraries=pg_cron -c cron.database_name=postgres \
-          -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-          -c max_connections=200" >/dev/null; then
-      DB_URL="postgresql://postgres:postgres@127.0.0.1:$port/postgres?sslmode=disable"
+    if pg_start "$CLUSTER_DIR/data" "$CLUSTER_DIR/log" "$port" "$CLUSTER_DIR" \
+      "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"; then
+      DB_URL="$(pg_url "$port")"
       echo "cluster $CLUSTER_DIR on 127.0.0.1:$port"
       return 0
     fi
@@ -186,7 +159,7 @@ step_start_cluster() {
 }
 
 step_bootstrap() {
-  psql "$DB_URL" -v ON_ERROR_STOP=1 -q -f "$ROOT/scripts/bootstrap-supabase.sql"
+  pg_bootstrap "$DB_URL" "$ROOT"
 }
 
 migration_history() { # empty before the first push (the table does not exist yet)
@@ -269,6 +242,10 @@ deno_targets() { # what `deno check` should see
   local f
   for f in "$ROOT"/supabase/functions/*/index.ts; do [[ -f "$f" ]] && echo "${f#"$ROOT/"}"; done
   if find "$ROOT/tests" -name '*.ts' 2>/dev/null | grep -q .; then echo tests/; fi
+  local d
+  for d in scripts storefront; do
+    if find "$ROOT/$d" -name '*.ts' 2>/dev/null | grep -q .; then echo "$d/"; fi
+  done
 }
 
 ensure_deno_json() { # the other engineer extends it; never overwrite
@@ -288,19 +265,41 @@ step_deno_check() {
   "$DENO" check "${targets[@]}"
 }
 
-step_deno_test() {
-  local logfile="$ARTIFACTS/deno-test.log" rc=0 line passed failed
-  if ! find "$ROOT/tests" -name '*_test.ts' 2>/dev/null | grep -q .; then
-    echo "no *_test.ts files under tests/"; return 0
-  fi
-  DATABASE_URL="$DB_URL" run_logged "$logfile" "$DENO" test --allow-all tests/ || rc=$?
+count_deno_tests() { # count_deno_tests SUITE LOGFILE RC — adds `deno test`'s summary counts
+  local line passed failed
   # Summary line: `ok | 12 passed | 0 failed (1s)` / `FAILED | 3 passed | 1 failed (2s)`
-  line="$(grep -E '^(ok|FAILED) \| ' "$logfile" | tail -n1 || true)"
+  line="$(grep -E '^(ok|FAILED) \| ' "$2" | tail -n1 || true)"
   passed="$(sed -nE 's/.*\| ([0-9]+) passed.*/\1/p' <<<"$line")"
   failed="$(sed -nE 's/.*\| ([0-9]+) failed.*/\1/p' <<<"$line")"
   passed="${passed:-0}" failed="${failed:-0}"
-  if [[ "$rc" -ne 0 && "$failed" -eq 0 ]]; then failed=1; fi
-  add deno-test "$passed" "$failed"
+  if [[ "$3" -ne 0 && "$failed" -eq 0 ]]; then failed=1; fi
+  add "$1" "$passed" "$failed"
+}
+
+step_deno_test() {
+  local logfile="$ARTIFACTS/deno-test.log" rc=0
+  if ! find "$ROOT/tests" -name '*_test.ts' 2>/dev/null | grep -q .; then
+    echo "no *_test.ts files under tests/"; return 0
+  fi
+  # tests/browser/ is the next step's.
+  DATABASE_URL="$DB_URL" run_logged "$logfile" "$DENO" test --allow-all --ignore=tests/browser \
+    tests/ || rc=$?
+  count_deno_tests deno-test "$logfile" "$rc"
+}
+
+# The storefront in Debian's Chromium (playwright-core), against the local stack `npm start`
+# runs, on this pipeline's database. Screenshots: .test-artifacts/screenshots/.
+step_browser_test() {
+  local logfile="$ARTIFACTS/browser-test.log" rc=0
+  if ! find "$ROOT/tests/browser" -name '*_test.ts' 2>/dev/null | grep -q .; then
+    echo "no *_test.ts files under tests/browser/"; return 0
+  fi
+  if [[ -z "${CHROMIUM_PATH:-}" ]] && ! install_debian_packages chromium; then
+    add browser 0 1; return 0
+  fi
+  rm -rf "$ARTIFACTS/screenshots"
+  DATABASE_URL="$DB_URL" run_logged "$logfile" "$DENO" test --allow-all tests/browser/ || rc=$?
+  count_deno_tests browser "$logfile" "$rc"
 }
 
 # ----------------------------------------------------------------------- main
@@ -356,6 +355,9 @@ main() {
 
   log "deno test"
   timed "deno test" step_deno_test || true
+
+  log "browser test (Chromium + playwright-core)"
+  timed "browser test" step_browser_test || true
 
   summary
 }

@@ -20,7 +20,13 @@
  * still send a status line first, which changes the SDK's retry decision. So clients connect to a
  * small TCP relay that forwards to the HTTP server and can cut a client's connection mid-request.
  *
+ * The session's `url` is a small hosted-checkout page with "Pay" and "Cancel" buttons. "Pay"
+ * completes the session and redirects to `success_url`; "Cancel" returns to `cancel_url`. With
+ * `createWebhookForwarder` as `onSessionChange`, completed and expired sessions are delivered as
+ * signed events to a webhook endpoint, as `stripe listen --forward-to` does.
+ *
  * Run it alone with: deno run --allow-net tests/support/stripe_server.ts --port 12111
+ *   [--forward-to http://127.0.0.1:54321/functions/v1/stripe-webhook --webhook-secret whsec_...]
  */
 
 const HOST = "127.0.0.1";
@@ -53,8 +59,11 @@ export interface StripeServerOptions {
   now?: () => number;
   /** Prices that line items may reference by id. */
   prices?: Record<string, PriceFixture>;
-  /** Called after a session completes or expires (for a webhook forwarder). */
-  onSessionChange?: (session: CheckoutSession, eventType: CheckoutEventType) => void;
+  /**
+   * Called after a session completes or expires (for a webhook forwarder). A returned promise is
+   * awaited (for at most 15 s) by the hosted page's "Pay" before it redirects to `success_url`.
+   */
+  onSessionChange?: (session: CheckoutSession, eventType: CheckoutEventType) => unknown;
 }
 
 /** What a fault filter sees of an API request. */
@@ -902,11 +911,20 @@ function nowSeconds(state: State): number {
   return Math.floor(state.now() / 1000);
 }
 
-function notify(state: State, session: CheckoutSession, eventType: CheckoutEventType): void {
-  try {
-    state.options.onSessionChange?.(structuredClone(session), eventType);
-  } catch (error) {
+/** Tells `onSessionChange`; the promise settles when a promise it returned does (never rejects). */
+function notify(
+  state: State,
+  session: CheckoutSession,
+  eventType: CheckoutEventType,
+): Promise<void> {
+  const failed = (error: unknown) =>
     console.error(`stripe_server: onSessionChange threw for ${eventType}:`, error);
+  try {
+    const result = state.options.onSessionChange?.(structuredClone(session), eventType);
+    return Promise.resolve(result).then(() => {}, failed);
+  } catch (error) {
+    failed(error);
+    return Promise.resolve();
   }
 }
 
@@ -1229,7 +1247,7 @@ async function handleHttp(
 ): Promise<Response> {
   const requestId = randomId("req_", 14);
   const path = new URL(request.url).pathname;
-  if (!path.startsWith("/v1/")) return pageResponse(state, request.method, path, requestId);
+  if (!path.startsWith("/v1/")) return await pageResponse(state, request, path, requestId);
   const record: RequestRecord = {
     requestId,
     method: request.method,
@@ -1371,29 +1389,82 @@ function respond(call: ApiRequest, outcome: Outcome): Response {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Hosted checkout placeholder page
+// Hosted checkout page
 // ---------------------------------------------------------------------------------------------
 
 const ZERO_DECIMAL = new Set(
   "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split(" "),
 );
+/** How long "Pay" waits for the webhook delivery before redirecting anyway. */
+const PAY_DELIVERY_WAIT_MS = 15_000;
 
-function pageResponse(state: State, method: string, path: string, requestId: string): Response {
-  const match = /^\/c\/pay\/([^/]+)$/.exec(path);
-  const session = match && method === "GET" ? findSession(state, match[1] ?? "") : undefined;
+// GET /c/pay/:id shows the session; POST /c/pay/:id/pay completes it, POST /c/pay/:id/cancel
+// goes back to cancel_url (the session stays open, as on Stripe).
+async function pageResponse(
+  state: State,
+  request: Request,
+  path: string,
+  requestId: string,
+): Promise<Response> {
+  const match = /^\/c\/pay\/([^/]+)(?:\/(pay|cancel))?$/.exec(path);
+  const action = match?.[2] ?? null;
   const headers = { "content-type": "text/html; charset=utf-8", "request-id": requestId };
+  const allowed = action ? "POST" : "GET";
+  if (match && request.method !== allowed) {
+    return new Response("<!doctype html><p>Method not allowed</p>", {
+      status: 405,
+      headers: { ...headers, allow: allowed },
+    });
+  }
+  const session = match ? findSession(state, decodePathSegment(match[1] ?? "")) : undefined;
   if (!session) return new Response("<!doctype html><p>Not found</p>", { status: 404, headers });
-  return new Response(renderPage(session), { status: 200, headers });
+  if (action === null || session.status !== "open") {
+    return new Response(renderPage(session), {
+      status: action === null ? 200 : 409,
+      headers,
+    });
+  }
+  if (action === "cancel") return redirect(session.cancel_url, session, headers);
+  markCompleted(session);
+  const delivered = notify(state, session, "checkout.session.completed");
+  await Promise.race([delivered, sleep(PAY_DELIVERY_WAIT_MS, state.lifetime.signal)]);
+  return redirect(session.success_url, session, headers);
+}
+
+// Stripe fills in the {CHECKOUT_SESSION_ID} template of the redirect URLs.
+function redirect(
+  target: string | null,
+  session: CheckoutSession,
+  headers: Record<string, string>,
+): Response {
+  if (!target) return new Response(renderPage(session), { status: 200, headers });
+  const location = target.replaceAll("{CHECKOUT_SESSION_ID}", session.id);
+  return new Response(null, { status: 303, headers: { ...headers, location } });
 }
 
 function renderPage(session: CheckoutSession): string {
   const currency = (session.currency ?? "").toUpperCase();
   const amount = formatAmount(session.amount_total, session.currency);
+  const id = escapeHtml(session.id);
+  const actions = session.status === "open"
+    ? `<form method="post" action="/c/pay/${id}/pay"><button type="submit">Pay</button></form>
+${
+      session.cancel_url
+        ? `<form method="post" action="/c/pay/${id}/cancel"><button type="submit">Cancel</button></form>`
+        : ""
+    }`
+    : "";
+  const email = session.customer_email ? `<p>Email: ${escapeHtml(session.customer_email)}</p>` : "";
   return `<!doctype html>
 <html lang="en"><meta charset="utf-8"><title>Checkout (local Stripe)</title>
-<main data-session-id="${escapeHtml(session.id)}" data-status="${session.status}">
+<style>body{font:16px system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}
+form{display:inline-block;margin-right:.5rem}button{font-size:1rem;padding:.5rem 1.25rem}</style>
+<main data-session-id="${id}" data-status="${session.status}">
+<p><small>Local Stripe-compatible server: test mode, no card needed</small></p>
 <h1>Pay ${escapeHtml(currency)} ${escapeHtml(amount)}</h1>
-<p>Status: ${session.status}</p>
+${email}<p>Session: <code>${id}</code></p>
+<p>Status: <strong id="status">${session.status}</strong></p>
+${actions}
 </main></html>
 `;
 }
@@ -1581,6 +1652,117 @@ function serverHandle(state: State, port: number, close: () => Promise<void>): S
 }
 
 // ---------------------------------------------------------------------------------------------
+// Webhook forwarding (what `stripe listen --forward-to` does)
+// ---------------------------------------------------------------------------------------------
+
+/** The API version stamped on forwarded events (the one the project's SDK pins). */
+export const WEBHOOK_API_VERSION = "2026-10-28.endive";
+
+/** Options for `createWebhookForwarder`. */
+export interface WebhookForwarderOptions {
+  /** The endpoint to POST events to; a function is asked at each delivery. */
+  url: string | (() => string);
+  /** The endpoint's signing secret (`whsec_...`). */
+  secret: string;
+  /** Deliveries tried per event, with a doubling pause between them (default 4). */
+  attempts?: number;
+  /** Per-delivery timeout (default 10 s). */
+  timeoutMs?: number;
+  /** One line per delivery attempt (default: console.log). */
+  log?: (line: string) => void;
+}
+
+/** How an event's delivery ended. */
+export interface WebhookDelivery {
+  eventId: string;
+  type: CheckoutEventType;
+  /** The endpoint's last status, or null when it was never reached. */
+  status: number | null;
+  attempts: number;
+}
+
+/** The `Stripe-Signature` header Stripe sends: `t=<unix seconds>,v1=<hex HMAC-SHA256>`. */
+export async function stripeSignatureHeader(
+  payload: string,
+  secret: string,
+  timestamp: number = Math.floor(Date.now() / 1000),
+): Promise<string> {
+  const encoder = new TextEncoder();
+  const key = await crypto.subtle.importKey(
+    "raw",
+    encoder.encode(secret),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const mac = await crypto.subtle.sign("HMAC", key, encoder.encode(`${timestamp}.${payload}`));
+  const hex = Array.from(new Uint8Array(mac), (byte) => byte.toString(16).padStart(2, "0"));
+  return `t=${timestamp},v1=${hex.join("")}`;
+}
+
+/** The event Stripe sends for a Checkout Session change. */
+export function checkoutSessionEvent(session: CheckoutSession, type: CheckoutEventType): string {
+  return JSON.stringify(
+    {
+      id: randomId("evt_", 24),
+      object: "event",
+      api_version: WEBHOOK_API_VERSION,
+      created: Math.floor(Date.now() / 1000),
+      data: { object: session },
+      livemode: false,
+      pending_webhooks: 1,
+      request: { id: null, idempotency_key: null },
+      type,
+    },
+    null,
+    2,
+  );
+}
+
+/**
+ * An `onSessionChange` that POSTs each change as a signed event to `url`, retrying (bounded) on
+ * a network failure or a non-2xx answer, as Stripe retries a failed delivery.
+ */
+export function createWebhookForwarder(
+  options: WebhookForwarderOptions,
+): (session: CheckoutSession, type: CheckoutEventType) => Promise<WebhookDelivery> {
+  const attempts = Math.max(1, options.attempts ?? 4);
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  const log = options.log ?? ((line: string) => console.log(line));
+  return async (session, type) => {
+    const payload = checkoutSessionEvent(session, type);
+    const eventId = (JSON.parse(payload) as { id: string }).id;
+    const delivery: WebhookDelivery = { eventId, type, status: null, attempts: 0 };
+    for (let attempt = 1; attempt <= attempts; attempt++) {
+      if (attempt > 1) await new Promise((resolve) => setTimeout(resolve, 250 * 2 ** attempt));
+      delivery.attempts = attempt;
+      const url = typeof options.url === "function" ? options.url() : options.url;
+      let outcome: string;
+      try {
+        const response = await fetch(url, {
+          method: "POST",
+          headers: {
+            "content-type": "application/json; charset=utf-8",
+            "stripe-signature": await stripeSignatureHeader(payload, options.secret),
+            "user-agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+          },
+          body: payload,
+          signal: AbortSignal.timeout(timeoutMs),
+        });
+        await response.body?.cancel();
+        delivery.status = response.status;
+        outcome = String(response.status);
+      } catch (error) {
+        outcome = `failed (${error instanceof Error ? error.message : String(error)})`;
+      }
+      log(`stripe_server: ${type} ${eventId} for ${session.id} -> ${url}: ${outcome}`);
+      if (delivery.status !== null && delivery.status >= 200 && delivery.status < 300) break;
+    }
+    return delivery;
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers and script entry point
 // ---------------------------------------------------------------------------------------------
 
@@ -1591,9 +1773,13 @@ function randomId(prefix: string, length: number): string {
   return prefix + Array.from(bytes, (byte) => ALPHANUMERIC[byte % ALPHANUMERIC.length]).join("");
 }
 
+function argValue(args: string[], name: string): string | undefined {
+  const index = args.indexOf(name);
+  return index === -1 ? undefined : args[index + 1];
+}
+
 function portFromArgs(args: string[]): number {
-  const index = args.indexOf("--port");
-  const value = index === -1 ? "12111" : args[index + 1];
+  const value = argValue(args, "--port") ?? "12111";
   const port = Number(value);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new Error(`Cannot start stripe_server: --port must be 0-65535, got ${value}`);
@@ -1602,7 +1788,17 @@ function portFromArgs(args: string[]): number {
 }
 
 if (import.meta.main) {
-  const server = await startStripeServer({ port: portFromArgs(Deno.args) });
+  const forwardTo = argValue(Deno.args, "--forward-to");
+  const secret = argValue(Deno.args, "--webhook-secret");
+  if (forwardTo && !secret) {
+    throw new Error("Cannot start stripe_server: --forward-to needs --webhook-secret whsec_...");
+  }
+  const server = await startStripeServer({
+    port: portFromArgs(Deno.args),
+    onSessionChange: forwardTo && secret
+      ? createWebhookForwarder({ url: forwardTo, secret })
+      : undefined,
+  });
   console.log(server.url);
   const stop = () => server.close().then(() => Deno.exit(0));
   Deno.addSignalListener("SIGINT", stop);

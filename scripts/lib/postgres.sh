@@ -1,0 +1,88 @@
+# scripts/lib/postgres.sh — sourced by scripts/test.sh (throwaway cluster) and scripts/start.sh
+# (the local cluster kept under .local/). Plain functions, no side effects when sourced.
+#
+# A cluster is Debian's PostgreSQL 15 with pg_cron preloaded (the migrations schedule jobs),
+# listening on 127.0.0.1 only, with trust authentication: local and CI use only.
+
+PG_BIN=/usr/lib/postgresql/15/bin
+# What the migrations need (pg_cron), and what the test pipeline adds (pgTAP, plpgsql_check).
+PG_SERVER_PACKAGES=(postgresql-15 postgresql-15-cron)
+PG_PACKAGES=("${PG_SERVER_PACKAGES[@]}" postgresql-15-pgtap postgresql-15-plpgsql-check)
+
+as_postgres() { # initdb/pg_ctl refuse to run as root
+  if [[ "$(id -u)" -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+missing_debian_packages() { # missing_debian_packages PKG... — prints the ones not installed
+  local p
+  for p in "$@"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+      printf '%s\n' "$p"
+    fi
+  done
+}
+
+install_debian_packages() { # install_debian_packages PKG... — installs the missing ones (root)
+  local missing=()
+  mapfile -t missing < <(missing_debian_packages "$@")
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "all present: $*"
+  elif [[ "$(id -u)" -eq 0 ]]; then
+    echo "installing ${missing[*]}"
+    apt-get update -q || return 1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+  else
+    echo "ERROR: missing Debian packages: ${missing[*]}" >&2
+    echo "       install them as root: apt-get install ${missing[*]}" >&2
+    return 1
+  fi
+}
+
+free_port() { # ask the kernel for a free port on loopback
+  node -e 'const s = require("net").createServer();
+    s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'
+}
+
+port_is_free() { # port_is_free PORT — true when nothing listens on 127.0.0.1:PORT
+  node -e 'const s = require("net").createServer();
+    s.once("error", () => process.exit(1));
+    s.listen(Number(process.argv[1]), "127.0.0.1", () => s.close(() => process.exit(0)));' "$1"
+}
+
+pg_url() { # pg_url PORT — the superuser URL of a local cluster
+  printf 'postgresql://postgres:postgres@127.0.0.1:%s/postgres?sslmode=disable' "$1"
+}
+
+pg_init() { # pg_init DATA_DIR LOGFILE — initdb (as postgres), C.UTF-8 where available
+  local data="$1" logfile="$2" parent
+  parent="$(dirname "$data")"
+  mkdir -p "$parent"
+  if [[ "$(id -u)" -eq 0 ]]; then chown postgres "$parent" || return 1; fi
+  if ! as_postgres "$PG_BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 \
+    --locale=C.UTF-8 >"$logfile" 2>&1; then
+    rm -rf "$data"
+    as_postgres "$PG_BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 \
+      --locale=C >"$logfile" 2>&1 || { cat "$logfile" >&2; return 1; }
+  fi
+}
+
+pg_running() { # pg_running DATA_DIR — true when a postmaster serves DATA_DIR
+  [[ -f "$1/postmaster.pid" ]] && as_postgres "$PG_BIN/pg_ctl" -D "$1" status >/dev/null 2>&1
+}
+
+pg_start() { # pg_start DATA_DIR LOGFILE PORT SOCKET_DIR [EXTRA_SERVER_OPTIONS]
+  # An empty SOCKET_DIR means TCP only (pg_ctl -w watches postmaster.pid, not a socket).
+  local data="$1" logfile="$2" port="$3" sockets="${4:-}" extra="${5:-}"
+  as_postgres "$PG_BIN/pg_ctl" -D "$data" -l "$logfile" -w -t 30 start \
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories='$sockets' \
+        -c shared_preload_libraries=pg_cron -c cron.database_name=postgres $extra" >/dev/null
+}
+
+pg_stop() { # pg_stop DATA_DIR [MODE] — MODE fast (default, clean) or immediate (throwaway)
+  [[ -f "$1/postmaster.pid" ]] || return 0
+  as_postgres "$PG_BIN/pg_ctl" -D "$1" -m "${2:-fast}" -w -t 60 stop >/dev/null
+}
+
+pg_bootstrap() { # pg_bootstrap URL ROOT — what hosted Supabase has (idempotent; local/CI only)
+  psql "$1" -v ON_ERROR_STOP=1 -q -f "$2/scripts/bootstrap-supabase.sql"
+}

@@ -1,0 +1,65 @@
+/**
+ * `npm run -s token -- [user uuid] [--email a@b.c]`: prints a signed-in user's access token for
+ * the local stack (HS256 with SUPABASE_JWT_SECRET, default local Supabase's), valid for one hour,
+ * and makes sure auth.users has that user (orders reference it). Without a uuid, a new user.
+ *
+ * The token alone goes to stdout, so `TOKEN=$(npm run -s token)` works; notes go to stderr.
+ * Database: DATABASE_URL, else the local PostgreSQL of `npm start` (127.0.0.1:${DB_PORT:-54322}).
+ * LOCAL USE ONLY.
+ */
+import postgres from "postgres";
+import { LOCAL_JWT_SECRET, localDatabaseUrl, userAccessToken } from "./lib/local.ts";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Parsed command line. */
+export interface TokenArgs {
+  userId: string;
+  email: string | null;
+}
+
+/** Reads `[uuid] [--email address]`; a missing uuid is a fresh one. */
+export function parseTokenArgs(args: string[]): TokenArgs {
+  let userId: string | null = null;
+  let email: string | null = null;
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    if (arg === "--email") email = args[++i] ?? null;
+    else if (UUID.test(arg)) userId = arg.toLowerCase();
+    else throw new Error(`Cannot mint a token: ${arg} is not a user uuid (or --email ADDRESS)`);
+  }
+  return { userId: userId ?? crypto.randomUUID(), email };
+}
+
+async function main(): Promise<void> {
+  const { userId, email } = parseTokenArgs(Deno.args);
+  const databaseUrl = Deno.env.get("DATABASE_URL") ||
+    localDatabaseUrl(Number(Deno.env.get("DB_PORT") || 54322));
+  const sql = postgres(databaseUrl, { max: 1, connect_timeout: 5, onnotice: () => {} });
+  try {
+    await sql`
+      insert into auth.users (id, email) values (${userId}, ${email})
+      on conflict (id) do nothing`;
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new Error(
+      `Cannot create the user in auth.users (${reason}). Is \`npm start\` running? ` +
+        "With your own database, set DATABASE_URL as for npm start.",
+    );
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+  const secret = Deno.env.get("SUPABASE_JWT_SECRET") || LOCAL_JWT_SECRET;
+  const token = await userAccessToken(userId, secret, { email: email ?? undefined });
+  console.error(`user ${userId}: access token valid for 1 hour (role authenticated)`);
+  console.log(token);
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (error) {
+    console.error(error instanceof Error ? error.message : error);
+    Deno.exit(1);
+  }
+}
