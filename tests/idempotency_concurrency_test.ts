@@ -194,3 +194,44 @@ Deno.test("cleanup running beside live claims never deletes an attempt in flight
     await closeAll([pool, ...clients]);
   }
 });
+
+Deno.test("a replay, a mismatch and a live conflict are decided without locking or writing", async () => {
+  const sql = openPool(2);
+  try {
+    const operationId = uniqueOperationId("readonly");
+    const fp = await fingerprint({ operationId });
+    const first = await claimFrom(sql, operationId, fp);
+    // A live lease: the conflict is read, not locked.
+    const duringLease = await sql.begin(async (tx) => {
+      const claim = await claimFrom(tx as unknown as Sql, operationId, fp);
+      const [row] = await tx<
+        { xid: string | null }[]
+      >`select pg_current_xact_id_if_assigned()::text as xid`;
+      return { claim, xid: row?.xid ?? null };
+    });
+    assert.equal(duringLease.claim.outcome, "conflict");
+    assert.equal(duringLease.xid, null, "no transaction id: nothing locked, nothing written");
+
+    await recordOperation(sql, {
+      operationType: TYPE,
+      operationId,
+      leaseToken: first.leaseToken!,
+      stripeResourceId: "cs_test_readonly",
+      responseStatus: 201,
+      responseBody: { ok: true },
+    });
+    for (const [fpToSend, outcome] of [[fp, "replay"], ["0".repeat(64), "mismatch"]] as const) {
+      const result = await sql.begin(async (tx) => {
+        const claim = await claimFrom(tx as unknown as Sql, operationId, fpToSend);
+        const [row] = await tx<
+          { xid: string | null }[]
+        >`select pg_current_xact_id_if_assigned()::text as xid`;
+        return { claim, xid: row?.xid ?? null };
+      });
+      assert.equal(result.claim.outcome, outcome);
+      assert.equal(result.xid, null, `${outcome}: nothing locked, nothing written`);
+    }
+  } finally {
+    await sql.end();
+  }
+});

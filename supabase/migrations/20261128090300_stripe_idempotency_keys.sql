@@ -85,7 +85,8 @@ comment on type public.stripe_idempotency_claim is 'What claim_stripe_idempotenc
 --   retry    — the previous attempt failed after Stripe answered: the caller's new key replaces it;
 --   mismatch — the operation exists with another request fingerprint: nothing is revealed.
 -- No check-then-insert race: the insert arbitrates on the unique (operation_type, operation_id),
--- and an existing row is classified under its row lock.
+-- and an existing row is classified under its row lock. Only outcomes that read an immutable
+-- fact (a completed response, a fingerprint, a live lease at this instant) skip the lock.
 create or replace function public.claim_stripe_idempotency(
   p_operation_type text,
   p_operation_id text,
@@ -115,6 +116,37 @@ begin
   end if;
   v_lease_until := p_now + make_interval(secs => p_lease_seconds);
 
+  -- Fast path, without locks or writes: a replay, a mismatch or a live conflict is decided from
+  -- a plain read. Completed rows never change their response and a fingerprint never changes,
+  -- so the statement's snapshot is a consistent answer; a retry storm on one completed
+  -- operation then neither queues on its row lock nor waits for a WAL flush.
+  select k.* into v_row
+  from public.stripe_idempotency_keys k
+  where k.operation_type = p_operation_type and k.operation_id = p_operation_id;
+  if found then
+    if v_row.request_fingerprint is distinct from p_request_fingerprint then
+      v_result.outcome := 'mismatch';
+      return v_result;
+    end if;
+    if v_row.status = 'completed' then
+      v_result.outcome := 'replay';
+      v_result.stripe_idempotency_key := v_row.stripe_idempotency_key;
+      v_result.attempt := v_row.attempt;
+      v_result.stripe_resource_id := v_row.stripe_resource_id;
+      v_result.response_status := v_row.response_status;
+      v_result.response_body := v_row.response_body;
+      v_result.metadata := v_row.metadata;
+      return v_result;
+    end if;
+    if v_row.status = 'in_progress' and v_row.lease_expires_at > p_now then
+      v_result.outcome := 'conflict';
+      v_result.lease_expires_at := v_row.lease_expires_at;
+      v_result.attempt := v_row.attempt;
+      return v_result;
+    end if;
+  end if;
+
+  -- Slow path: insert, or lock the existing row and classify it under the lock.
   loop
     insert into public.stripe_idempotency_keys as k (
       operation_type, operation_id, stripe_idempotency_key, request_fingerprint, status,

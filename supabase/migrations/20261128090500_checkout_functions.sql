@@ -281,7 +281,8 @@ begin
   end if;
 
   if v_claim.outcome = 'replay' then
-    select o.* into v_order from public.orders o where o.id = v_old_order_id for update;
+    -- A plain read first: a replay of a live session must not lock or write anything.
+    select o.* into v_order from public.orders o where o.id = v_old_order_id;
     if v_order.status = 'paid' then
       v_result.outcome := 'paid';
       return public.checkout_claim_order(v_result, v_order.id);
@@ -291,7 +292,24 @@ begin
       v_result.response_body := v_claim.response_body;
       return public.checkout_claim_order(v_result, v_order.id);
     end if;
-    -- The session is dead: re-arm the operation with the caller's new key for a fresh session.
+    -- The session is dead. Lock the operation (then the order: the order every path locks in)
+    -- and check that nobody renewed it in the meantime.
+    perform 1 from public.stripe_idempotency_keys k
+    where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id
+      and k.status = 'completed' and k.metadata ->> 'order_id' = v_old_order_id::text
+    for update;
+    if not found then
+      v_result.outcome := 'conflict';
+      v_result.stripe_idempotency_key := null;
+      v_result.lease_expires_at := p_now + interval '1 second';
+      return v_result;
+    end if;
+    select o.* into v_order from public.orders o where o.id = v_old_order_id for update;
+    if v_order.status = 'paid' then
+      v_result.outcome := 'paid';
+      return public.checkout_claim_order(v_result, v_order.id);
+    end if;
+    -- Re-arm the operation with the caller's new key for a fresh session.
     update public.orders o set status = 'expired' where o.id = v_order.id and o.status = 'pending';
     update public.stripe_idempotency_keys k
     set stripe_idempotency_key = p_stripe_idempotency_key,
