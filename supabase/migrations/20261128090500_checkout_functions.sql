@@ -288,9 +288,12 @@ begin
       return public.checkout_claim_order(v_result, v_order.id);
     end if;
     if v_order.status = 'pending' and v_order.hold_expires_at > p_now then
+      -- The stored response is the whole answer: no need to gather the order's lines.
       v_result.response_status := v_claim.response_status;
       v_result.response_body := v_claim.response_body;
-      return public.checkout_claim_order(v_result, v_order.id);
+      v_result.order_id := v_order.id;
+      v_result.event_id := v_order.event_id;
+      return v_result;
     end if;
     -- The session is dead. Lock the operation (then the order: the order every path locks in)
     -- and check that nobody renewed it in the meantime.
