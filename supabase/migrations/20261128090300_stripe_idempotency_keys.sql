@@ -1,7 +1,7 @@
 -- Exactly-once Stripe calls: one row per logical Stripe operation, and the protocol around it.
 -- Objects: public.stripe_idempotency_keys; type public.stripe_idempotency_claim; functions
---          claim_stripe_idempotency, check_stripe_idempotency, record_stripe_idempotency,
---          release_stripe_idempotency, cleanup_expired_idempotency_keys.
+--          claim_stripe_idempotency (with stripe_idempotency_settled), check_stripe_idempotency,
+--          record_stripe_idempotency, release_stripe_idempotency, cleanup_expired_idempotency_keys.
 -- Protocol: claim (one statement: insert, or lock and classify the existing row) → call Stripe
 --          with the returned key → record (only the lease holder) or release (key kept when
 --          Stripe gave no answer, burnt when it did).
@@ -76,6 +76,42 @@ create type public.stripe_idempotency_claim as (
 );
 comment on type public.stripe_idempotency_claim is 'What claim_stripe_idempotency decided; fields that do not belong to the caller are null.';
 
+-- The outcomes an existing row decides by itself: mismatch, replay, or conflict (a live lease).
+-- Null outcome when the row must be taken over or retried, which only the row lock may do.
+create or replace function public.stripe_idempotency_settled(
+  p_row public.stripe_idempotency_keys,
+  p_request_fingerprint text,
+  p_now timestamptz
+)
+returns public.stripe_idempotency_claim
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v_result public.stripe_idempotency_claim;
+begin
+  if p_row.request_fingerprint is distinct from p_request_fingerprint then
+    v_result.outcome := 'mismatch';
+  elsif p_row.status = 'completed' then
+    v_result.outcome := 'replay';
+    v_result.stripe_idempotency_key := p_row.stripe_idempotency_key;
+    v_result.attempt := p_row.attempt;
+    v_result.stripe_resource_id := p_row.stripe_resource_id;
+    v_result.response_status := p_row.response_status;
+    v_result.response_body := p_row.response_body;
+    v_result.metadata := p_row.metadata;
+  elsif p_row.status = 'in_progress' and p_row.lease_expires_at > p_now then
+    v_result.outcome := 'conflict';
+    v_result.lease_expires_at := p_row.lease_expires_at;
+    v_result.attempt := p_row.attempt;
+  end if;
+  return v_result;
+end;
+$$;
+comment on function public.stripe_idempotency_settled(public.stripe_idempotency_keys, text, timestamptz) is
+  'Internal to claim_stripe_idempotency: mismatch | replay | conflict decided from a row, or a null outcome.';
+
 -- The atomic claim. One call either arms a new attempt for the caller or tells it what exists:
 --   created  — new row, in progress, leased to the caller, with the caller's key;
 --   replay   — completed: the stored response is returned;
@@ -124,24 +160,8 @@ begin
   from public.stripe_idempotency_keys k
   where k.operation_type = p_operation_type and k.operation_id = p_operation_id;
   if found then
-    if v_row.request_fingerprint is distinct from p_request_fingerprint then
-      v_result.outcome := 'mismatch';
-      return v_result;
-    end if;
-    if v_row.status = 'completed' then
-      v_result.outcome := 'replay';
-      v_result.stripe_idempotency_key := v_row.stripe_idempotency_key;
-      v_result.attempt := v_row.attempt;
-      v_result.stripe_resource_id := v_row.stripe_resource_id;
-      v_result.response_status := v_row.response_status;
-      v_result.response_body := v_row.response_body;
-      v_result.metadata := v_row.metadata;
-      return v_result;
-    end if;
-    if v_row.status = 'in_progress' and v_row.lease_expires_at > p_now then
-      v_result.outcome := 'conflict';
-      v_result.lease_expires_at := v_row.lease_expires_at;
-      v_result.attempt := v_row.attempt;
+    v_result := public.stripe_idempotency_settled(v_row, p_request_fingerprint, p_now);
+    if v_result.outcome is not null then
       return v_result;
     end if;
   end if;
@@ -172,26 +192,8 @@ begin
     -- Deleted by cleanup between our insert and our select: insert again.
     continue when not found;
 
-    if v_row.request_fingerprint is distinct from p_request_fingerprint then
-      v_result.outcome := 'mismatch';
-      return v_result;
-    end if;
-
-    if v_row.status = 'completed' then
-      v_result.outcome := 'replay';
-      v_result.stripe_idempotency_key := v_row.stripe_idempotency_key;
-      v_result.attempt := v_row.attempt;
-      v_result.stripe_resource_id := v_row.stripe_resource_id;
-      v_result.response_status := v_row.response_status;
-      v_result.response_body := v_row.response_body;
-      v_result.metadata := v_row.metadata;
-      return v_result;
-    end if;
-
-    if v_row.status = 'in_progress' and v_row.lease_expires_at > p_now then
-      v_result.outcome := 'conflict';
-      v_result.lease_expires_at := v_row.lease_expires_at;
-      v_result.attempt := v_row.attempt;
+    v_result := public.stripe_idempotency_settled(v_row, p_request_fingerprint, p_now);
+    if v_result.outcome is not null then
       return v_result;
     end if;
 
@@ -437,6 +439,7 @@ comment on function public.cleanup_expired_idempotency_keys(integer, timestamptz
   'Deletes expired idempotency rows in batches (never a live lease) and returns how many; run by pg_cron.';
 
 revoke execute on function
+  public.stripe_idempotency_settled(public.stripe_idempotency_keys, text, timestamptz),
   public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz),
   public.check_stripe_idempotency(text, text),
   public.record_stripe_idempotency(text, text, uuid, text, integer, jsonb, jsonb, timestamptz),
@@ -445,6 +448,7 @@ revoke execute on function
 from public, anon, authenticated;
 
 grant execute on function
+  public.stripe_idempotency_settled(public.stripe_idempotency_keys, text, timestamptz),
   public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz),
   public.check_stripe_idempotency(text, text),
   public.record_stripe_idempotency(text, text, uuid, text, integer, jsonb, jsonb, timestamptz),
