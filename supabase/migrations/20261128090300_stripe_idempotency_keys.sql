@@ -76,6 +76,40 @@ create type public.stripe_idempotency_claim as (
 );
 comment on type public.stripe_idempotency_claim is 'What claim_stripe_idempotency decided; fields that do not belong to the caller are null.';
 
+-- Arms a new attempt on an existing row: a new lease for p_lease_token, the key replaced by
+-- p_new_key (null keeps the key: a takeover must reach Stripe with the SAME key), any previous
+-- response cleared, and the row kept for 24 hours (Stripe's key retention) from now. Every path
+-- that hands an existing operation to a new attempt goes through here; the caller holds the
+-- row's lock.
+create or replace function public.arm_stripe_idempotency_attempt(
+  p_id bigint,
+  p_new_key text,
+  p_lease_token uuid,
+  p_lease_until timestamptz,
+  p_now timestamptz
+)
+returns public.stripe_idempotency_keys
+language sql
+volatile
+set search_path = ''
+as $$
+  update public.stripe_idempotency_keys k
+  set stripe_idempotency_key = coalesce(p_new_key, k.stripe_idempotency_key),
+      status = 'in_progress',
+      lease_token = p_lease_token,
+      lease_expires_at = p_lease_until,
+      attempt = k.attempt + 1,
+      stripe_resource_id = null,
+      response_status = null,
+      response_body = null,
+      updated_at = p_now,
+      expires_at = greatest(k.expires_at, p_now + interval '24 hours')
+  where k.id = p_id
+  returning k.*;
+$$;
+comment on function public.arm_stripe_idempotency_attempt(bigint, text, uuid, timestamptz, timestamptz) is
+  'Internal: hands an existing operation to a new attempt (new lease; new key, or the same one).';
+
 -- The outcomes an existing row decides by itself: mismatch, replay, or conflict (a live lease).
 -- Null outcome when the row must be taken over or retried, which only the row lock may do.
 create or replace function public.stripe_idempotency_settled(
@@ -199,27 +233,12 @@ begin
 
     if v_row.status = 'in_progress' then
       -- Expired lease: same key, new owner. The old owner is fenced off by the token change.
-      update public.stripe_idempotency_keys k
-      set lease_token = p_lease_token,
-          lease_expires_at = v_lease_until,
-          attempt = k.attempt + 1,
-          updated_at = p_now,
-          expires_at = greatest(k.expires_at, p_now + interval '24 hours')
-      where k.id = v_row.id
-      returning k.* into v_row;
+      v_row := public.arm_stripe_idempotency_attempt(v_row.id, null, p_lease_token, v_lease_until, p_now);
       v_result.outcome := 'takeover';
     else
       -- Failed after Stripe answered: Stripe replays that answer for the old key, so arm a new one.
-      update public.stripe_idempotency_keys k
-      set stripe_idempotency_key = p_stripe_idempotency_key,
-          status = 'in_progress',
-          lease_token = p_lease_token,
-          lease_expires_at = v_lease_until,
-          attempt = k.attempt + 1,
-          updated_at = p_now,
-          expires_at = greatest(k.expires_at, p_now + interval '24 hours')
-      where k.id = v_row.id
-      returning k.* into v_row;
+      v_row := public.arm_stripe_idempotency_attempt(v_row.id, p_stripe_idempotency_key, p_lease_token,
+        v_lease_until, p_now);
       v_result.outcome := 'retry';
     end if;
     exit;
@@ -439,6 +458,7 @@ comment on function public.cleanup_expired_idempotency_keys(integer, timestamptz
   'Deletes expired idempotency rows in batches (never a live lease) and returns how many; run by pg_cron.';
 
 revoke execute on function
+  public.arm_stripe_idempotency_attempt(bigint, text, uuid, timestamptz, timestamptz),
   public.stripe_idempotency_settled(public.stripe_idempotency_keys, text, timestamptz),
   public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz),
   public.check_stripe_idempotency(text, text),
@@ -448,6 +468,7 @@ revoke execute on function
 from public, anon, authenticated;
 
 grant execute on function
+  public.arm_stripe_idempotency_attempt(bigint, text, uuid, timestamptz, timestamptz),
   public.stripe_idempotency_settled(public.stripe_idempotency_keys, text, timestamptz),
   public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz),
   public.check_stripe_idempotency(text, text),

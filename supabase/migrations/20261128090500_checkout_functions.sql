@@ -244,6 +244,8 @@ declare
   v_order public.orders;
   v_order_id uuid := gen_random_uuid();
   v_old_order_id uuid;
+  v_operation_row_id bigint;
+  v_armed public.stripe_idempotency_keys;
 begin
   if p_hold_seconds is null or p_hold_seconds not between 60 and 86400 then
     raise exception using errcode = '22023',
@@ -297,7 +299,7 @@ begin
     end if;
     -- The session is dead. Lock the operation (then the order: the order every path locks in)
     -- and check that nobody renewed it in the meantime.
-    perform 1 from public.stripe_idempotency_keys k
+    select k.id into v_operation_row_id from public.stripe_idempotency_keys k
     where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id
       and k.status = 'completed' and k.metadata ->> 'order_id' = v_old_order_id::text
     for update;
@@ -314,20 +316,12 @@ begin
     end if;
     -- Re-arm the operation with the caller's new key for a fresh session.
     update public.orders o set status = 'expired' where o.id = v_order.id and o.status = 'pending';
-    update public.stripe_idempotency_keys k
-    set stripe_idempotency_key = p_stripe_idempotency_key,
-        status = 'in_progress',
-        lease_token = p_lease_token,
-        lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
-        attempt = k.attempt + 1,
-        stripe_resource_id = null,
-        response_status = null,
-        response_body = null,
-        updated_at = p_now,
-        expires_at = greatest(k.expires_at, p_now + interval '24 hours')
-    where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id
-    returning k.stripe_idempotency_key, k.lease_token, k.lease_expires_at, k.attempt
-    into v_result.stripe_idempotency_key, v_result.lease_token, v_result.lease_expires_at, v_result.attempt;
+    v_armed := public.arm_stripe_idempotency_attempt(v_operation_row_id, p_stripe_idempotency_key,
+      p_lease_token, p_now + make_interval(secs => p_lease_seconds), p_now);
+    v_result.stripe_idempotency_key := v_armed.stripe_idempotency_key;
+    v_result.lease_token := v_armed.lease_token;
+    v_result.lease_expires_at := v_armed.lease_expires_at;
+    v_result.attempt := v_armed.attempt;
     v_result.outcome := 'renew';
   end if;
 

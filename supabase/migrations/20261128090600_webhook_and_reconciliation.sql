@@ -245,13 +245,8 @@ begin
     limit p_limit
     for update skip locked
   loop
-    update public.stripe_idempotency_keys k
-    set lease_token = gen_random_uuid(),
-        lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
-        attempt = k.attempt + 1,
-        updated_at = p_now
-    where k.id = v_row.id
-    returning k.* into v_row;
+    v_row := public.arm_stripe_idempotency_attempt(v_row.id, null, gen_random_uuid(),
+      p_now + make_interval(secs => p_lease_seconds), p_now);
 
     v_claim := null;
     v_claim.outcome := 'reconcile';
