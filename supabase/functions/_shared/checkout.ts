@@ -109,6 +109,14 @@ export function createCheckoutHandler(deps: CheckoutDeps): (request: Request) =>
     throw new Error("enhanced-checkout needs a token verifier");
   }
   const log = deps.log ?? ((line) => console.log(JSON.stringify(line)));
+  // {CHECKOUT_SESSION_ID} is Stripe's template and must stay unescaped, so it is appended, not
+  // passed through URL.
+  const defaults: DefaultRedirects = {
+    successUrl: `${
+      new URL("/checkout/success", deps.siteUrl).href
+    }?session_id={CHECKOUT_SESSION_ID}`,
+    cancelUrl: new URL("/checkout/cancel", deps.siteUrl).href,
+  };
 
   return async (request) => {
     const started = performance.now();
@@ -117,7 +125,7 @@ export function createCheckoutHandler(deps: CheckoutDeps): (request: Request) =>
     const cors = corsHeaders({ allowedOrigins: deps.allowedOrigins }, request);
     let response: Response;
     try {
-      response = await handle(request, deps, timings, entry);
+      response = await handle(request, deps, defaults, timings, entry);
     } catch (error) {
       const httpError = error instanceof HttpError ? error : unexpected(error, entry);
       entry.code = httpError.code;
@@ -135,9 +143,16 @@ export function createCheckoutHandler(deps: CheckoutDeps): (request: Request) =>
   };
 }
 
+/** Where Stripe sends the buyer when the request names no URL. */
+interface DefaultRedirects {
+  successUrl: string;
+  cancelUrl: string;
+}
+
 async function handle(
   request: Request,
   deps: CheckoutDeps,
+  defaults: DefaultRedirects,
   timings: Timings,
   entry: Record<string, unknown>,
 ): Promise<Response> {
@@ -174,13 +189,8 @@ async function handle(
     body = guest;
     buyer = { email: guest.email.trim().toLowerCase(), name: guest.name ?? null };
   }
-  const successUrl = redirectUrl(
-    body.successUrl,
-    "successUrl",
-    deps,
-    "/checkout/success?session_id={CHECKOUT_SESSION_ID}",
-  );
-  const cancelUrl = redirectUrl(body.cancelUrl, "cancelUrl", deps, "/checkout/cancel");
+  const successUrl = redirectUrl(body.successUrl, "successUrl", deps) ?? defaults.successUrl;
+  const cancelUrl = redirectUrl(body.cancelUrl, "cancelUrl", deps) ?? defaults.cancelUrl;
   const items = [...body.items].sort((a, b) => a.tierId.localeCompare(b.tierId));
 
   // Who asked, where, and for what: a key replayed by another buyer or endpoint is a mismatch.
@@ -288,17 +298,13 @@ export function checkoutResponseBody(
   };
 }
 
+/** The request's redirect URL when it is on an allowed origin; undefined when absent. */
 function redirectUrl(
   value: string | undefined,
   field: string,
   deps: CheckoutDeps,
-  fallbackPath: string,
-): string {
-  if (value === undefined) {
-    // {CHECKOUT_SESSION_ID} is Stripe's template and must stay unescaped.
-    return new URL(fallbackPath.split("?")[0]!, deps.siteUrl).href +
-      (fallbackPath.includes("?") ? `?${fallbackPath.split("?")[1]}` : "");
-  }
+): string | undefined {
+  if (value === undefined) return undefined;
   if (!deps.allowedOrigins.has(new URL(value).origin)) {
     throw new HttpError(
       400,
