@@ -695,6 +695,8 @@ function syntheticClaim(bench: Bench, key: string, i: number): CheckoutClaim {
     cancelUrl: "https://shop.example/checkout/cancel",
     customerEmail: `stripe${i}@bench.example`,
     operationId: `bench-stripe-${i}`,
+    stripeSessionId: null,
+    reconcileAttempts: null,
   };
 }
 

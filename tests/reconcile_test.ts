@@ -66,7 +66,7 @@ Deno.test("a crash after Stripe created the session is settled by recording that
       staleSeconds: 0,
       log: () => {},
     });
-    assert.equal(summary.recorded, 1, JSON.stringify(summary));
+    assert.deepEqual(summary, { settled: 1, failed: 0, skipped: 0, remaining: 0 });
     assert.equal(h.stripe.sessionsCreated(), 1, "no second session");
     const [order] = await h.sql<{ stripe_checkout_session_id: string; status: string }[]>`
       select o.stripe_checkout_session_id, o.status from public.orders o where o.event_id = ${h.event.id}`;
@@ -99,7 +99,7 @@ Deno.test("a crash before Stripe saw the request is settled by releasing the hol
       staleSeconds: 0,
       log: () => {},
     });
-    assert.equal(summary.released, 1, JSON.stringify(summary));
+    assert.deepEqual(summary, { settled: 1, failed: 0, skipped: 0, remaining: 0 });
     assert.equal(await floorTaken(h), 0, "the seats are free again");
     const open = [...h.stripe.sessions.values()].filter((s) => s.status === "open");
     assert.equal(open.length, 0, "no payable session was left behind");
@@ -132,8 +132,8 @@ Deno.test("reconcilers running concurrently settle each stuck attempt exactly on
           }),
       ),
     );
-    assert.equal(runs.reduce((n, r) => n + r.examined, 0), keys.length, JSON.stringify(runs));
-    assert.equal(runs.reduce((n, r) => n + r.recorded, 0), keys.length);
+    assert.equal(runs.reduce((n, r) => n + r.settled, 0), keys.length, JSON.stringify(runs));
+    assert.equal(runs.reduce((n, r) => n + r.failed + r.skipped, 0), 0, JSON.stringify(runs));
     assert.equal(h.stripe.sessionsCreated(), keys.length, "one session per operation, never two");
     const again = await reconcileStuckCheckouts({
       sql: h.sql,
@@ -141,7 +141,11 @@ Deno.test("reconcilers running concurrently settle each stuck attempt exactly on
       staleSeconds: 0,
       log: () => {},
     });
-    assert.equal(again.examined, 0, "nothing is left stuck");
+    assert.deepEqual(
+      again,
+      { settled: 0, failed: 0, skipped: 0, remaining: 0 },
+      "nothing is left stuck",
+    );
   }));
 
 Deno.test("a live retry during reconciliation waits (409) and then replays the reconciled session", () =>
@@ -165,7 +169,7 @@ Deno.test("a live retry during reconciliation waits (409) and then replays the r
       409,
       `the reconciler holds the operation: ${JSON.stringify(h.logs.at(-1))}`,
     );
-    assert.equal((await reconciling).recorded, 1);
+    assert.equal((await reconciling).settled, 1);
     const after = await h.guest(checkoutRequest(body(h), { key }));
     assert.equal(after.headers.get("idempotent-replayed"), "true");
     assert.equal(h.stripe.sessionsCreated(), 1);
@@ -182,7 +186,7 @@ Deno.test("recent attempts are left alone: only leases expired longer than the t
       staleSeconds: 600,
       log: () => {},
     });
-    assert.equal(summary.examined, 0);
+    assert.equal(summary.settled + summary.failed + summary.skipped, 0);
   }));
 
 Deno.test("reconcile-checkouts accepts only the service role's token", async () => {
@@ -220,13 +224,137 @@ Deno.test("reconcile-checkouts accepts only the service role's token", async () 
     const ok = await call(service);
     assert.equal(ok.status, 200);
     assert.deepEqual(Object.keys(await ok.json()).sort(), [
-      "examined",
-      "recorded",
-      "released",
-      "retry_later",
-      "unresolved",
+      "failed",
+      "remaining",
+      "settled",
+      "skipped",
     ]);
   } finally {
     await h.close();
   }
 });
+
+/** A stuck attempt whose every try died before Stripe saw it: no session exists under its key. */
+async function stuckBeforeStripe(h: Harness, key = newKey(), quantity = 1): Promise<string> {
+  for (let i = 0; i < 3; i++) {
+    h.stripe.faults.push({ kind: "reset_before", path: "/v1/checkout/sessions" });
+  }
+  assert.equal((await h.guest(checkoutRequest(body(h, quantity), { key }))).status, 503);
+  h.stripe.faults.length = 0;
+  return key;
+}
+
+async function operationStatus(h: Harness, key: string): Promise<string | undefined> {
+  const [row] = await h.sql<{ status: string }[]>`
+    select status from public.stripe_idempotency_keys
+    where operation_type = 'checkout:create' and operation_id = ${key}`;
+  return row?.status;
+}
+
+Deno.test("a 5xx that Stripe stores under the key settles the attempt at once: failed, hold released", () =>
+  withDyingAttempts(async (h, kill) => {
+    const key = await stuckBeforeStripe(h, newKey(), 2);
+    kill.on = false;
+    await waitForLeases();
+    h.stripe.faults.push({
+      kind: "status",
+      status: 500,
+      storeUnderKey: true,
+      method: "POST",
+      path: "/v1/checkout/sessions",
+    });
+    const reconcile = () =>
+      reconcileStuckCheckouts({
+        sql: h.sql,
+        stripe: h.stripeClient,
+        staleSeconds: 0,
+        log: () => {},
+      });
+    assert.deepEqual(await reconcile(), { settled: 1, failed: 0, skipped: 0, remaining: 0 });
+    assert.equal(await operationStatus(h, key), "failed");
+    assert.equal(await floorTaken(h), 0, "the seats are free");
+    assert.deepEqual(await reconcile(), { settled: 0, failed: 0, skipped: 0, remaining: 0 });
+  }));
+
+Deno.test("an attempt Stripe never answers for is retried at most RECONCILE_MAX_ATTEMPTS runs, then failed and released", () =>
+  withDyingAttempts(async (h, kill) => {
+    const key = await stuckBeforeStripe(h);
+    kill.on = false;
+    await waitForLeases();
+    for (let i = 0; i < 20; i++) {
+      h.stripe.faults.push({ kind: "reset_before", path: "/v1/checkout/sessions" });
+    }
+    const reconcile = () =>
+      reconcileStuckCheckouts({
+        sql: h.sql,
+        stripe: h.stripeClient,
+        staleSeconds: 0,
+        maxAttempts: 2,
+        log: () => {},
+      });
+    assert.deepEqual(await reconcile(), { settled: 0, failed: 0, skipped: 1, remaining: 1 });
+    assert.equal(await floorTaken(h), 1, "while it may still be answered, the hold stays");
+    await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(await reconcile(), { settled: 0, failed: 1, skipped: 0, remaining: 0 });
+    assert.equal(await operationStatus(h, key), "failed");
+    assert.equal(await floorTaken(h), 0);
+    assert.deepEqual(await reconcile(), { settled: 0, failed: 0, skipped: 0, remaining: 0 });
+  }));
+
+Deno.test("reconciliation takes stuck attempts one at a time: a live retry of another is not locked out meanwhile", () =>
+  withDyingAttempts(async (h, kill) => {
+    const keys = [newKey(), newKey(), newKey()];
+    for (const key of keys) {
+      assert.equal((await h.guest(checkoutRequest(body(h), { key }))).status, 503);
+    }
+    kill.on = false;
+    await waitForLeases();
+    // The reconciler's first Stripe call is slow.
+    h.stripe.faults.push({
+      kind: "timeout",
+      ms: 500,
+      method: "POST",
+      path: "/v1/checkout/sessions",
+    });
+    const reconciling = reconcileStuckCheckouts({
+      sql: h.sql,
+      stripe: h.stripeClient,
+      staleSeconds: 0,
+      log: () => {},
+    });
+    await new Promise((r) => setTimeout(r, 150));
+    const live = await h.guest(checkoutRequest(body(h), { key: keys[2] }));
+    assert.equal(live.status, 201, `not held by the reconciler: ${await live.clone().text()}`);
+    const summary = await reconciling;
+    assert.equal(summary.settled, 2, JSON.stringify(summary));
+    assert.equal(h.stripe.sessionsCreated(), 3, "one session per operation");
+  }));
+
+Deno.test("a fenced record during reconciliation is counted and the run goes on", () =>
+  withDyingAttempts(async (h, kill) => {
+    const keys = [newKey(), newKey()];
+    for (const key of keys) {
+      assert.equal((await h.guest(checkoutRequest(body(h), { key }))).status, 503);
+    }
+    kill.on = false;
+    await waitForLeases();
+    h.stripe.faults.push({
+      kind: "timeout",
+      ms: 400,
+      method: "POST",
+      path: "/v1/checkout/sessions",
+    });
+    const reconciling = reconcileStuckCheckouts({
+      sql: h.sql,
+      stripe: h.stripeClient,
+      staleSeconds: 0,
+      log: () => {},
+    });
+    await new Promise((r) => setTimeout(r, 150));
+    // Someone else takes the first attempt over while the reconciler waits for Stripe.
+    await h.sql`update public.stripe_idempotency_keys set lease_token = gen_random_uuid()
+                where operation_id = ${keys[0]!} and status = 'in_progress'`;
+    const summary = await reconciling;
+    assert.deepEqual(summary, { settled: 1, failed: 0, skipped: 1, remaining: 0 });
+    assert.equal(await operationStatus(h, keys[1]!), "completed");
+  }));

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import type { CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
+import { processWebhookEvent } from "../supabase/functions/_shared/db.ts";
 import { checkoutRequest, type Harness, newKey, startHarness } from "./support/checkout_harness.ts";
 import { databaseUrl } from "./support/database.ts";
 import {
@@ -128,6 +129,7 @@ async function armKiller(
 function faultyStore(store: CheckoutStore, faults: DbFaults, admin: postgres.Sql): CheckoutStore {
   return {
     claim: (input) => store.claim(input),
+    settle: (session) => store.settle(session),
     async record(input) {
       if (faults.crashAfterStripe) throw new Error("process died");
       if (!faults.killRecord) return await store.record(input);
@@ -234,4 +236,142 @@ Deno.test("fault matrix: every case ends with one session, no lost order, no ove
   }
   assert.equal(kills.count, 2, "both backend kills happened");
   console.log(`fault matrix: ${JSON.stringify(tally)}`);
+});
+
+/** Cases where Stripe's word and the database's clock disagree; each ends with its invariants. */
+interface TruthCase {
+  name: string;
+  /** Plays the case on a fresh harness; returns every final answer of its operations. */
+  play(h: Harness, tally: ReturnType<typeof newTally>): Promise<Map<string, FinalAnswer[]>>;
+}
+
+function guestBody(h: Harness, tier: "floor" | "last", email = "truth@example.com") {
+  return { eventId: h.event.id, items: [{ tierId: h.event[tier], quantity: 1 }], email };
+}
+
+/** One operation's first 201, then its expires_at passes on the database's clock. */
+async function handedOut(h: Harness, tally: ReturnType<typeof newTally>, tier: "floor" | "last") {
+  const key = newKey();
+  const send = () => {
+    tally.requests += 1;
+    return h.guest(checkoutRequest(guestBody(h, tier), { key }));
+  };
+  const first = await retryUntilFinal(send);
+  assert.equal(first.status, 201, JSON.stringify(first));
+  await h.sql`update public.orders set hold_expires_at = now() - interval '1 second'
+              where id = ${String(first.body.orderId)}`;
+  return { key, send, first, sessionId: String(first.body.sessionId) };
+}
+
+async function deliverEvent(h: Harness, type: string, session: unknown) {
+  return await processWebhookEvent(h.sql, {
+    id: `evt_${crypto.randomUUID().replaceAll("-", "")}`,
+    type,
+    livemode: false,
+    payload: { type, data: { object: session } },
+  });
+}
+
+const TRUTH_CASES: TruthCase[] = [
+  {
+    name: "late webhook: paid in the last second, the double-clicked retry comes after expires_at",
+    async play(h, tally) {
+      const op = await handedOut(h, tally, "floor");
+      h.stripe.completeSession(op.sessionId);
+      tally.faultsInjected += 1;
+      const finals = await Promise.all([retryUntilFinal(op.send), retryUntilFinal(op.send)]);
+      for (const f of finals) {
+        assert.equal((f.body.error as { code?: string })?.code, "order_already_paid");
+      }
+      return new Map([[op.key, [op.first, ...finals]]]);
+    },
+  },
+  {
+    name: "payment in the last second while another buyer wants the seat",
+    async play(h, tally) {
+      const op = await handedOut(h, tally, "last");
+      const rival = newKey();
+      const rivalFinal = await retryUntilFinal(() =>
+        h.guest(checkoutRequest(guestBody(h, "last", "rival@example.com"), { key: rival }))
+      );
+      assert.equal((rivalFinal.body.error as { code?: string })?.code, "sold_out");
+      const paid = h.stripe.completeSession(op.sessionId);
+      tally.faultsInjected += 1;
+      assert.equal((await deliverEvent(h, "checkout.session.completed", paid)).outcome, "paid");
+      return new Map([[op.key, [op.first]], [rival, [rivalFinal]]]);
+    },
+  },
+  {
+    name: "expiry event racing the retry of the same operation",
+    async play(h, tally) {
+      const op = await handedOut(h, tally, "floor");
+      const expired = h.stripe.expireSession(op.sessionId);
+      tally.faultsInjected += 1;
+      const [result, ...finals] = await Promise.all([
+        deliverEvent(h, "checkout.session.expired", expired),
+        retryUntilFinal(op.send),
+        retryUntilFinal(op.send),
+      ]);
+      assert.ok(["expired", "noop"].includes(result.outcome), JSON.stringify(result));
+      assert.deepEqual(finals.map((f) => f.status), [201, 201]);
+      assert.equal(finals[0]!.body.sessionId, finals[1]!.body.sessionId);
+      return new Map([[op.key, [op.first, ...finals]]]);
+    },
+  },
+  {
+    name:
+      "cached 5xx on reconciliation: the dead attempt is settled at once, the retry starts afresh",
+    async play(h, tally) {
+      const key = newKey();
+      // Every try dies before Stripe sees it and the process is gone before its release.
+      h.stripe.faults.push({ kind: "reset_before", path: SESSIONS }, {
+        kind: "reset_before",
+        path: SESSIONS,
+      });
+      tally.requests += 1;
+      assert.equal((await h.guest(checkoutRequest(guestBody(h, "floor"), { key }))).status, 503);
+      h.stripe.faults.push({ kind: "status", status: 500, storeUnderKey: true, path: SESSIONS });
+      tally.faultsInjected += 3;
+      return new Map([[key, []]]);
+    },
+  },
+];
+
+Deno.test("fault matrix, Stripe's word: late webhooks, last-second payments, expiry races and cached 5xx keep every invariant", async () => {
+  const tally = newTally();
+  const perCase: Record<string, string[]> = {};
+  try {
+    for (const testCase of TRUTH_CASES) {
+      let dying = testCase.name.startsWith("cached 5xx");
+      const h = await startHarness({
+        leaseSeconds: LEASE_SECONDS,
+        stripeTimeoutMs: 500,
+        wrapStore: (store): CheckoutStore => ({
+          ...store,
+          release: (input) =>
+            dying ? Promise.reject(new Error("process died")) : store.release(input),
+        }),
+      });
+      try {
+        const operations = await testCase.play(h, tally);
+        dying = false;
+        await checkInvariants(h, operations, tally, { leaseSeconds: LEASE_SECONDS });
+        assertClean(tally);
+        perCase[testCase.name] = [...operations.values()].flat().map((f) => String(f.status));
+        if (testCase.name.startsWith("cached 5xx")) {
+          assert.equal(h.stripe.faults.length, 0, "the reconciler met the cached 500");
+          const [key] = [...operations.keys()];
+          const retry = await retryUntilFinal(() =>
+            h.guest(checkoutRequest(guestBody(h, "floor"), { key }))
+          );
+          assert.equal(retry.status, 201, JSON.stringify(retry));
+        }
+      } finally {
+        await h.close();
+      }
+    }
+  } finally {
+    await saveFigures("fault-matrix-truth", { tally, cases: perCase });
+  }
+  console.log(`fault matrix (Stripe's word): ${JSON.stringify(tally)}`);
 });

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import type { CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
+import { processWebhookEvent } from "../supabase/functions/_shared/db.ts";
 import { checkoutRequest, createEvent, newKey, startHarness } from "./support/checkout_harness.ts";
 import {
   assertClean,
@@ -15,7 +16,7 @@ import {
   retryUntilFinal,
   saveFigures,
 } from "./support/reliability.ts";
-import type { Fault } from "./support/stripe_server.ts";
+import type { CheckoutSession, Fault } from "./support/stripe_server.ts";
 
 const LEASE_SECONDS = 1;
 const RUNS = 20;
@@ -50,7 +51,50 @@ const scenario = fc.record({
   stripeFaults: fc.array(stripeFault, { maxLength: 6 }),
   /** How many record calls die (the process is gone before the record lands). */
   failedRecords: fc.integer({ min: 0, max: 2 }),
+  /**
+   * What happens to each session after it was handed out, before the clients retry past its
+   * expires_at: nothing; paid in its last second with the webhook late (it arrives only when
+   * the invariants are checked); paid with the webhook racing the retries; expired by Stripe
+   * with the expiry event racing the retries; or still open at Stripe with no word at all.
+   */
+  afterlife: fc.constantFrom("none", "paid_late", "paid_racing", "expired_racing", "unseen"),
 });
+
+type Afterlife = "none" | "paid_late" | "paid_racing" | "expired_racing" | "unseen";
+
+/** Stripe's word for one session (if any), then the operation's clients retry past expires_at. */
+async function afterlife(
+  h: Awaited<ReturnType<typeof startHarness>>,
+  kind: Afterlife,
+  won: FinalAnswer,
+  retry: () => Promise<FinalAnswer>,
+  clients: number,
+): Promise<FinalAnswer[]> {
+  const sessionId = String(won.body.sessionId);
+  let event: CheckoutSession | null = null;
+  if (kind === "paid_late" || kind === "paid_racing") {
+    const paid = h.stripe.completeSession(sessionId);
+    if (kind === "paid_racing") event = paid;
+  }
+  if (kind === "expired_racing") event = h.stripe.expireSession(sessionId);
+  await h.sql`update public.orders set hold_expires_at = now() - interval '1 second'
+              where id = ${String(won.body.orderId)}`;
+  const type = event?.status === "complete"
+    ? "checkout.session.completed"
+    : "checkout.session.expired";
+  const [, ...answers] = await Promise.all([
+    event
+      ? processWebhookEvent(h.sql, {
+        id: `evt_${crypto.randomUUID().replaceAll("-", "")}`,
+        type,
+        livemode: false,
+        payload: { type, data: { object: event } },
+      }).then((r) => assert.ok(["paid", "expired", "noop"].includes(r.outcome), JSON.stringify(r)))
+      : Promise.resolve(),
+    ...Array.from({ length: clients }, retry),
+  ]);
+  return answers as FinalAnswer[];
+}
 
 Deno.test(`property: ${RUNS} random interleavings of clients, retries and faults keep every invariant`, async () => {
   const failures = { records: 0 };
@@ -80,6 +124,7 @@ Deno.test(`property: ${RUNS} random interleavings of clients, retries and faults
         h.event = await createEvent(h.sql); // fresh capacity for every run
 
         const operations = new Map<string, FinalAnswer[]>();
+        const retries = new Map<string, () => Promise<FinalAnswer>>();
         await Promise.all(s.operations.map(async (quantity, i) => {
           const key = newKey();
           const body = {
@@ -95,6 +140,7 @@ Deno.test(`property: ${RUNS} random interleavings of clients, retries and faults
             Array.from({ length: s.clientsPerOperation }, () => retryUntilFinal(send)),
           );
           operations.set(key, finals);
+          retries.set(key, () => retryUntilFinal(send));
         }));
 
         for (const finals of operations.values()) {
@@ -114,6 +160,40 @@ Deno.test(`property: ${RUNS} random interleavings of clients, retries and faults
             finals.filter((f) => f.status === 201).map((f) => f.body.sessionId),
           );
           assert.ok(sessions.size <= 1, "all clients of one operation got the same session");
+        }
+
+        if (s.afterlife !== "none") {
+          await Promise.all([...operations].map(async ([key, finals]) => {
+            const won = finals.find((f) => f.status === 201);
+            if (!won) return;
+            const later = await afterlife(
+              h,
+              s.afterlife,
+              won,
+              retries.get(key)!,
+              s.clientsPerOperation,
+            );
+            const paid = s.afterlife === "paid_late" || s.afterlife === "paid_racing";
+            for (const final of later) {
+              const label = `after ${s.afterlife}: ${final.status} ${
+                (final.body.error as { code?: string })?.code ?? ""
+              }`;
+              outcomes[label] = (outcomes[label] ?? 0) + 1;
+              const code = (final.body.error as { code?: string })?.code;
+              assert.ok(
+                paid
+                  ? final.status === 409 && code === "order_already_paid"
+                  : final.status === 201 || (final.status === 409 && code === "sold_out"),
+                `after ${s.afterlife}: ${JSON.stringify(final)}`,
+              );
+            }
+            const renewed = new Set(
+              later.filter((f) => f.status === 201).map((f) => f.body.sessionId),
+            );
+            assert.ok(renewed.size <= 1, "the retries share one renewed session");
+            assert.ok(!renewed.has(won.body.sessionId), "a renewal is a new session");
+            finals.push(...later);
+          }));
         }
         await checkInvariants(h, operations, tally, { leaseSeconds: LEASE_SECONDS });
         assertClean(tally);

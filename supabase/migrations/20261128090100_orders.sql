@@ -1,9 +1,10 @@
 -- Orders and their items, and the capacity they hold.
 -- Objects: public.orders, public.order_items, view-free capacity function
 --          public.tier_seats_taken(uuid, timestamptz).
--- Risks:   capacity is counted from rows (pending holds that have not expired plus paid orders),
---          never from a counter, so an expired hold frees its seats without any job running.
---          Callers that sell seats must lock the tier row first (see the checkout claim).
+-- Risks:   capacity is counted from rows (paid orders plus pending holds that Stripe has not
+--          ended and whose grace has not run out), never from a counter, so a hold frees its
+--          seats without any job running. Callers that sell seats must lock the tier row first
+--          (see the checkout claim).
 
 create table public.orders (
   id uuid primary key default gen_random_uuid(),
@@ -25,21 +26,32 @@ create table public.orders (
   -- sends exactly the parameters of the first one.
   success_url text check (length(success_url) <= 2048),
   cancel_url text check (length(cancel_url) <= 2048),
-  -- The hold ends with the Checkout Session: both get the same expiry.
+  -- The Checkout Session's expires_at: after it, a retry asks Stripe what became of the session.
   hold_expires_at timestamptz not null,
+  -- Until when the pending seats count: Stripe's word (the expired event, or a retrieve) ends a
+  -- hold at once; this grace after expires_at only covers a webhook that never arrives, so a
+  -- payment made in the session's last seconds still finds its seats.
+  seats_held_until timestamptz not null,
+  -- Stripe said the session is complete but the money is not there yet (delayed payment method).
+  session_completed_at timestamptz,
   paid_at timestamptz,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   -- A buyer is a signed-in user or a guest, never both. (Checkout always sets one; user_id can
   -- only become null later, when the auth user is deleted.)
   check (num_nonnulls(user_id, guest_email) <= 1),
-  check ((status = 'paid') = (paid_at is not null))
+  check ((status = 'paid') = (paid_at is not null)),
+  check (seats_held_until >= hold_expires_at)
 );
 comment on table public.orders is 'A buyer''s order for one event; pending until Stripe says paid or the session ends.';
 comment on column public.orders.amount_total is 'Sum of the items in minor units, computed from ticket_tiers.';
-comment on column public.orders.hold_expires_at is 'When the pending seats are released: the Checkout Session''s expires_at.';
+comment on column public.orders.hold_expires_at is 'The Checkout Session''s expires_at; past it, a retry asks Stripe before renewing.';
+comment on column public.orders.seats_held_until is 'Until when a pending order''s seats count, unless Stripe ends the session first: expires_at plus a grace for a missed webhook.';
 create index orders_user_id_idx on public.orders (user_id) where user_id is not null;
 create index orders_event_id_idx on public.orders (event_id);
+-- Every order an operation made: a claim refuses to open a new payment while one is paid.
+create index orders_checkout_operation_id_idx on public.orders (checkout_operation_id)
+  where checkout_operation_id is not null;
 -- Pending holds per buyer and per client address, for the hold-flooding limits.
 create index orders_pending_guest_idx on public.orders (guest_email, created_at) where status = 'pending';
 create index orders_pending_user_idx on public.orders (user_id, created_at) where status = 'pending';
@@ -78,7 +90,7 @@ create policy "buyers read their own order items" on public.order_items
     select 1 from public.orders o where o.id = order_id and o.user_id = (select auth.uid())
   ));
 
--- Seats of a tier currently taken: paid orders plus pending holds that have not expired.
+-- Seats of a tier currently taken: paid orders plus pending holds still held.
 create or replace function public.tier_seats_taken(p_tier_id uuid, p_now timestamptz default now())
 returns bigint
 language sql
@@ -89,9 +101,9 @@ as $$
   from public.order_items i
   join public.orders o on o.id = i.order_id
   where i.tier_id = p_tier_id
-    and (o.status = 'paid' or (o.status = 'pending' and o.hold_expires_at > p_now));
+    and (o.status = 'paid' or (o.status = 'pending' and o.seats_held_until > p_now));
 $$;
 comment on function public.tier_seats_taken(uuid, timestamptz) is
-  'Seats counted against a tier''s capacity: paid plus unexpired pending holds.';
+  'Seats counted against a tier''s capacity: paid plus pending holds still held (seats_held_until).';
 revoke execute on function public.tier_seats_taken(uuid, timestamptz) from public, anon, authenticated;
 grant execute on function public.tier_seats_taken(uuid, timestamptz) to service_role;

@@ -32,6 +32,8 @@ create table public.stripe_idempotency_keys (
   lease_token uuid,
   lease_expires_at timestamptz,
   attempt integer not null default 1 check (attempt >= 1),
+  -- How many times reconciliation took this attempt over without settling it (bounded).
+  reconcile_attempts integer not null default 0 check (reconcile_attempts >= 0),
   stripe_resource_id text check (length(stripe_resource_id) <= 255),
   response_status integer check (response_status between 100 and 599),
   response_body jsonb,

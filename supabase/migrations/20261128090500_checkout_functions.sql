@@ -1,17 +1,26 @@
 -- Checkout on top of the idempotency protocol: the claim also creates the order and its
 -- capacity hold in the same transaction; the record also stores the session on the order.
 -- Objects: type public.checkout_claim; functions claim_checkout, record_checkout,
---          release_checkout, and the internal create_checkout_order.
--- Risks:   prices and names come only from events.ticket_tiers. Tier rows are locked in id
---          order before capacity is counted, so concurrent checkouts cannot oversell and cannot
---          deadlock each other. Any rejection raises, so a rejected checkout writes nothing.
+--          release_checkout, and the internal create_checkout_order, checkout_claim_order,
+--          checkout_operation_payment, renew_checkout_operation, enforce_pending_hold_limits.
+-- Risks:   prices and names come only from events.ticket_tiers. Any rejection raises, so a
+--          rejected checkout writes nothing. The database's clock never decides that a session
+--          ended: past its expires_at, a retry is told to ask Stripe (outcome verify), and a new
+--          session is opened only once Stripe's answer is stored on the order.
+-- Lock order (every function that acts on a Stripe object, in every migration): the
+--          idempotency row → the order → the tiers, in id order. Advisory locks of the
+--          hold-flooding limits come after the idempotency row and before the tiers. Keeping
+--          one order is what keeps a webhook, a retry and reconciliation from deadlocking.
 -- Errors:  CK001 event not found or not on sale; CK002 tier not in the event; CK003 sold out;
 --          CK004 quantity above the tier's max_per_order; CK005 outside the tier's sales window;
---          CK006 too many pending checkouts for this buyer or address; 22023 bad argument.
+--          CK006 too many pending checkouts for this buyer or address; CK007 the operation
+--          already has a paid (or paying) order; 22023 bad argument.
 
 create type public.checkout_claim as (
   -- created | takeover | retry | renew: call Stripe with stripe_idempotency_key, then record.
-  -- replay: answer response_status/response_body. conflict | mismatch | paid: refuse.
+  -- replay: answer response_status/response_body. verify: the session is past its expires_at
+  -- and Stripe has not said how it ended: ask Stripe (stripe_session_id), store its answer,
+  -- claim again. conflict | mismatch | paid: refuse. reconcile: claim_stuck_checkouts' own.
   outcome text,
   stripe_idempotency_key text,
   lease_token uuid,
@@ -30,7 +39,11 @@ create type public.checkout_claim as (
   cancel_url text,
   -- The guest's email (Stripe's customer_email); null for signed-in buyers.
   customer_email text,
-  operation_id text
+  operation_id text,
+  -- The order's Checkout Session, when it has one (verify asks Stripe about it).
+  stripe_session_id text,
+  -- Reconciliation runs that took this attempt over so far, this one included.
+  reconcile_attempts integer
 );
 comment on type public.checkout_claim is 'What claim_checkout decided, with the order that the Stripe call must describe.';
 
@@ -47,6 +60,7 @@ create or replace function public.create_checkout_order(
   p_operation_id text,
   p_client_address inet,
   p_hold_expires_at timestamptz,
+  p_seats_held_until timestamptz,
   p_now timestamptz
 )
 returns public.orders
@@ -83,9 +97,10 @@ begin
 
   insert into public.orders as o (id, event_id, user_id, guest_email, guest_name, success_url, cancel_url,
                                   checkout_operation_id, client_address, status, currency, amount_total,
-                                  hold_expires_at, created_at, updated_at)
+                                  hold_expires_at, seats_held_until, created_at, updated_at)
   values (p_order_id, p_event_id, p_user_id, p_guest_email, p_guest_name, p_success_url, p_cancel_url,
-          p_operation_id, p_client_address, 'pending', v_event.currency, 0, p_hold_expires_at, p_now, p_now)
+          p_operation_id, p_client_address, 'pending', v_event.currency, 0, p_hold_expires_at,
+          p_seats_held_until, p_now, p_now)
   returning o.* into v_order;
 
   -- Lock the tiers in id order: concurrent checkouts of overlapping tiers queue, never deadlock.
@@ -127,7 +142,7 @@ begin
   return v_order;
 end;
 $$;
-comment on function public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, inet, timestamptz, timestamptz) is
+comment on function public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, inet, timestamptz, timestamptz, timestamptz) is
   'Internal to claim_checkout: a pending order priced from the tiers, holding seats, or an error.';
 
 -- Fills the order part of a checkout_claim.
@@ -144,10 +159,28 @@ as $$
                                                'unit_amount', i.unit_amount, 'quantity', i.quantity)
                             order by i.tier_id)
            from public.order_items i where i.order_id = o.id),
-          o.success_url, o.cancel_url, o.guest_email, p_claim.operation_id)::public.checkout_claim
+          o.success_url, o.cancel_url, o.guest_email, p_claim.operation_id, o.stripe_checkout_session_id,
+          p_claim.reconcile_attempts)::public.checkout_claim
   from public.orders o
   where o.id = p_order_id;
 $$;
+
+-- The operation's order that Stripe said was paid, or whose payment is under way (a delayed
+-- payment method), if any. While one exists, no new session may be opened for the operation.
+create or replace function public.checkout_operation_payment(p_operation_id text)
+returns uuid
+language sql
+stable
+set search_path = ''
+as $$
+  select o.id from public.orders o
+  where o.checkout_operation_id = p_operation_id
+    and (o.status = 'paid' or (o.status = 'pending' and o.session_completed_at is not null))
+  order by o.created_at
+  limit 1;
+$$;
+comment on function public.checkout_operation_payment(text) is
+  'Internal: the paid (or paying) order of a checkout operation, or null.';
 
 -- Hold flooding: one buyer (user or guest email) and one client address may each hold at most
 -- so many pending checkouts created within the window; beyond that CK006, whose DETAIL is the
@@ -204,13 +237,77 @@ $$;
 comment on function public.enforce_pending_hold_limits(uuid, text, inet, integer, integer, integer, timestamptz) is
   'Internal to claim_checkout: CK006 when a buyer or an address holds too many pending checkouts.';
 
+-- The renew branch of claim_checkout: the operation's session ended, so it is re-armed with the
+-- caller's new key for a fresh session. Under the locks (operation, then order) it checks what
+-- a plain read could not: nobody renewed it meanwhile (else conflict), Stripe's word about the
+-- old session is stored (else verify), and no order of the operation is paid (else paid).
+create or replace function public.renew_checkout_operation(
+  p_operation_id text,
+  p_old_order_id uuid,
+  p_stripe_idempotency_key text,
+  p_lease_token uuid,
+  p_lease_seconds integer,
+  p_now timestamptz
+)
+returns public.checkout_claim
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_result public.checkout_claim;
+  v_row_id bigint;
+  v_order public.orders;
+  v_paid uuid;
+  v_armed public.stripe_idempotency_keys;
+begin
+  v_result.operation_id := p_operation_id;
+  select k.id into v_row_id from public.stripe_idempotency_keys k
+  where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id
+    and k.status = 'completed' and k.metadata ->> 'order_id' = p_old_order_id::text
+  for update;
+  if not found then
+    v_result.outcome := 'conflict';
+    v_result.lease_expires_at := p_now + interval '1 second';
+    return v_result;
+  end if;
+
+  select o.* into v_order from public.orders o where o.id = p_old_order_id for update;
+  if v_order.status = 'pending' then
+    v_result.outcome := 'verify';
+    return public.checkout_claim_order(v_result, v_order.id);
+  end if;
+  v_paid := public.checkout_operation_payment(p_operation_id);
+  if v_paid is not null then
+    v_result.outcome := 'paid';
+    return public.checkout_claim_order(v_result, v_paid);
+  end if;
+
+  v_armed := public.arm_stripe_idempotency_attempt(v_row_id, p_stripe_idempotency_key, p_lease_token,
+    p_now + make_interval(secs => p_lease_seconds), p_now);
+  v_result.outcome := 'renew';
+  v_result.stripe_idempotency_key := v_armed.stripe_idempotency_key;
+  v_result.lease_token := v_armed.lease_token;
+  v_result.lease_expires_at := v_armed.lease_expires_at;
+  v_result.attempt := v_armed.attempt;
+  return v_result;
+end;
+$$;
+comment on function public.renew_checkout_operation(text, uuid, text, uuid, integer, timestamptz) is
+  'Internal to claim_checkout: re-arms an operation whose session Stripe ended: renew | verify | paid | conflict.';
+
 -- The checkout claim: claim_stripe_idempotency plus the order, in one statement.
 --   created  → new operation and a new order holding seats;
---   takeover → the previous attempt died: same key, same order, same Stripe parameters;
+--   takeover → the previous attempt died: same key, same order, same Stripe parameters (or, once
+--              its expires_at is too close for Stripe, a fresh attempt: renew);
 --   retry    → the previous attempt failed after Stripe answered: new key, new order;
---   renew    → the completed session has expired (or its order was cancelled): new key, new order,
+--   verify   → the session is past its expires_at and Stripe's word about it is not stored:
+--              the caller asks Stripe, stores the answer (settle_checkout_session), claims again;
+--   renew    → Stripe ended the session (or its order was cancelled): new key, new order,
 --              capacity checked again, so a replay never hands out a dead link;
 --   replay | conflict | mismatch | paid.
+-- A new session is never opened while an order of the operation is paid or paying (CK007, or
+-- outcome paid).
 create or replace function public.claim_checkout(
   p_operation_id text,
   p_stripe_idempotency_key text,
@@ -231,7 +328,9 @@ create or replace function public.claim_checkout(
   p_client_address inet default null,
   p_max_pending_per_buyer integer default null,
   p_max_pending_per_address integer default null,
-  p_pending_window_seconds integer default 1800
+  p_pending_window_seconds integer default 1800,
+  -- How long after expires_at a pending order's seats still count when no word came from Stripe.
+  p_hold_grace_seconds integer default 3600
 )
 returns public.checkout_claim
 language plpgsql
@@ -244,13 +343,18 @@ declare
   v_order public.orders;
   v_order_id uuid := gen_random_uuid();
   v_old_order_id uuid;
-  v_operation_row_id bigint;
   v_armed public.stripe_idempotency_keys;
+  v_hold_until timestamptz;
 begin
   if p_hold_seconds is null or p_hold_seconds not between 60 and 86400 then
     raise exception using errcode = '22023',
       message = format('Cannot claim checkout: hold of %s seconds is outside 60..86400', p_hold_seconds);
   end if;
+  if p_hold_grace_seconds is null or p_hold_grace_seconds not between 0 and 86400 then
+    raise exception using errcode = '22023',
+      message = format('Cannot claim checkout: grace of %s seconds is outside 0..86400', p_hold_grace_seconds);
+  end if;
+  v_hold_until := p_now + make_interval(secs => p_hold_seconds);
 
   v_claim := public.claim_stripe_idempotency('checkout:create', p_operation_id, p_stripe_idempotency_key,
     p_request_fingerprint, p_lease_token, p_lease_seconds,
@@ -270,19 +374,37 @@ begin
   v_old_order_id := (v_claim.metadata ->> 'order_id')::uuid;
 
   if v_claim.outcome = 'created' then
+    -- Cleanup may have forgotten the operation while its order was paid: a late retry of that
+    -- key must not charge again. Raising also undoes the claim's insert.
+    if public.checkout_operation_payment(p_operation_id) is not null then
+      raise exception using errcode = 'CK007',
+        message = 'Cannot create checkout: this order is already paid', detail = p_operation_id;
+    end if;
     perform public.enforce_pending_hold_limits(p_user_id, p_guest_email, p_client_address,
       p_max_pending_per_buyer, p_max_pending_per_address, p_pending_window_seconds, p_now);
     perform public.create_checkout_order(v_order_id, p_event_id, p_items, p_user_id, p_guest_email,
       p_guest_name, p_success_url, p_cancel_url, p_operation_id, p_client_address,
-    p_now + make_interval(secs => p_hold_seconds), p_now);
+      v_hold_until, v_hold_until + make_interval(secs => p_hold_grace_seconds), p_now);
     return public.checkout_claim_order(v_result, v_order_id);
   end if;
 
   if v_claim.outcome = 'takeover' then
-    return public.checkout_claim_order(v_result, v_old_order_id);
-  end if;
-
-  if v_claim.outcome = 'replay' then
+    select o.* into v_order from public.orders o where o.id = v_old_order_id for update;
+    -- Stripe refuses an expires_at under 30 minutes away (ten seconds of margin for the call).
+    if v_order.hold_expires_at >= p_now + interval '30 minutes 10 seconds' then
+      return public.checkout_claim_order(v_result, v_old_order_id);
+    end if;
+    -- These parameters can no longer reach Stripe. The dead attempt answered nobody, so nobody
+    -- holds a link to a session it may have made: free its seats, arm a fresh attempt now.
+    update public.orders o set status = 'cancelled' where o.id = v_old_order_id and o.status = 'pending';
+    v_armed := public.arm_stripe_idempotency_attempt(
+      (select k.id from public.stripe_idempotency_keys k
+       where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id),
+      p_stripe_idempotency_key, p_lease_token, v_claim.lease_expires_at, p_now);
+    v_result.outcome := 'renew';
+    v_result.stripe_idempotency_key := v_armed.stripe_idempotency_key;
+    v_result.attempt := v_armed.attempt;
+  elsif v_claim.outcome = 'replay' then
     -- A plain read first: a replay of a live session must not lock or write anything.
     select o.* into v_order from public.orders o where o.id = v_old_order_id;
     if v_order.status = 'paid' then
@@ -297,45 +419,34 @@ begin
       v_result.event_id := v_order.event_id;
       return v_result;
     end if;
-    -- The session is dead. Lock the operation (then the order: the order every path locks in)
-    -- and check that nobody renewed it in the meantime.
-    select k.id into v_operation_row_id from public.stripe_idempotency_keys k
-    where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id
-      and k.status = 'completed' and k.metadata ->> 'order_id' = v_old_order_id::text
-    for update;
-    if not found then
-      v_result.outcome := 'conflict';
+    if v_order.status = 'pending' then
+      -- Past expires_at, but only Stripe knows whether it was paid in its last seconds.
+      v_result.outcome := 'verify';
       v_result.stripe_idempotency_key := null;
-      v_result.lease_expires_at := p_now + interval '1 second';
-      return v_result;
-    end if;
-    select o.* into v_order from public.orders o where o.id = v_old_order_id for update;
-    if v_order.status = 'paid' then
-      v_result.outcome := 'paid';
       return public.checkout_claim_order(v_result, v_order.id);
     end if;
-    -- Re-arm the operation with the caller's new key for a fresh session.
-    update public.orders o set status = 'expired' where o.id = v_order.id and o.status = 'pending';
-    v_armed := public.arm_stripe_idempotency_attempt(v_operation_row_id, p_stripe_idempotency_key,
-      p_lease_token, p_now + make_interval(secs => p_lease_seconds), p_now);
-    v_result.stripe_idempotency_key := v_armed.stripe_idempotency_key;
-    v_result.lease_token := v_armed.lease_token;
-    v_result.lease_expires_at := v_armed.lease_expires_at;
-    v_result.attempt := v_armed.attempt;
-    v_result.outcome := 'renew';
+    v_result := public.renew_checkout_operation(p_operation_id, v_old_order_id, p_stripe_idempotency_key,
+      p_lease_token, p_lease_seconds, p_now);
+    if v_result.outcome <> 'renew' then
+      return v_result;
+    end if;
+  elsif public.checkout_operation_payment(p_operation_id) is not null then
+    -- retry: raising undoes the arming of the new key.
+    raise exception using errcode = 'CK007',
+      message = 'Cannot create checkout: this order is already paid', detail = p_operation_id;
   end if;
 
   -- retry and renew: a new order for the new key (the old order stays as history).
   perform public.create_checkout_order(v_order_id, p_event_id, p_items, p_user_id, p_guest_email,
     p_guest_name, p_success_url, p_cancel_url, p_operation_id, p_client_address,
-    p_now + make_interval(secs => p_hold_seconds), p_now);
+    v_hold_until, v_hold_until + make_interval(secs => p_hold_grace_seconds), p_now);
   update public.stripe_idempotency_keys k
   set metadata = k.metadata || jsonb_build_object('order_id', v_order_id, 'previous_order_id', v_old_order_id)
   where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id;
   return public.checkout_claim_order(v_result, v_order_id);
 end;
 $$;
-comment on function public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer) is
+comment on function public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer) is
   'Atomic checkout claim: idempotency claim plus order and capacity hold in one statement.';
 
 -- Completes a checkout attempt: the stored response and the session on the order, one statement.
@@ -404,9 +515,11 @@ comment on function public.release_checkout(text, uuid, boolean, text, timestamp
 
 revoke execute on function
   public.enforce_pending_hold_limits(uuid, text, inet, integer, integer, integer, timestamptz),
-  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, inet, timestamptz, timestamptz),
+  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, inet, timestamptz, timestamptz, timestamptz),
   public.checkout_claim_order(public.checkout_claim, uuid),
-  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer),
+  public.checkout_operation_payment(text),
+  public.renew_checkout_operation(text, uuid, text, uuid, integer, timestamptz),
+  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer),
   public.record_checkout(text, uuid, text, jsonb, timestamptz),
   public.release_checkout(text, uuid, boolean, text, timestamptz)
 from public, anon, authenticated;
@@ -414,9 +527,11 @@ from public, anon, authenticated;
 -- The internal helpers are granted too: claim_checkout runs as its caller (security invoker).
 grant execute on function
   public.enforce_pending_hold_limits(uuid, text, inet, integer, integer, integer, timestamptz),
-  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, inet, timestamptz, timestamptz),
+  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, inet, timestamptz, timestamptz, timestamptz),
   public.checkout_claim_order(public.checkout_claim, uuid),
-  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer),
+  public.checkout_operation_payment(text),
+  public.renew_checkout_operation(text, uuid, text, uuid, integer, timestamptz),
+  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer),
   public.record_checkout(text, uuid, text, jsonb, timestamptz),
   public.release_checkout(text, uuid, boolean, text, timestamptz)
 to service_role;

@@ -1,13 +1,17 @@
--- The order lifecycle driven by verified Stripe events, and the reconciliation of attempts that
--- died between their claim and their record.
+-- The order lifecycle driven by Stripe's word (verified events, or a session retrieved by a
+-- retry or by reconciliation), and the reconciliation of attempts that died between their claim
+-- and their record.
 -- Objects: type public.webhook_result; functions process_stripe_webhook_event,
---          apply_checkout_session_event, order_seats_unavailable, claim_stuck_checkouts; index
---          on in-flight leases.
--- Risks:   each event is applied in one transaction under its stored row's lock, so a
---          redelivery or a concurrent duplicate is never applied twice. State only moves
---          forward: pending → paid | expired | cancelled; a late expiry never undoes paid. A
---          payment that lands after its seats were released is applied only if the seats are
---          still free, otherwise it is recorded (capacity_conflict) for an operator to refund.
+--          settle_checkout_session, apply_checkout_session_event, order_seats_unavailable,
+--          claim_stuck_checkouts; index on in-flight leases.
+-- Risks:   each change is applied in one transaction under the operation's and the order's
+--          locks, so a redelivery, a concurrent duplicate or a retry that asked Stripe itself
+--          never applies it twice. State only moves forward: pending → paid | expired |
+--          cancelled; a late expiry never undoes paid. A payment that lands after its seats
+--          were released is applied only if the seats are still free, otherwise it is recorded
+--          (capacity_conflict) for an operator to refund.
+-- Lock order: as everywhere (see the checkout migration): the stored event, then the
+--          idempotency row → the order → the tiers in id order.
 
 create type public.webhook_result as (
   -- paid | expired | cancelled | awaiting_payment | noop | ignored | duplicate
@@ -71,10 +75,16 @@ begin
     return ('unmatched', null, 'the session names no order')::public.webhook_result;
   end if;
 
-  select o.* into v_order from public.orders o where o.id = v_reference::uuid for update;
+  -- The one lock order: the order's operation first, then the order (a retry renewing the
+  -- same operation takes them in this order too, so the two never deadlock).
+  select o.* into v_order from public.orders o where o.id = v_reference::uuid;
   if not found then
     return ('unmatched', null, format('order %s does not exist', v_reference))::public.webhook_result;
   end if;
+  perform 1 from public.stripe_idempotency_keys k
+  where k.operation_type = 'checkout:create' and k.operation_id = v_order.checkout_operation_id
+  for update;
+  select o.* into v_order from public.orders o where o.id = v_order.id for update;
 
   -- Cross-checks: the event must describe this order's session, amount and currency.
   if p_session -> 'metadata' ->> 'order_id' is not null and p_session -> 'metadata' ->> 'order_id' <> v_reference then
@@ -119,7 +129,7 @@ begin
   -- Does the order still hold its seats? If it was expired or cancelled, or its hold simply ran
   -- out before this event arrived, the seats may have been sold again: take them back only if
   -- they are still free, otherwise record the conflict (nothing is oversold).
-  v_holding := v_order.status = 'pending' and v_order.hold_expires_at > p_now;
+  v_holding := v_order.status = 'pending' and v_order.seats_held_until > p_now;
   if not v_holding then
     v_short := public.order_seats_unavailable(v_order.id, p_now);
     if v_short is not null then
@@ -135,6 +145,8 @@ begin
     if v_order.status = 'pending' then
       update public.orders o
       set hold_expires_at = greatest(o.hold_expires_at, p_now + interval '14 days'),
+          seats_held_until = greatest(o.seats_held_until, p_now + interval '14 days'),
+          session_completed_at = coalesce(o.session_completed_at, p_now),
           stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, v_session_id)
       where o.id = v_order.id;
     end if;
@@ -144,6 +156,7 @@ begin
   update public.orders o
   set status = 'paid',
       paid_at = p_now,
+      session_completed_at = coalesce(o.session_completed_at, p_now),
       stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, v_session_id)
   where o.id = v_order.id;
   return ('paid', v_order.id, null)::public.webhook_result;
@@ -151,6 +164,27 @@ end;
 $$;
 comment on function public.apply_checkout_session_event(text, jsonb, timestamptz) is
   'Moves an order forward for a checkout.session.* event, after cross-checking session, amount and currency.';
+
+-- Applies what a retrieved Checkout Session says (a retry or reconciliation asked Stripe):
+-- complete → as checkout.session.completed, expired → as checkout.session.expired, open → noop.
+-- The same state change as the webhook's, so whichever path hears Stripe first applies it and
+-- the other finds it done.
+create or replace function public.settle_checkout_session(p_session jsonb, p_now timestamptz default now())
+returns public.webhook_result
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+  return case p_session ->> 'status'
+    when 'complete' then public.apply_checkout_session_event('checkout.session.completed', p_session, p_now)
+    when 'expired' then public.apply_checkout_session_event('checkout.session.expired', p_session, p_now)
+    else ('noop', null, format('the session is %s', coalesce(p_session ->> 'status', 'unknown')))::public.webhook_result
+  end;
+end;
+$$;
+comment on function public.settle_checkout_session(jsonb, timestamptz) is
+  'Applies a retrieved Checkout Session''s status to its order, as the matching webhook event would.';
 
 -- Stores a verified Stripe event once and applies it once. A redelivery of a processed event
 -- is a duplicate; a concurrent one waits on the row lock and then sees it processed. If
@@ -212,7 +246,8 @@ comment on function public.process_stripe_webhook_event(text, text, boolean, jso
 
 -- Attempts whose lease expired long ago: the request that claimed them died between the claim
 -- and the record. Takes each over (new lease, SAME key) so the reconciler can settle it with
--- Stripe. SKIP LOCKED keeps concurrent reconcilers and live requests out of each other's way.
+-- Stripe; the reconciler asks for one at a time, so each lease covers one Stripe call only.
+-- SKIP LOCKED keeps concurrent reconcilers and live requests out of each other's way.
 create index stripe_idempotency_keys_in_flight_idx on public.stripe_idempotency_keys (lease_expires_at)
   where status = 'in_progress';
 
@@ -220,7 +255,9 @@ create or replace function public.claim_stuck_checkouts(
   p_stale_seconds integer default 600,
   p_limit integer default 50,
   p_lease_seconds integer default 120,
-  p_now timestamptz default now()
+  p_now timestamptz default now(),
+  -- Operations this run already handled (left for the next run): not taken again.
+  p_exclude text[] default '{}'
 )
 returns setof public.checkout_claim
 language plpgsql
@@ -241,12 +278,18 @@ begin
     where k.status = 'in_progress'
       and k.operation_type = 'checkout:create'
       and k.lease_expires_at < p_now - make_interval(secs => p_stale_seconds)
+      and k.operation_id <> all (coalesce(p_exclude, '{}'))
     order by k.lease_expires_at
     limit p_limit
     for update skip locked
   loop
-    v_row := public.arm_stripe_idempotency_attempt(v_row.id, null, gen_random_uuid(),
+    perform public.arm_stripe_idempotency_attempt(v_row.id, null, gen_random_uuid(),
       p_now + make_interval(secs => p_lease_seconds), p_now);
+    -- Counted, so that an attempt Stripe never answers for is given up after a bound.
+    update public.stripe_idempotency_keys k
+    set reconcile_attempts = k.reconcile_attempts + 1
+    where k.id = v_row.id
+    returning k.* into v_row;
 
     v_claim := null;
     v_claim.outcome := 'reconcile';
@@ -255,23 +298,26 @@ begin
     v_claim.lease_token := v_row.lease_token;
     v_claim.lease_expires_at := v_row.lease_expires_at;
     v_claim.attempt := v_row.attempt;
+    v_claim.reconcile_attempts := v_row.reconcile_attempts;
     return next public.checkout_claim_order(v_claim, (v_row.metadata ->> 'order_id')::uuid);
   end loop;
 end;
 $$;
-comment on function public.claim_stuck_checkouts(integer, integer, integer, timestamptz) is
+comment on function public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[]) is
   'Takes over checkout attempts whose lease expired more than p_stale_seconds ago, for reconciliation.';
 
 revoke execute on function
   public.order_seats_unavailable(uuid, timestamptz),
   public.apply_checkout_session_event(text, jsonb, timestamptz),
+  public.settle_checkout_session(jsonb, timestamptz),
   public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz),
-  public.claim_stuck_checkouts(integer, integer, integer, timestamptz)
+  public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[])
 from public, anon, authenticated;
 
 grant execute on function
   public.order_seats_unavailable(uuid, timestamptz),
   public.apply_checkout_session_event(text, jsonb, timestamptz),
+  public.settle_checkout_session(jsonb, timestamptz),
   public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz),
-  public.claim_stuck_checkouts(integer, integer, integer, timestamptz)
+  public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[])
 to service_role;

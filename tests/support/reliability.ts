@@ -3,6 +3,7 @@
  * gets a final answer, the invariants checked after every case, and the figures it reports.
  */
 import assert from "node:assert/strict";
+import { processWebhookEvent } from "../../supabase/functions/_shared/db.ts";
 import { reconcileStuckCheckouts } from "../../supabase/functions/_shared/reconcile.ts";
 import type { Harness } from "./checkout_harness.ts";
 
@@ -32,6 +33,9 @@ export async function retryUntilFinal(
     const body = await response.json().catch(() => ({}));
     last = { status: response.status, body, tries };
     if (!RETRYABLE.has(response.status)) return last;
+    // A 409 other than "in use" (sold out, already paid) is an answer, not a reason to retry.
+    const code = (body as { error?: { code?: string } }).error?.code;
+    if (response.status === 409 && code !== "idempotency_key_in_use") return last;
     await new Promise((r) => setTimeout(r, options.delayMs ?? 100));
   }
   return last;
@@ -46,6 +50,10 @@ export interface ReliabilityTally {
   lostOrders: number;
   oversoldTiers: number;
   stuckAttempts: number;
+  /** Operations that Stripe charged twice, or with two paid orders. */
+  doublePayments: number;
+  /** Sessions Stripe says are paid whose order does not hold its seats (no refund exists yet). */
+  paidWithoutSeats: number;
 }
 
 /** A fresh tally. */
@@ -58,15 +66,20 @@ export function newTally(): ReliabilityTally {
     lostOrders: 0,
     oversoldTiers: 0,
     stuckAttempts: 0,
+    doublePayments: 0,
+    paidWithoutSeats: 0,
   };
 }
 
 /**
  * The invariants, for the operations (client Idempotency-Keys) of one case:
- * - at most one live (open) Stripe session per operation;
+ * - at most one live (open) Stripe session per operation, and every session handed out but one
+ *   has ended at Stripe;
  * - no order lost: every 201 names an order that exists with that very session;
  * - no tier oversold;
- * - nothing stuck: once leases have run out, reconciliation leaves no attempt in progress.
+ * - nothing stuck: once leases have run out, reconciliation leaves no attempt in progress;
+ * - no operation is ever paid twice, and every session Stripe says is paid has its order paid
+ *   (holding its seats) once its webhook has arrived, however late.
  * Counts violations into `tally` (the suite asserts they are all zero) and returns nothing.
  */
 export async function checkInvariants(
@@ -82,7 +95,14 @@ export async function checkInvariants(
     );
     if (open.length > 1) tally.duplicateSessions += open.length - 1;
     const ok = answers.filter((a) => a.status === 201);
-    if (new Set(ok.map((a) => a.body.sessionId)).size > 1) tally.duplicateSessions += 1;
+    // Clients may be handed several sessions only when each earlier one ended at Stripe (a
+    // renewal after its expiry): never two that could be paid.
+    const live = new Set(
+      ok.map((a) => String(a.body.sessionId)).filter((id) =>
+        h.stripe.sessions.get(id)?.status !== "expired"
+      ),
+    );
+    if (live.size > 1) tally.duplicateSessions += 1;
     for (const answer of ok) {
       const [order] = await h.sql<{ session: string | null; status: string }[]>`
         select stripe_checkout_session_id as session, status from public.orders where id = ${
@@ -91,6 +111,8 @@ export async function checkInvariants(
       if (!order || order.session !== answer.body.sessionId) tally.lostOrders += 1;
     }
   }
+
+  await checkPayments(h, [...operations.keys()], tally);
 
   const oversold = await h.sql<{ id: string }[]>`
     select t.id from events.ticket_tiers t
@@ -114,6 +136,31 @@ export async function checkInvariants(
   tally.stuckAttempts += stuck?.n ?? 0;
 }
 
+/** Late webhooks arrive for every paid session; then payments are counted per operation. */
+async function checkPayments(h: Harness, keys: string[], tally: ReliabilityTally): Promise<void> {
+  for (const key of keys) {
+    const paid = [...h.stripe.sessions.values()].filter((s) =>
+      s.status === "complete" && s.metadata.operation_key?.startsWith(`checkout:create:${key}:`)
+    );
+    if (paid.length > 1) tally.doublePayments += paid.length - 1;
+    for (const session of paid) {
+      await processWebhookEvent(h.sql, {
+        id: `evt_late_${crypto.randomUUID().replaceAll("-", "")}`,
+        type: "checkout.session.completed",
+        livemode: false,
+        payload: { type: "checkout.session.completed", data: { object: session } },
+      });
+      const [order] = await h.sql<{ status: string }[]>`
+        select status from public.orders where id = ${session.metadata.order_id ?? null}::uuid`;
+      if (order?.status !== "paid") tally.paidWithoutSeats += 1;
+    }
+    const [orders] = await h.sql<{ n: number }[]>`
+      select count(*)::int as n from public.orders
+      where checkout_operation_id = ${key} and status = 'paid'`;
+    if ((orders?.n ?? 0) > 1) tally.doublePayments += orders!.n - 1;
+  }
+}
+
 /** Asserts a tally found no violation. */
 export function assertClean(tally: ReliabilityTally): void {
   assert.deepEqual(
@@ -122,8 +169,17 @@ export function assertClean(tally: ReliabilityTally): void {
       lostOrders: tally.lostOrders,
       oversoldTiers: tally.oversoldTiers,
       stuckAttempts: tally.stuckAttempts,
+      doublePayments: tally.doublePayments,
+      paidWithoutSeats: tally.paidWithoutSeats,
     },
-    { duplicateSessions: 0, lostOrders: 0, oversoldTiers: 0, stuckAttempts: 0 },
+    {
+      duplicateSessions: 0,
+      lostOrders: 0,
+      oversoldTiers: 0,
+      stuckAttempts: 0,
+      doublePayments: 0,
+      paidWithoutSeats: 0,
+    },
   );
 }
 

@@ -14,8 +14,10 @@ import {
   type HoldLimits,
   recordCheckout,
   releaseCheckout,
+  settleCheckoutSession,
   type Sql,
   sqlState,
+  type WebhookResult,
 } from "./db.ts";
 import {
   canonicalJsonResponse,
@@ -24,7 +26,7 @@ import {
   HttpError,
   readJsonBody,
 } from "./http.ts";
-import { inUse, runAttempt, type Timings } from "./idempotency.ts";
+import { inUse, runAttempt, type Timings, unavailable } from "./idempotency.ts";
 import {
   type GuestCheckoutBody,
   guestCheckoutBody,
@@ -43,6 +45,8 @@ export interface CheckoutStore {
   release(
     input: { operationId: string; leaseToken: string; keyConsumed: boolean; error?: string },
   ): Promise<string>;
+  /** Applies a retrieved Checkout Session's status to its order (as the webhook would). */
+  settle(session: Stripe.Checkout.Session): Promise<WebhookResult>;
 }
 
 /** The store over a real database. */
@@ -51,6 +55,7 @@ export function sqlCheckoutStore(sql: Sql): CheckoutStore {
     claim: (input) => claimCheckout(sql, input),
     record: (input) => recordCheckout(sql, input),
     release: (input) => releaseCheckout(sql, input),
+    settle: (session) => settleCheckoutSession(sql, session),
   };
 }
 
@@ -66,6 +71,11 @@ export interface CheckoutDeps {
   siteUrl: URL;
   allowedOrigins: ReadonlySet<string>;
   sessionTtlMinutes: number;
+  /**
+   * How long after a session's expires_at its seats still count when Stripe has not said it
+   * ended (CHECKOUT_HOLD_GRACE_MINUTES; default 60 minutes).
+   */
+  holdGraceSeconds?: number;
   /** Required for enhanced-checkout. */
   verifyToken?: TokenVerifier;
   /** How long an attempt may hold the operation before another request may take over. */
@@ -85,6 +95,7 @@ export interface CheckoutResponse {
 
 /** Margin on top of the session TTL, so Stripe's 30-minute minimum holds despite latency. */
 const HOLD_GRACE_SECONDS = 120;
+const DEFAULT_HOLD_GRACE_SECONDS = 3600;
 const DEFAULT_LEASE_SECONDS = 30;
 
 /** Maps the checkout SQL functions' SQLSTATEs to HTTP errors. */
@@ -95,6 +106,7 @@ const SQL_ERRORS: Record<string, [number, string]> = {
   CK004: [400, "quantity_exceeds_limit"],
   CK005: [409, "sales_closed"],
   CK006: [429, "too_many_pending_checkouts"],
+  CK007: [409, "order_already_paid"],
   "22023": [400, "validation_failed"],
 };
 
@@ -204,30 +216,30 @@ async function handle(
   });
 
   const leaseToken = crypto.randomUUID();
-  const claimStarted = performance.now();
-  let claim: CheckoutClaim;
-  try {
-    claim = await deps.store.claim({
-      operationId: clientKey,
-      stripeIdempotencyKey: makeStripeIdempotencyKey(OPERATION.checkoutCreate, clientKey),
-      requestFingerprint,
-      leaseToken,
-      eventId: body.eventId,
-      items,
-      userId: "userId" in buyer ? buyer.userId : null,
-      guestEmail: "email" in buyer ? buyer.email : null,
-      guestName: "email" in buyer ? buyer.name : null,
-      successUrl,
-      cancelUrl,
-      clientAddress: clientAddress(request),
-      limits: deps.holdLimits,
-      holdSeconds: deps.sessionTtlMinutes * 60 + HOLD_GRACE_SECONDS,
-      leaseSeconds: deps.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
-    });
-  } catch (error) {
-    throw fromSqlError(error);
-  } finally {
-    timings.dbMs += performance.now() - claimStarted;
+  const claimInput: CheckoutClaimInput = {
+    operationId: clientKey,
+    stripeIdempotencyKey: makeStripeIdempotencyKey(OPERATION.checkoutCreate, clientKey),
+    requestFingerprint,
+    leaseToken,
+    eventId: body.eventId,
+    items,
+    userId: "userId" in buyer ? buyer.userId : null,
+    guestEmail: "email" in buyer ? buyer.email : null,
+    guestName: "email" in buyer ? buyer.name : null,
+    successUrl,
+    cancelUrl,
+    clientAddress: clientAddress(request),
+    limits: deps.holdLimits,
+    holdSeconds: deps.sessionTtlMinutes * 60 + HOLD_GRACE_SECONDS,
+    holdGraceSeconds: deps.holdGraceSeconds ?? DEFAULT_HOLD_GRACE_SECONDS,
+    leaseSeconds: deps.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
+  };
+  let claim = await claimTimed(deps, claimInput, timings);
+  if (claim.outcome === "verify") {
+    // Past the session's expires_at only Stripe knows whether it was paid: ask, store the
+    // answer, then claim again (which now renews, or finds the order paid).
+    entry.verified = await settleWithStripe(deps, claim, timings);
+    claim = await claimTimed(deps, claimInput, timings);
   }
   entry.claim = claim.outcome;
 
@@ -249,11 +261,11 @@ async function handle(
       );
     case "paid":
       entry.outcome = "paid";
-      throw new HttpError(
-        409,
-        "order_already_paid",
-        "Cannot create checkout: this order is already paid",
-      );
+      throw alreadyPaid();
+    case "verify":
+      // Stripe's answer could not be stored on the order: never open a second session blind.
+      entry.outcome = "unverified";
+      throw unavailable(2);
   }
 
   // created | takeover | retry | renew: this request holds the lease and the key.
@@ -283,6 +295,67 @@ async function handle(
   return canonicalJsonResponse(201, checkoutResponseBody(claim, session), {
     "idempotent-replayed": "false",
   });
+}
+
+async function claimTimed(
+  deps: CheckoutDeps,
+  input: CheckoutClaimInput,
+  timings: Timings,
+): Promise<CheckoutClaim> {
+  const started = performance.now();
+  try {
+    return await deps.store.claim(input);
+  } catch (error) {
+    throw fromSqlError(error);
+  } finally {
+    timings.dbMs += performance.now() - started;
+  }
+}
+
+/**
+ * Asks Stripe how the claim's session ended and stores the answer on the order: complete → the
+ * order is fulfilled (as the webhook would) and the buyer hears 409 order_already_paid; open →
+ * expired first, so it can no longer be paid while a new one is opened; expired → nothing more.
+ * Stripe unreachable → 503, nothing renewed. Returns the session's final status, for the log.
+ */
+async function settleWithStripe(
+  deps: CheckoutDeps,
+  claim: CheckoutClaim,
+  timings: Timings,
+): Promise<string> {
+  const id = claim.stripeSessionId;
+  if (!id) throw unavailable(2);
+  const stripeStarted = performance.now();
+  let session: Stripe.Checkout.Session;
+  try {
+    session = await deps.stripe.checkout.sessions.retrieve(id);
+    if (session.status === "open") {
+      // A refusal here usually means it completed a moment ago: look again.
+      session = await deps.stripe.checkout.sessions.expire(id).catch(() =>
+        deps.stripe.checkout.sessions.retrieve(id)
+      );
+    }
+  } catch {
+    throw unavailable(2);
+  } finally {
+    timings.stripeMs += performance.now() - stripeStarted;
+  }
+  const dbStarted = performance.now();
+  try {
+    await deps.store.settle(session);
+  } finally {
+    timings.dbMs += performance.now() - dbStarted;
+  }
+  if (session.status === "complete") throw alreadyPaid();
+  return session.status ?? "unknown";
+}
+
+function alreadyPaid(): HttpError {
+  return new HttpError(
+    409,
+    "order_already_paid",
+    "Cannot create checkout: this order is already paid",
+  );
 }
 
 /** The 201 body for a claimed order and its session. */

@@ -10,6 +10,8 @@ export interface CheckoutConfig extends BaseConfig, TokenKeys {
   siteUrl: URL;
   allowedOrigins: ReadonlySet<string>;
   sessionTtlMinutes: number;
+  /** CHECKOUT_HOLD_GRACE_MINUTES: how long seats outlive expires_at without word from Stripe. */
+  holdGraceSeconds: number;
   holdLimits: HoldLimits;
 }
 
@@ -110,6 +112,7 @@ export function loadCheckoutConfig(
     siteUrl,
     allowedOrigins: new Set(origins),
     sessionTtlMinutes,
+    holdGraceSeconds: integer(env, "CHECKOUT_HOLD_GRACE_MINUTES", 60, 0, 1440) * 60,
   };
 }
 
@@ -126,6 +129,8 @@ export function loadWebhookConfig(env: EnvReader): WebhookConfig {
 /** Configuration of reconcile-checkouts. */
 export interface ReconcileConfig extends BaseConfig, TokenKeys {
   staleSeconds: number;
+  /** RECONCILE_MAX_ATTEMPTS: runs without an answer from Stripe before an attempt is given up. */
+  maxAttempts: number;
 }
 
 /** Parses the reconciliation configuration. */
@@ -138,6 +143,7 @@ export function loadReconcileConfig(env: EnvReader): ReconcileConfig {
     ...loadBaseConfig(env),
     ...loadTokenKeys(env, "the cron job's service role token"),
     staleSeconds: minutes * 60,
+    maxAttempts: integer(env, "RECONCILE_MAX_ATTEMPTS", 5, 1, 100),
   };
 }
 

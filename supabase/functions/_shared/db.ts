@@ -172,6 +172,8 @@ export interface CheckoutClaimInput {
   successUrl: string;
   cancelUrl: string;
   holdSeconds: number;
+  /** How long after expires_at the seats still count when Stripe has not said the session ended. */
+  holdGraceSeconds?: number;
   leaseSeconds: number;
   now?: Date;
   /** The client's address, for the per-address hold limit. */
@@ -189,7 +191,7 @@ export interface HoldLimits {
 
 /** What claim_checkout decided, with the order the Stripe call must describe. */
 export interface CheckoutClaim {
-  outcome: ClaimOutcome | "renew" | "paid" | "reconcile";
+  outcome: ClaimOutcome | "renew" | "paid" | "verify" | "reconcile";
   stripeIdempotencyKey: string | null;
   leaseToken: string | null;
   leaseExpiresAt: Date | null;
@@ -206,6 +208,10 @@ export interface CheckoutClaim {
   cancelUrl: string | null;
   customerEmail: string | null;
   operationId: string | null;
+  /** The order's Checkout Session, when it has one (what verify asks Stripe about). */
+  stripeSessionId: string | null;
+  /** Reconciliation runs that took this attempt over, this one included. */
+  reconcileAttempts: number | null;
 }
 
 interface CheckoutClaimRow {
@@ -226,6 +232,8 @@ interface CheckoutClaimRow {
   cancel_url: string | null;
   customer_email: string | null;
   operation_id: string | null;
+  stripe_session_id: string | null;
+  reconcile_attempts: number | null;
 }
 
 /** The checkout claim: idempotency claim, order and seat hold, in one statement. */
@@ -240,7 +248,7 @@ export async function claimCheckout(sql: Sql, input: CheckoutClaimInput): Promis
       ${input.limits?.maxPendingPerBuyer ?? null}::int, ${
     input.limits?.maxPendingPerAddress ?? null
   }::int,
-      ${input.limits?.windowSeconds ?? 1800}::int)`;
+      ${input.limits?.windowSeconds ?? 1800}::int, ${input.holdGraceSeconds ?? 3600}::int)`;
   if (!row) throw new Error("Cannot claim checkout: the database returned no row");
   return checkoutClaimFromRow(row);
 }
@@ -264,6 +272,8 @@ function checkoutClaimFromRow(row: CheckoutClaimRow): CheckoutClaim {
     cancelUrl: row.cancel_url,
     customerEmail: row.customer_email,
     operationId: row.operation_id,
+    stripeSessionId: row.stripe_session_id,
+    reconcileAttempts: row.reconcile_attempts,
   };
 }
 
@@ -324,14 +334,51 @@ export async function processWebhookEvent(
   return { outcome: row.outcome, orderId: row.order_id, detail: row.detail };
 }
 
+/**
+ * Applies what a retrieved Checkout Session says to its order (see settle_checkout_session): the
+ * same state change as the matching webhook event, whichever path hears Stripe first.
+ */
+export async function settleCheckoutSession(
+  sql: Sql,
+  session: unknown,
+  now?: Date,
+): Promise<WebhookResult> {
+  const [row] = await sql<{ outcome: string; order_id: string | null; detail: string | null }[]>`
+    select * from public.settle_checkout_session(${sql.json(toJson(session))}::jsonb,
+      coalesce(${now ?? null}::timestamptz, now()))`;
+  if (!row) throw new Error("Cannot settle checkout session: the database returned no row");
+  return { outcome: row.outcome, orderId: row.order_id, detail: row.detail };
+}
+
+/** Checkout attempts still stuck for more than `staleSeconds`. */
+export async function countStuckCheckouts(
+  sql: Sql,
+  options: { staleSeconds: number; now?: Date },
+): Promise<number> {
+  const [row] = await sql<{ n: number }[]>`
+    select count(*)::int as n from public.stripe_idempotency_keys k
+    where k.status = 'in_progress' and k.operation_type = 'checkout:create'
+      and k.lease_expires_at < coalesce(${options.now ?? null}::timestamptz, now())
+        - make_interval(secs => ${options.staleSeconds}::int)`;
+  return row?.n ?? 0;
+}
+
 /** Takes over checkout attempts stuck for more than `staleSeconds` (see claim_stuck_checkouts). */
 export async function claimStuckCheckouts(
   sql: Sql,
-  options: { staleSeconds: number; limit: number; leaseSeconds: number; now?: Date },
+  options: {
+    staleSeconds: number;
+    limit: number;
+    leaseSeconds: number;
+    now?: Date;
+    /** Operation ids not to take again (already handled in this run). */
+    exclude?: string[];
+  },
 ): Promise<CheckoutClaim[]> {
   const rows = await sql<CheckoutClaimRow[]>`
     select * from public.claim_stuck_checkouts(${options.staleSeconds}::int, ${options.limit}::int,
-      ${options.leaseSeconds}::int, coalesce(${options.now ?? null}::timestamptz, now()))`;
+      ${options.leaseSeconds}::int, coalesce(${options.now ?? null}::timestamptz, now()),
+      ${options.exclude ?? []}::text[])`;
   return rows.map(checkoutClaimFromRow);
 }
 

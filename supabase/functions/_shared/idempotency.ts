@@ -7,28 +7,41 @@ import Stripe from "stripe";
 import { SQLSTATE, sqlState } from "./db.ts";
 import { HttpError } from "./http.ts";
 
+/**
+ * What Stripe kept under the key after a failed call: the one rule every path (live request,
+ * reconciliation) decides by.
+ * - `no_answer`: timeout, connection lost, or 409/429, which Stripe does not store: a retry with
+ *   the SAME key gets the original object if one was made;
+ * - `answered`: any other answer; a 5xx is stored and replayed, a 4xx means the request was
+ *   refused (no object was made): either way the key has nothing more to give;
+ * - `key_reused`: the key is held with other parameters (400 idempotency_error): whatever was
+ *   made under it cannot be fetched by key.
+ */
+export type StripeKeyState = "no_answer" | "answered" | "key_reused";
+
 /** How a failed Stripe call ends the attempt and what the client hears. */
 export interface StripeFailure {
-  /** Stripe stored an answer under the key, so retrying that key would only repeat it. */
+  keyState: StripeKeyState;
+  /** The key is burnt: the next attempt needs a new one. */
   keyConsumed: boolean;
   error: HttpError;
   /** For the log; never the secret key or personal data. */
   reason: string;
 }
 
-/**
- * Classifies a failed Stripe call. No answer (timeout, connection lost) and 409/429, which
- * Stripe does not store, keep the key so a retry gets the original object if one was made; any
- * other answer burns the key.
- */
+/** Classifies a failed Stripe call (see {@link StripeKeyState}). */
 export function classifyStripeError(error: unknown): StripeFailure {
   const status = error instanceof Stripe.errors.StripeError ? error.statusCode : undefined;
   const reason = error instanceof Error ? `${error.name}${status ? ` ${status}` : ""}` : "unknown";
   if (status === undefined || status === 409 || status === 429) {
-    return { keyConsumed: false, error: unavailable(status === 429 ? 2 : 1), reason };
+    const keyState = "no_answer";
+    return { keyState, keyConsumed: false, error: unavailable(status === 429 ? 2 : 1), reason };
   }
-  if (status >= 500) return { keyConsumed: true, error: unavailable(2), reason };
+  if (status >= 500) {
+    return { keyState: "answered", keyConsumed: true, error: unavailable(2), reason };
+  }
   return {
+    keyState: error instanceof Stripe.errors.StripeIdempotencyError ? "key_reused" : "answered",
     keyConsumed: true,
     error: new HttpError(
       502,
@@ -39,7 +52,8 @@ export function classifyStripeError(error: unknown): StripeFailure {
   };
 }
 
-function unavailable(retryAfter: number): HttpError {
+/** 503 for a payment provider that cannot be reached now; the same key retries safely. */
+export function unavailable(retryAfter: number): HttpError {
   return new HttpError(
     503,
     "payment_provider_unavailable",

@@ -1,13 +1,16 @@
 /**
  * Reconciliation of checkout attempts that died between their claim and their record (crash,
- * timeout). For each stuck attempt, taken over in the database first, Stripe is asked again
- * with the SAME key and the SAME parameters:
+ * timeout). Stuck attempts are taken over in the database one at a time (so each lease covers
+ * one Stripe call), and Stripe is asked again with the SAME key and the SAME parameters:
  *   - Stripe replays a session (Idempotent-Replayed: true): it existed → record it;
- *   - Stripe creates one now, or rejects the parameters before executing (e.g. expires_at is
- *     no longer 30 minutes away): none existed → expire what was just made, mark the attempt
- *     failed and release the order's seats;
- *   - no answer, 409, 429, 5xx: leave it for the next run.
+ *   - Stripe creates one now, or refuses the parameters (e.g. expires_at is no longer 30 minutes
+ *     away), or answers with an error it stores under the key (a 5xx): no session can exist →
+ *     expire what was just made, mark the attempt failed and release the order's seats;
+ *   - no answer (timeout, 409, 429), or the key is held with other parameters: leave it for the
+ *     next run, at most `maxAttempts` runs; then the attempt is failed and its seats released.
  * It never creates a second session for an operation: everything goes through the one key.
+ * Whether Stripe kept an answer under the key is decided by classifyStripeError, as for a live
+ * request.
  */
 import type Stripe from "stripe";
 import type { TokenVerifier } from "./auth.ts";
@@ -15,6 +18,7 @@ import { checkoutSessionParams } from "./checkout-session.ts";
 import {
   type CheckoutClaim,
   claimStuckCheckouts,
+  countStuckCheckouts,
   recordCheckout,
   releaseCheckout,
   type Sql,
@@ -22,17 +26,21 @@ import {
 import { errorResponse, HttpError, json } from "./http.ts";
 import { checkoutResponseBody } from "./checkout.ts";
 import type { RequestLog } from "./checkout.ts";
+import { classifyStripeError } from "./idempotency.ts";
 
-/** How one stuck attempt was settled. */
-export type Settlement = "recorded" | "released" | "retry_later" | "unresolved";
+/**
+ * How one stuck attempt ended in this run: settled on Stripe's word, failed after too many runs
+ * without one, or skipped (left for the next run, also when a live retry took it over meanwhile
+ * or storing the outcome failed).
+ */
+export type Settlement = "settled" | "failed" | "skipped";
 
-/** What a reconciliation run did. */
+/** What a reconciliation run did; `remaining` are the stuck attempts still waiting after it. */
 export interface ReconcileSummary {
-  examined: number;
-  recorded: number;
-  released: number;
-  retry_later: number;
-  unresolved: number;
+  settled: number;
+  failed: number;
+  skipped: number;
+  remaining: number;
 }
 
 /** What reconciliation needs. */
@@ -43,33 +51,50 @@ export interface ReconcileDeps {
   staleSeconds?: number;
   /** Attempts settled per run (default 50). */
   limit?: number;
+  /** Runs without an answer from Stripe before an attempt is given up (default 5). */
+  maxAttempts?: number;
   log?: RequestLog;
 }
+
+const LEASE_SECONDS = 120;
 
 /** Settles the stuck checkout attempts once. Safe to run concurrently with itself and live traffic. */
 export async function reconcileStuckCheckouts(deps: ReconcileDeps): Promise<ReconcileSummary> {
   const log = deps.log ?? ((line) => console.log(JSON.stringify(line)));
-  const stuck = await claimStuckCheckouts(deps.sql, {
-    staleSeconds: deps.staleSeconds ?? 600,
-    limit: deps.limit ?? 50,
-    leaseSeconds: 120,
-  });
-  const summary: ReconcileSummary = {
-    examined: stuck.length,
-    recorded: 0,
-    released: 0,
-    retry_later: 0,
-    unresolved: 0,
-  };
-  for (const claim of stuck) {
-    const settlement = await settle(deps, claim);
+  const staleSeconds = deps.staleSeconds ?? 600;
+  const summary: ReconcileSummary = { settled: 0, failed: 0, skipped: 0, remaining: 0 };
+  const handled: string[] = [];
+  for (let i = 0; i < (deps.limit ?? 50); i++) {
+    const [claim] = await claimStuckCheckouts(deps.sql, {
+      staleSeconds,
+      limit: 1,
+      leaseSeconds: LEASE_SECONDS,
+      exclude: handled,
+    });
+    if (!claim) break;
+    handled.push(claim.operationId!);
+    let settlement: Settlement;
+    try {
+      settlement = await settle(deps, claim);
+    } catch (error) {
+      // Fenced (a live retry took the attempt over) or a storage error: this row only.
+      settlement = "skipped";
+      log({
+        fn: "reconcile-checkouts",
+        operation: `checkout:create:${claim.operationId}`,
+        error: error instanceof Error ? error.name : typeof error,
+        sqlstate: (error as { code?: string }).code,
+      });
+    }
     summary[settlement] += 1;
     log({
       fn: "reconcile-checkouts",
       operation: `checkout:create:${claim.operationId}`,
       outcome: settlement,
+      reconcile_attempts: claim.reconcileAttempts,
     });
   }
+  summary.remaining = await countStuckCheckouts(deps.sql, { staleSeconds });
   return summary;
 }
 
@@ -78,11 +103,17 @@ async function settle(deps: ReconcileDeps, claim: CheckoutClaim): Promise<Settle
   const leaseToken = claim.leaseToken!;
   const release = (keyConsumed: boolean, error: string) =>
     releaseCheckout(deps.sql, { operationId, leaseToken, keyConsumed, error });
+  // No answer this run: try again next run, unless this was the last one allowed.
+  const later = async (why: string): Promise<Settlement> => {
+    if ((claim.reconcileAttempts ?? 1) >= (deps.maxAttempts ?? 5)) {
+      await release(true, `reconcile: gave up after ${claim.reconcileAttempts} runs (${why})`);
+      return "failed";
+    }
+    await release(false, `reconcile: ${why}`);
+    return "skipped";
+  };
 
-  if (!claim.orderId) {
-    await release(false, "reconcile: the attempt has no order");
-    return "unresolved";
-  }
+  if (!claim.orderId) return await later("the attempt has no order");
 
   let session: Stripe.Response<Stripe.Checkout.Session>;
   try {
@@ -90,20 +121,17 @@ async function settle(deps: ReconcileDeps, claim: CheckoutClaim): Promise<Settle
       idempotencyKey: claim.stripeIdempotencyKey!,
     });
   } catch (error) {
-    const status = (error as { statusCode?: number }).statusCode;
-    const type = (error as { type?: string }).type;
-    if (status === 400 && type === "StripeIdempotencyError") {
-      // A session exists under this key with other parameters: it cannot be fetched by key.
-      await release(false, "reconcile: Stripe holds this key with other parameters");
-      return "unresolved";
+    const failure = classifyStripeError(error);
+    if (failure.keyState === "answered") {
+      // Refused (nothing made) or an error Stripe replays for this key: no session can exist.
+      await release(true, `reconcile: no session (${failure.reason})`);
+      return "settled";
     }
-    if (status !== undefined && status >= 400 && status < 500 && status !== 409 && status !== 429) {
-      // Rejected before executing, so nothing was stored under the key: no session exists.
-      await release(true, `reconcile: no session (Stripe ${status})`);
-      return "released";
-    }
-    await release(false, `reconcile: Stripe unavailable (${status ?? "no answer"})`);
-    return "retry_later";
+    return await later(
+      failure.keyState === "key_reused"
+        ? "Stripe holds this key with other parameters"
+        : `Stripe unavailable (${failure.reason})`,
+    );
   }
 
   if (isReplay(session)) {
@@ -113,7 +141,7 @@ async function settle(deps: ReconcileDeps, claim: CheckoutClaim): Promise<Settle
       sessionId: session.id,
       responseBody: checkoutResponseBody(claim, session),
     });
-    return "recorded";
+    return "settled";
   }
   // Stripe had nothing under the key and made a session just now. Nobody was handed its link:
   // end it, and free the seats.
@@ -123,7 +151,7 @@ async function settle(deps: ReconcileDeps, claim: CheckoutClaim): Promise<Settle
     // It expires by itself at expires_at; the seats are freed either way.
   }
   await release(true, "reconcile: no session existed");
-  return "released";
+  return "settled";
 }
 
 function isReplay(session: Stripe.Response<unknown>): boolean {

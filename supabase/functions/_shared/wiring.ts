@@ -31,6 +31,7 @@ export function checkoutHandlerFromEnv(
     siteUrl: config.siteUrl,
     allowedOrigins: config.allowedOrigins,
     sessionTtlMinutes: config.sessionTtlMinutes,
+    holdGraceSeconds: config.holdGraceSeconds,
     holdLimits: config.holdLimits,
     verifyToken: endpoint === "enhanced-checkout"
       ? tokenVerifier(config, "authenticated")
@@ -55,6 +56,7 @@ export function reconcileHandlerFromEnv(env: EnvReader): Handler {
     sql: openDatabase(config.databaseUrl),
     stripe: createStripeClient(config.stripeSecretKey, { apiBase: config.stripeApiBase }),
     staleSeconds: config.staleSeconds,
+    maxAttempts: config.maxAttempts,
     verifyToken: tokenVerifier(config, "service_role"),
   });
 }

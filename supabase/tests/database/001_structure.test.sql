@@ -24,7 +24,7 @@ select fk_ok('events', 'ticket_tiers', 'event_id', 'events', 'events', 'id');
 
 select columns_are('public', 'stripe_idempotency_keys', array[
   'id', 'operation_type', 'operation_id', 'stripe_idempotency_key', 'request_fingerprint', 'status',
-  'lease_token', 'lease_expires_at', 'attempt', 'stripe_resource_id', 'response_status',
+  'lease_token', 'lease_expires_at', 'attempt', 'reconcile_attempts', 'stripe_resource_id', 'response_status',
   'response_body', 'metadata', 'last_error', 'created_at', 'updated_at', 'expires_at'
 ], 'stripe_idempotency_keys has the contracted columns');
 select col_is_unique('public', 'stripe_idempotency_keys', array['operation_type', 'operation_id'],

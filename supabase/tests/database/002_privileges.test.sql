@@ -51,9 +51,9 @@ reset role;
 insert into auth.users (id, email) values
   ('20000000-0000-4000-8000-000000000001', 'a@example.com'),
   ('20000000-0000-4000-8000-000000000002', 'b@example.com');
-insert into public.orders (event_id, user_id, currency, amount_total, hold_expires_at) values
-  ('10000000-0000-4000-8000-000000000001', '20000000-0000-4000-8000-000000000001', 'usd', 100, now() + interval '30 minutes'),
-  ('10000000-0000-4000-8000-000000000001', '20000000-0000-4000-8000-000000000002', 'usd', 200, now() + interval '30 minutes');
+insert into public.orders (event_id, user_id, currency, amount_total, hold_expires_at, seats_held_until) values
+  ('10000000-0000-4000-8000-000000000001', '20000000-0000-4000-8000-000000000001', 'usd', 100, now() + interval '30 minutes', now() + interval '90 minutes'),
+  ('10000000-0000-4000-8000-000000000001', '20000000-0000-4000-8000-000000000002', 'usd', 200, now() + interval '30 minutes', now() + interval '90 minutes');
 set local role authenticated;
 do $$ begin
   perform set_config('request.jwt.claims', '{"sub":"20000000-0000-4000-8000-000000000001","role":"authenticated"}', true);

@@ -1,6 +1,6 @@
 -- Checkout claim, record and release: orders, prices from the tiers, capacity holds, renewals.
 begin;
-select plan(42);
+select plan(56);
 
 insert into events.events (id, title, currency, status) values
   ('e0000000-0000-4000-8000-000000000001', 'Test Gig', 'eur', 'published'),
@@ -18,7 +18,7 @@ returns public.checkout_claim language sql as $$
   select public.claim_checkout(p_op,
     'checkout:create:' || p_op || ':' || p_key || '0000000-0000-4000-8000-000000000000',
     repeat(p_fp, 64), gen_random_uuid(), p_event, p_items, null, 'buyer@example.com', 'Buyer',
-    'http://shop.test/ok', 'http://shop.test/cancel', 1800, 30, '2030-01-01 12:00:00+00'::timestamptz + make_interval(secs => p_at))
+    'http://shop.test/ok', 'http://shop.test/cancel', 1920, 30, '2030-01-01 12:00:00+00'::timestamptz + make_interval(secs => p_at))
 $$;
 create function pg_temp.items(p_floor int, p_balcony int default 0) returns jsonb language sql as $$
   select jsonb_agg(x) from (
@@ -40,7 +40,7 @@ create temp table c1 as select * from pg_temp.claim('op-checkout-0000001', 'a', 
 select is((select outcome from c1), 'created', 'a first checkout claim is created');
 select is((select amount_total from c1), 2 * 1500 + 3 * 999, 'the amount comes from the tiers');
 select is((select currency from c1), 'eur', 'the currency comes from the event');
-select is((select hold_expires_at from c1), '2030-01-01 12:30:00+00'::timestamptz, 'the hold lasts the requested seconds');
+select is((select hold_expires_at from c1), '2030-01-01 12:32:00+00'::timestamptz, 'the hold lasts the requested seconds');
 select is((select lines from c1),
   '[{"tier_id":"70000000-0000-4000-8000-000000000001","product_name":"Test Gig — Floor","unit_amount":1500,"quantity":2},
     {"tier_id":"70000000-0000-4000-8000-000000000002","product_name":"Test Gig — Balcony","unit_amount":999,"quantity":3}]'::jsonb,
@@ -53,7 +53,8 @@ select row_eq(
 select is((select metadata ->> 'order_id' from public.stripe_idempotency_keys where operation_id = 'op-checkout-0000001'),
   (select order_id::text from c1), 'the operation knows its order');
 select is(pg_temp.floor_taken(0), 2::bigint, 'the pending order holds its seats');
-select is(pg_temp.floor_taken(1800), 0::bigint, 'the hold ends with the session');
+select is(pg_temp.floor_taken(1920), 2::bigint, 'and still holds them at expires_at, until Stripe says the session ended');
+select is(pg_temp.floor_taken(1920 + 3600), 0::bigint, 'without word from Stripe the hold ends with its grace');
 
 -- conflict and mismatch write nothing new
 select is((select outcome from pg_temp.claim('op-checkout-0000001', 'b', 'a', pg_temp.items(2, 3), 5)), 'conflict',
@@ -85,14 +86,31 @@ select throws_ok(
          (select lease_token from c1)),
   'SI002', null, 'the attempt that was taken over cannot overwrite the completed record');
 
--- renew: the session expired, so a replay starts a fresh attempt on a new order
-create temp table c4 as select * from pg_temp.claim('op-checkout-0000001', 'e', 'a', pg_temp.items(2, 3), 1800);
+-- verify: past expires_at the database does not decide; the retry is told to ask Stripe
+create temp table c3v as select * from pg_temp.claim('op-checkout-0000001', 'e', 'a', pg_temp.items(2, 3), 1920);
+select row_eq('select outcome, stripe_session_id, order_id, stripe_idempotency_key from c3v',
+  (select row('verify'::text, 'cs_test_gig_1'::text, order_id, null::text) from c1),
+  'a replay past the session''s expires_at asks Stripe about that session first');
+select is((select status from public.orders where id = (select order_id from c1)), 'pending',
+  'without Stripe''s word the order stays pending');
+select is(pg_temp.floor_taken(1920), 2::bigint, 'and keeps its seats after expires_at (a late payment finds them)');
+select is(pg_temp.floor_taken(1920 + 3600), 0::bigint, 'until the grace for a missed webhook runs out');
+select is((select outcome from public.settle_checkout_session(
+    jsonb_build_object('id', 'cs_test_gig_1', 'status', 'expired', 'client_reference_id', (select order_id from c1),
+                       'amount_total', 5997, 'currency', 'eur'), '2030-01-01 12:32:00+00')),
+  'expired', 'Stripe''s word (a retrieved expired session) ends the order');
+select is(pg_temp.floor_taken(1920), 0::bigint, 'and frees its seats at once');
+
+-- renew: Stripe said the session expired, so a replay starts a fresh attempt on a new order
+create temp table c4 as select * from pg_temp.claim('op-checkout-0000001', 'e', 'a', pg_temp.items(2, 3), 1920);
 select is((select outcome from c4), 'renew', 'a replay after the session expired renews');
 select is((select stripe_idempotency_key from c4),
   'checkout:create:op-checkout-0000001:e0000000-0000-4000-8000-000000000000', 'with the caller''s new key');
 select isnt((select order_id from c4), (select order_id from c1), 'on a new order');
 select is((select status from public.orders where id = (select order_id from c1)), 'expired', 'the old order is expired');
-select is((select hold_expires_at from c4), '2030-01-01 13:00:00+00'::timestamptz, 'with a new hold');
+select is((select hold_expires_at from c4), '2030-01-01 13:04:00+00'::timestamptz, 'with a new hold');
+select is((select seats_held_until from public.orders where id = (select order_id from c4)),
+  '2030-01-01 14:04:00+00'::timestamptz, 'whose seats count for the grace after it');
 select is((select count(*)::int from public.check_stripe_idempotency('checkout:create', 'op-checkout-0000001')), 0,
   'the operation is in progress again');
 select lives_ok(
@@ -105,6 +123,11 @@ update public.orders set status = 'paid', paid_at = now() where id = (select ord
 select is((select outcome from pg_temp.claim('op-checkout-0000001', 'f', 'a', pg_temp.items(2, 3), 1900)), 'paid',
   'a replay of a paid order says so');
 select is(pg_temp.floor_taken(999999), 2::bigint, 'a paid order keeps its seats for good');
+delete from public.stripe_idempotency_keys where operation_id = 'op-checkout-0000001';
+select throws_ok($$select pg_temp.claim('op-checkout-0000001', '9', 'a', pg_temp.items(2, 3), 1950)$$,
+  'CK007', null, 'once cleanup forgot the operation, a retry of its key still finds the paid order');
+select is((select count(*)::int from public.stripe_idempotency_keys where operation_id = 'op-checkout-0000001'), 0,
+  'and the refused claim left no row behind');
 
 -- validation: every rejection raises and writes nothing
 create temp table before as select pg_temp.writes() as n;
@@ -143,6 +166,19 @@ select row_eq('select outcome, stripe_idempotency_key from c7',
   row('retry'::text, 'checkout:create:op-checkout-0000003:c0000000-0000-4000-8000-000000000000'::text),
   'the next retry arms a new key');
 select isnt((select order_id from c7), (select order_id from c5), 'on a new order holding the seats again');
+
+-- a takeover too late for Stripe's 30-minute floor arms a fresh attempt instead of failing
+create temp table c8 as select * from pg_temp.claim('op-checkout-0000005', 'a', 'a', pg_temp.items(0, 1), 3000);
+create temp table c9 as select * from pg_temp.claim('op-checkout-0000005', 'b', 'a', pg_temp.items(0, 1), 3000 + 180);
+select row_eq('select outcome, stripe_idempotency_key from c9',
+  row('renew'::text, 'checkout:create:op-checkout-0000005:b0000000-0000-4000-8000-000000000000'::text),
+  'a takeover whose expires_at is too close for Stripe gets a new key');
+select is((select hold_expires_at from c9), '2030-01-01 13:25:00+00'::timestamptz, 'and a new hold window');
+select is((select status from public.orders where id = (select order_id from c8)), 'cancelled',
+  'the dead attempt''s order frees its seats');
+create temp table c10 as select * from pg_temp.claim('op-checkout-0000006', 'a', 'a', pg_temp.items(0, 1), 4000);
+select is((select outcome from pg_temp.claim('op-checkout-0000006', 'b', 'a', pg_temp.items(0, 1), 4000 + 31)),
+  'takeover', 'an early takeover keeps the same key and order');
 
 select * from finish();
 rollback;

@@ -2,7 +2,7 @@
 -- apply_checkout_session_event), and the reconciliation of stuck attempts (claim_stuck_checkouts).
 -- Every scenario uses its own tier, event ids and operation ids, so no count depends on other rows.
 begin;
-select plan(92);
+select plan(94);
 
 -- Structure
 select has_function('public', 'process_stripe_webhook_event',
@@ -10,25 +10,25 @@ select has_function('public', 'process_stripe_webhook_event',
 select has_function('public', 'apply_checkout_session_event',
   array['text', 'jsonb', 'timestamp with time zone'], 'apply_checkout_session_event exists');
 select has_function('public', 'claim_stuck_checkouts',
-  array['integer', 'integer', 'integer', 'timestamp with time zone'], 'claim_stuck_checkouts exists');
+  array['integer', 'integer', 'integer', 'timestamp with time zone', 'text[]'], 'claim_stuck_checkouts exists');
 select function_returns('public', 'process_stripe_webhook_event',
   array['text', 'text', 'boolean', 'jsonb', 'timestamp with time zone'], 'webhook_result');
 select function_returns('public', 'apply_checkout_session_event',
   array['text', 'jsonb', 'timestamp with time zone'], 'webhook_result');
 select function_returns('public', 'claim_stuck_checkouts',
-  array['integer', 'integer', 'integer', 'timestamp with time zone'], 'setof checkout_claim');
+  array['integer', 'integer', 'integer', 'timestamp with time zone', 'text[]'], 'setof checkout_claim');
 select is(
   (select array_agg(p.proname::text order by p.proname) from pg_proc p
    where p.oid in ('public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz)'::regprocedure,
                    'public.apply_checkout_session_event(text, jsonb, timestamptz)'::regprocedure,
-                   'public.claim_stuck_checkouts(integer, integer, integer, timestamptz)'::regprocedure)
+                   'public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[])'::regprocedure)
      and p.proconfig = array['search_path=""']),
   array['apply_checkout_session_event', 'claim_stuck_checkouts', 'process_stripe_webhook_event'],
   'the three functions set search_path = ''''');
 select ok(
   has_function_privilege('service_role', 'public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz)', 'execute')
   and has_function_privilege('service_role', 'public.apply_checkout_session_event(text, jsonb, timestamptz)', 'execute')
-  and has_function_privilege('service_role', 'public.claim_stuck_checkouts(integer, integer, integer, timestamptz)', 'execute'),
+  and has_function_privilege('service_role', 'public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[])', 'execute'),
   'service_role may call the three functions');
 
 -- Privileges
@@ -315,23 +315,34 @@ select results_eq($$select operation_id from public.claim_stuck_checkouts(0, 100
   array['op-wh-stuck-recent'], 'a recorded attempt is never returned again (only the recent one, now stale)');
 select throws_ok('select * from public.claim_stuck_checkouts(-1)', '22023', null, 'bad arguments are rejected');
 
--- A hold that ran out with no expiry event: its seats were resold, so a late payment must not
--- oversell (paid, or unpaid awaiting an async payment).
+-- A hold that ran out with no expiry event (expires_at plus the grace for a missed webhook):
+-- its seats were resold, so a late payment must not oversell (paid, or unpaid awaiting an
+-- async payment).
 insert into events.ticket_tiers (id, event_id, name, unit_amount, capacity, max_per_order) values
   (pg_temp.tier(10), 'e6000000-0000-4000-8000-000000000001', 'Tier 10', 1000, 4, 10),
   (pg_temp.tier(11), 'e6000000-0000-4000-8000-000000000001', 'Tier 11', 1000, 4, 10);
 do $$ begin
   perform pg_temp.checkout('lapsed-paid', 10, 4, pg_temp.t(0), 'cs_test_wh_lapsed_paid');
-  perform pg_temp.checkout('lapsed-paid-resold', 10, 4, pg_temp.t(1860), 'cs_test_wh_lapsed_paid_resold');
+  perform pg_temp.checkout('lapsed-paid-resold', 10, 4, pg_temp.t(5460), 'cs_test_wh_lapsed_paid_resold');
   perform pg_temp.checkout('lapsed-unpaid', 11, 4, pg_temp.t(0), 'cs_test_wh_lapsed_unpaid');
-  perform pg_temp.checkout('lapsed-unpaid-resold', 11, 4, pg_temp.t(1860), 'cs_test_wh_lapsed_unpaid_resold');
+  perform pg_temp.checkout('lapsed-unpaid-resold', 11, 4, pg_temp.t(5460), 'cs_test_wh_lapsed_unpaid_resold');
 end $$;
-select is((pg_temp.deliver('evt_wh_lapsed_paid', 'checkout.session.completed', pg_temp.session('lapsed-paid'), 1920)).outcome,
+select is((pg_temp.deliver('evt_wh_lapsed_paid', 'checkout.session.completed', pg_temp.session('lapsed-paid'), 5520)).outcome,
   'capacity_conflict', 'a payment for a lapsed hold whose seats were resold is a capacity conflict');
-select is(pg_temp.taken(10, 1920), 4::bigint, 'and the tier is not oversold');
-select is((pg_temp.deliver('evt_wh_lapsed_unpaid', 'checkout.session.completed', pg_temp.session('lapsed-unpaid', 'unpaid'), 1920)).outcome,
+select is(pg_temp.taken(10, 5520), 4::bigint, 'and the tier is not oversold');
+select is((pg_temp.deliver('evt_wh_lapsed_unpaid', 'checkout.session.completed', pg_temp.session('lapsed-unpaid', 'unpaid'), 5520)).outcome,
   'capacity_conflict', 'a delayed payment for a lapsed hold whose seats were resold is a capacity conflict too');
-select is(pg_temp.taken(11, 1920), 4::bigint, 'and its hold is not extended over the new buyer''s seats');
+select is(pg_temp.taken(11, 5520), 4::bigint, 'and its hold is not extended over the new buyer''s seats');
+
+-- A payment in the session's last seconds, its webhook a minute late: the seats were not
+-- resold in between, because only Stripe's word (or the grace) ends a hold.
+insert into events.ticket_tiers (id, event_id, name, unit_amount, capacity, max_per_order) values
+  (pg_temp.tier(12), 'e6000000-0000-4000-8000-000000000001', 'Tier 12', 1000, 4, 10);
+do $$ begin perform pg_temp.checkout('last-second', 12, 4, pg_temp.t(0), 'cs_test_wh_last_second'); end $$;
+select throws_ok($$select pg_temp.checkout('last-second-rival', 12, 1, pg_temp.t(1830))$$, 'CK003', null,
+  'just after expires_at, without word from Stripe, the seats are not sold to someone else');
+select is((pg_temp.deliver('evt_wh_last_second', 'checkout.session.completed', pg_temp.session('last-second'), 1860)).outcome,
+  'paid', 'so the late payment is applied, not a capacity conflict');
 
 select * from finish();
 rollback;
