@@ -1,3 +1,4 @@
+import type { ClientAddressConfig } from "./client-address.ts";
 import type { HoldLimits } from "./db.ts";
 
 /**
@@ -11,6 +12,7 @@ export interface CheckoutConfig extends BaseConfig, TokenKeys {
   allowedOrigins: ReadonlySet<string>;
   sessionTtlMinutes: number;
   holdLimits: HoldLimits;
+  clientAddress: ClientAddressConfig;
 }
 
 /** Reads a variable by name; the default reader is Deno.env. */
@@ -107,10 +109,27 @@ export function loadCheckoutConfig(
     ...base,
     ...keys,
     holdLimits,
+    clientAddress: loadClientAddressConfig(env),
     siteUrl,
     allowedOrigins: new Set(origins),
     sessionTtlMinutes,
   };
+}
+
+/** Where the per-address limit finds the client's address; see client-address.ts. */
+export function loadClientAddressConfig(env: EnvReader): ClientAddressConfig {
+  const trustedProxyHops = integer(env, "CHECKOUT_TRUSTED_PROXY_HOPS", 1, 1, 10);
+  const header = env("CHECKOUT_CLIENT_IP_HEADER")?.trim().toLowerCase() || null;
+  if (header !== null && !/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(header)) {
+    throw new ConfigError("CHECKOUT_CLIENT_IP_HEADER must be an HTTP header name, e.g. x-real-ip");
+  }
+  // Its value is a list whose leftmost entries the client writes: the hop count picks from it.
+  if (header === "x-forwarded-for") {
+    throw new ConfigError(
+      "CHECKOUT_CLIENT_IP_HEADER cannot be x-forwarded-for: leave it unset and set CHECKOUT_TRUSTED_PROXY_HOPS",
+    );
+  }
+  return { trustedProxyHops, header };
 }
 
 /** Configuration of stripe-webhook. */

@@ -32,6 +32,7 @@ export function checkoutHandlerFromEnv(
     allowedOrigins: config.allowedOrigins,
     sessionTtlMinutes: config.sessionTtlMinutes,
     holdLimits: config.holdLimits,
+    clientAddress: config.clientAddress,
     verifyToken: endpoint === "enhanced-checkout"
       ? tokenVerifier(config, "authenticated")
       : undefined,
