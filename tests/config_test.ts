@@ -160,6 +160,40 @@ Deno.test("pending-hold limits default to 5 per buyer and 20 per address over 30
   throwsNaming("CHECKOUT_PENDING_WINDOW_MINUTES", { CHECKOUT_PENDING_WINDOW_MINUTES: "1.5" });
 });
 
+Deno.test("the client address is the rightmost X-Forwarded-For entry unless configured otherwise", () => {
+  assert.deepEqual(load().clientAddress, { trustedProxyHops: 1, header: null });
+  assert.deepEqual(load({ CHECKOUT_TRUSTED_PROXY_HOPS: "2" }).clientAddress, {
+    trustedProxyHops: 2,
+    header: null,
+  });
+  assert.equal(load({ CHECKOUT_TRUSTED_PROXY_HOPS: "10" }).clientAddress.trustedProxyHops, 10);
+  assert.deepEqual(load({ CHECKOUT_CLIENT_IP_HEADER: " CF-Connecting-IP " }).clientAddress, {
+    trustedProxyHops: 1,
+    header: "cf-connecting-ip",
+  });
+  assert.equal(load({ CHECKOUT_CLIENT_IP_HEADER: "" }).clientAddress.header, null);
+});
+
+Deno.test("CHECKOUT_TRUSTED_PROXY_HOPS must be an integer from 1 to 10", () => {
+  for (const hops of ["0", "11", "-1", "1.5", "two", "1e3x", "Infinity"]) {
+    throwsNaming("CHECKOUT_TRUSTED_PROXY_HOPS", { CHECKOUT_TRUSTED_PROXY_HOPS: hops });
+  }
+});
+
+Deno.test("CHECKOUT_CLIENT_IP_HEADER must be a header name other than X-Forwarded-For", () => {
+  const names = [
+    "x real ip",
+    "x-real-ip:",
+    "x-real\nip",
+    "(ip)",
+    "x-forwarded-for",
+    "X-Forwarded-For",
+  ];
+  for (const header of names) {
+    throwsNaming("CHECKOUT_CLIENT_IP_HEADER", { CHECKOUT_CLIENT_IP_HEADER: header });
+  }
+});
+
 Deno.test("webhook and reconcile configurations name what they miss", () => {
   const env = (vars: Record<string, string>) => (name: string) => vars[name];
   assert.throws(

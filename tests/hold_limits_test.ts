@@ -1,14 +1,20 @@
 /**
  * Hold flooding: one client must not lock up an event by opening checkouts it never pays.
- * Pending holds are limited per buyer and per client address; replays are never limited.
+ * Pending holds are limited per buyer (a user, or a guest email from one address) and per client
+ * address, the one the platform's proxy appended; replays are never limited.
  */
 import assert from "node:assert/strict";
+import type { ClientAddressConfig } from "../supabase/functions/_shared/client-address.ts";
 import { checkoutRequest, type Harness, newKey, startHarness } from "./support/checkout_harness.ts";
+import { userToken } from "./support/tokens.ts";
 
 const LIMITS = { maxPendingPerBuyer: 2, maxPendingPerAddress: 3, windowSeconds: 1800 };
 
-async function withLimits(fn: (h: Harness) => Promise<void>) {
-  const h = await startHarness({ holdLimits: LIMITS });
+async function withLimits(
+  fn: (h: Harness) => Promise<void>,
+  clientAddress?: ClientAddressConfig,
+) {
+  const h = await startHarness({ holdLimits: LIMITS, clientAddress });
   try {
     await fn(h);
   } finally {
@@ -16,29 +22,49 @@ async function withLimits(fn: (h: Harness) => Promise<void>) {
   }
 }
 
-/** A documentation-range IPv6 address unique to this run, so reruns on one database never collide. */
+/**
+ * A documentation-range IPv6 address unique to this run, so reruns on one database never collide;
+ * no group is zero, so it is already in the normalized form the database returns.
+ */
 function randomAddress(): string {
-  const hex = () => Math.floor(Math.random() * 0x10000).toString(16);
+  const hex = () => (1 + Math.floor(Math.random() * 0xffff)).toString(16);
   return `2001:db8:${hex()}:${hex()}::${hex()}`;
 }
 
+/** A guest checkout from `address`: the platform's proxy appended it after a hop the client wrote. */
 function order(h: Harness, email: string, address = randomAddress(), key = newKey()) {
+  return guestOrder(h, email, { "x-forwarded-for": `10.0.0.1, ${address}` }, key);
+}
+
+function guestOrder(
+  h: Harness,
+  email: string,
+  headers: Record<string, string>,
+  key = newKey(),
+) {
   return h.guest(checkoutRequest(
     { eventId: h.event.id, items: [{ tierId: h.event.balcony, quantity: 10 }], email },
-    { key, headers: { "x-forwarded-for": `${address}, 10.0.0.1` } },
+    { key, headers },
   ));
 }
 
-Deno.test("a guest email holds at most the configured pending checkouts; replays are never limited", () =>
+async function storedAddress(h: Harness, response: Response): Promise<string | null> {
+  const { orderId } = await response.json();
+  const [row] = await h.sql<{ address: string | null }[]>`
+    select host(client_address) as address from public.orders where id = ${orderId}`;
+  return row!.address;
+}
+
+Deno.test("a guest email from one address holds at most the configured pending checkouts; replays are never limited", () =>
   withLimits(async (h) => {
     const email = `flood-${crypto.randomUUID()}@example.com`;
     const first = newKey();
     const firstAddress = randomAddress();
     assert.equal((await order(h, email, firstAddress, first)).status, 201);
-    assert.equal((await order(h, email, randomAddress())).status, 201);
+    assert.equal((await order(h, email, firstAddress)).status, 201);
     const sessions = h.stripe.sessionsCreated();
 
-    const third = await order(h, email, randomAddress());
+    const third = await order(h, email, firstAddress);
     assert.equal(third.status, 429);
     assert.equal((await third.json()).error.code, "too_many_pending_checkouts");
     const retryAfter = Number(third.headers.get("retry-after"));
@@ -67,8 +93,9 @@ Deno.test("a client address holds at most the configured pending checkouts acros
 Deno.test("concurrent checkouts of one buyer cannot race past the limit", () =>
   withLimits(async (h) => {
     const email = `race-${crypto.randomUUID()}@example.com`;
+    const address = randomAddress();
     const responses = await Promise.all(
-      Array.from({ length: 10 }, () => order(h, email, randomAddress())),
+      Array.from({ length: 10 }, () => order(h, email, address)),
     );
     const statuses = responses.map((r) => r.status).sort();
     assert.equal(
@@ -82,11 +109,12 @@ Deno.test("concurrent checkouts of one buyer cannot race past the limit", () =>
 Deno.test("a paid or expired order frees its slot", () =>
   withLimits(async (h) => {
     const email = `slots-${crypto.randomUUID()}@example.com`;
-    const a = await (await order(h, email, randomAddress())).json();
-    await order(h, email, randomAddress());
-    assert.equal((await order(h, email, randomAddress())).status, 429);
+    const address = randomAddress();
+    const a = await (await order(h, email, address)).json();
+    await order(h, email, address);
+    assert.equal((await order(h, email, address)).status, 429);
     await h.sql`update public.orders set status = 'paid', paid_at = now() where id = ${a.orderId}`;
-    assert.equal((await order(h, email, randomAddress())).status, 201);
+    assert.equal((await order(h, email, address)).status, 201);
   }));
 
 Deno.test("one address flooding the event holds at most limit × max_per_order seats", () =>
@@ -100,4 +128,118 @@ Deno.test("one address flooding the event holds at most limit × max_per_order s
       from public.orders o join public.order_items i on i.order_id = o.id
       where o.client_address = ${address}::inet and o.status = 'pending' and o.event_id = ${h.event.id}`;
     assert.equal(row?.seats, LIMITS.maxPendingPerAddress * 10, "3 checkouts × 10 seats, no more");
+  }));
+
+Deno.test("a rotating leftmost X-Forwarded-For hop with a fixed rightmost one is limited per address", () =>
+  withLimits(async (h) => {
+    const address = randomAddress();
+    const statuses = [];
+    for (let i = 0; i < 5; i++) {
+      const response = await guestOrder(h, `rotate-${i}-${crypto.randomUUID()}@example.com`, {
+        "x-forwarded-for": `${randomAddress()}, ${address}`,
+      });
+      statuses.push(response.status);
+      if (response.status === 429) {
+        assert.equal((await response.json()).error.code, "too_many_pending_checkouts");
+      } else {
+        assert.equal(await storedAddress(h, response), address);
+      }
+    }
+    assert.deepEqual(statuses, [201, 201, 201, 429, 429]);
+  }));
+
+Deno.test("a victim's email used up to the limit from one address does not block the victim from another", () =>
+  withLimits(async (h) => {
+    const victim = `victim-${crypto.randomUUID()}@example.com`;
+    const attacker = randomAddress();
+    for (let i = 0; i < LIMITS.maxPendingPerBuyer; i++) {
+      assert.equal((await order(h, victim, attacker)).status, 201);
+    }
+    const blocked = await order(h, victim, attacker);
+    assert.equal(blocked.status, 429, "the attacker's address is limited for that email");
+    assert.equal((await blocked.json()).error.code, "too_many_pending_checkouts");
+
+    const own = await order(h, victim, randomAddress());
+    assert.equal(own.status, 201, "the victim checks out from their own address");
+  }));
+
+Deno.test("a signed-in buyer is limited per user id, whatever the address", () =>
+  withLimits(async (h) => {
+    const userId = crypto.randomUUID();
+    await h.sql`insert into auth.users (id, email) values (${userId}, ${`${userId}@example.com`})`;
+    const token = await userToken(userId);
+    const statuses = [];
+    for (let i = 0; i < 3; i++) {
+      const response = await h.enhanced(checkoutRequest(
+        { eventId: h.event.id, items: [{ tierId: h.event.balcony, quantity: 1 }] },
+        { token, headers: { "x-forwarded-for": randomAddress() } },
+      ));
+      statuses.push(response.status);
+    }
+    assert.deepEqual(statuses, [201, 201, 429]);
+  }));
+
+Deno.test("CHECKOUT_CLIENT_IP_HEADER names the address; X-Forwarded-For is then ignored", () =>
+  withLimits(async (h) => {
+    const address = randomAddress();
+    const statuses = [];
+    for (let i = 0; i < 4; i++) {
+      const response = await guestOrder(h, `header-${i}-${crypto.randomUUID()}@example.com`, {
+        "cf-connecting-ip": ` ${address.toUpperCase()} `,
+        "x-forwarded-for": `${randomAddress()}, ${randomAddress()}`,
+      });
+      statuses.push(response.status);
+      if (i === 0) assert.equal(await storedAddress(h, response), address, "trimmed, normalized");
+    }
+    assert.deepEqual(statuses, [201, 201, 201, 429]);
+
+    const fixedForwardedFor = randomAddress();
+    for (let i = 0; i < 4; i++) {
+      const response = await guestOrder(h, `spread-${i}-${crypto.randomUUID()}@example.com`, {
+        "cf-connecting-ip": randomAddress(),
+        "x-forwarded-for": fixedForwardedFor,
+      });
+      assert.equal(response.status, 201, "a shared X-Forwarded-For does not limit");
+    }
+
+    const missing = await guestOrder(h, `missing-${crypto.randomUUID()}@example.com`, {
+      "x-forwarded-for": address,
+    });
+    assert.equal(missing.status, 201);
+    assert.equal(await storedAddress(h, missing), null, "no header, no address");
+  }, { trustedProxyHops: 1, header: "cf-connecting-ip" }));
+
+Deno.test("CHECKOUT_TRUSTED_PROXY_HOPS=2 takes the second X-Forwarded-For entry from the right", () =>
+  withLimits(async (h) => {
+    const address = randomAddress();
+    const statuses = [];
+    for (let i = 0; i < 4; i++) {
+      const response = await guestOrder(h, `hops-${i}-${crypto.randomUUID()}@example.com`, {
+        "x-forwarded-for": `${randomAddress()}, ${address}, ${randomAddress()}`,
+      });
+      statuses.push(response.status);
+      if (i === 0) assert.equal(await storedAddress(h, response), address);
+    }
+    assert.deepEqual(statuses, [201, 201, 201, 429]);
+
+    // One entry where two proxies should have written: no address, so no per-address limit.
+    const lone = randomAddress();
+    for (let i = 0; i < 4; i++) {
+      const response = await guestOrder(h, `short-${i}-${crypto.randomUUID()}@example.com`, {
+        "x-forwarded-for": lone,
+      });
+      assert.equal(response.status, 201);
+      assert.equal(await storedAddress(h, response), null);
+    }
+  }, { trustedProxyHops: 2, header: null }));
+
+Deno.test("a guest with no known address is limited per email among holds with no address", () =>
+  withLimits(async (h) => {
+    const email = `unknown-${crypto.randomUUID()}@example.com`;
+    const statuses = [];
+    for (let i = 0; i < 3; i++) {
+      statuses.push((await guestOrder(h, email, { "x-forwarded-for": "unknown" })).status);
+    }
+    assert.deepEqual(statuses, [201, 201, 429]);
+    assert.equal((await order(h, email, randomAddress())).status, 201, "a known address is apart");
   }));

@@ -20,7 +20,7 @@ create table public.orders (
   -- The checkout operation (its client Idempotency-Key) that made this order; lets a webhook
   -- find the operation's idempotency record when the session ends.
   checkout_operation_id text check (length(checkout_operation_id) <= 150),
-  -- The client's address (first X-Forwarded-For hop), for the pending-hold limits.
+  -- The client's address as the platform's proxy saw it, for the pending-hold limits.
   client_address inet,
   -- Where Stripe sends the buyer back; kept so that a retried Stripe call (reconciliation)
   -- sends exactly the parameters of the first one.
@@ -52,8 +52,9 @@ create index orders_event_id_idx on public.orders (event_id);
 -- Every order an operation made: a claim refuses to open a new payment while one is paid.
 create index orders_checkout_operation_id_idx on public.orders (checkout_operation_id)
   where checkout_operation_id is not null;
--- Pending holds per buyer and per client address, for the hold-flooding limits.
-create index orders_pending_guest_idx on public.orders (guest_email, created_at) where status = 'pending';
+-- Pending holds per buyer (user, or guest email and address) and per client address, for the
+-- hold-flooding limits.
+create index orders_pending_guest_idx on public.orders (guest_email, client_address, created_at) where status = 'pending';
 create index orders_pending_user_idx on public.orders (user_id, created_at) where status = 'pending';
 create index orders_pending_address_idx on public.orders (client_address, created_at) where status = 'pending';
 

@@ -182,11 +182,15 @@ $$;
 comment on function public.checkout_operation_payment(text) is
   'Internal: the paid (or paying) order of a checkout operation, or null.';
 
--- Hold flooding: one buyer (user or guest email) and one client address may each hold at most
--- so many pending checkouts created within the window; beyond that CK006, whose DETAIL is the
--- number of seconds until a slot frees (Retry-After). Advisory locks per buyer and per address
--- make the count and the insert that follows atomic against concurrent checkouts of the same
--- client (buyer lock first, then address: one order everywhere, no deadlock).
+-- Hold flooding: one buyer and one client address may each hold at most so many pending
+-- checkouts created within the window; beyond that CK006, whose DETAIL is the number of seconds
+-- until a slot frees (Retry-After). A signed-in buyer is their user id; a guest is the pair
+-- (email, client address), because anyone can type an email: holds made with a victim's email
+-- from one address never block the victim elsewhere. A guest whose address is unknown counts
+-- with the other holds of that email with no address (not with all of the email's holds, which
+-- would let a stranger lock it out again). Advisory locks per buyer and per address make the
+-- count and the insert that follows atomic against concurrent checkouts of the same client
+-- (buyer lock first, then address: one order everywhere, no deadlock).
 create or replace function public.enforce_pending_hold_limits(
   p_user_id uuid,
   p_guest_email text,
@@ -207,12 +211,29 @@ declare
   v_frees timestamptz;
 begin
   if p_max_per_buyer is not null and num_nonnulls(p_user_id, p_guest_email) = 1 then
-    perform pg_advisory_xact_lock(hashtextextended('checkout-buyer:' || coalesce(p_user_id::text, p_guest_email), 0));
-    select count(*), min(least(o.hold_expires_at, o.created_at + make_interval(secs => coalesce(p_window_seconds, 1800))))
-    into v_count, v_frees
-    from public.orders o
-    where o.status = 'pending' and o.created_at > v_since and o.hold_expires_at > p_now
-      and (o.user_id = p_user_id or o.guest_email = p_guest_email);
+    -- Keyed on the buyer tuple; an email has no whitespace, so email || ' ' || address is unambiguous.
+    perform pg_advisory_xact_lock(hashtextextended('checkout-buyer:' ||
+      coalesce(p_user_id::text, p_guest_email || ' ' || coalesce(host(p_client_address), '')), 0));
+    -- One branch per kind of buyer, so that each is a plain equality on its index.
+    if p_user_id is not null then
+      select count(*), min(least(o.hold_expires_at, o.created_at + make_interval(secs => coalesce(p_window_seconds, 1800))))
+      into v_count, v_frees
+      from public.orders o
+      where o.status = 'pending' and o.created_at > v_since and o.hold_expires_at > p_now
+        and o.user_id = p_user_id;
+    elsif p_client_address is not null then
+      select count(*), min(least(o.hold_expires_at, o.created_at + make_interval(secs => coalesce(p_window_seconds, 1800))))
+      into v_count, v_frees
+      from public.orders o
+      where o.status = 'pending' and o.created_at > v_since and o.hold_expires_at > p_now
+        and o.guest_email = p_guest_email and o.client_address = p_client_address;
+    else
+      select count(*), min(least(o.hold_expires_at, o.created_at + make_interval(secs => coalesce(p_window_seconds, 1800))))
+      into v_count, v_frees
+      from public.orders o
+      where o.status = 'pending' and o.created_at > v_since and o.hold_expires_at > p_now
+        and o.guest_email = p_guest_email and o.client_address is null;
+    end if;
     if v_count >= p_max_per_buyer then
       raise exception using errcode = 'CK006',
         message = format('Cannot create checkout: this buyer already has %s pending checkouts', v_count),
@@ -235,7 +256,7 @@ begin
 end;
 $$;
 comment on function public.enforce_pending_hold_limits(uuid, text, inet, integer, integer, integer, timestamptz) is
-  'Internal to claim_checkout: CK006 when a buyer or an address holds too many pending checkouts.';
+  'Internal to claim_checkout: CK006 when a buyer (user id, or guest email and address) or an address holds too many pending checkouts.';
 
 -- The renew branch of claim_checkout: the operation's session ended, so it is re-armed with the
 -- caller's new key for a fresh session. Under the locks (operation, then order) it checks what

@@ -8,6 +8,7 @@ import {
   createCheckoutHandler,
   sqlCheckoutStore,
 } from "../../supabase/functions/_shared/checkout.ts";
+import type { ClientAddressConfig } from "../../supabase/functions/_shared/client-address.ts";
 import type { HoldLimits, Sql } from "../../supabase/functions/_shared/db.ts";
 import { createStripeClient, type Stripe } from "../../supabase/functions/_shared/stripe.ts";
 import { openPool } from "./database.ts";
@@ -49,6 +50,8 @@ export async function startHarness(
     wrapStore?: (store: CheckoutStore) => CheckoutStore;
     leaseSeconds?: number;
     holdLimits?: HoldLimits;
+    /** Where the client address comes from (default: the rightmost X-Forwarded-For entry). */
+    clientAddress?: ClientAddressConfig;
     /** The Stripe client's per-request timeout (default 3 s). */
     stripeTimeoutMs?: number;
   } = {},
@@ -71,6 +74,7 @@ export async function startHarness(
     sessionTtlMinutes: 30,
     leaseSeconds: options.leaseSeconds,
     holdLimits: options.holdLimits,
+    clientAddress: options.clientAddress,
     log: (line: Record<string, unknown>) => logs.push(line),
   };
   return {

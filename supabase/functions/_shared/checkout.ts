@@ -7,6 +7,7 @@ import type Stripe from "stripe";
 import type { TokenVerifier } from "./auth.ts";
 import { checkoutSessionParams } from "./checkout-session.ts";
 import { fingerprint, makeStripeIdempotencyKey, OPERATION } from "./checkout-utils.ts";
+import { clientAddress, type ClientAddressConfig } from "./client-address.ts";
 import {
   type CheckoutClaim,
   type CheckoutClaimInput,
@@ -82,6 +83,8 @@ export interface CheckoutDeps {
   leaseSeconds?: number;
   /** Hold-flooding limits for new checkouts; absent means unlimited. */
   holdLimits?: HoldLimits;
+  /** Where the per-address limit reads the client's address; absent means the rightmost XFF entry. */
+  clientAddress?: ClientAddressConfig;
   log?: RequestLog;
 }
 
@@ -228,7 +231,7 @@ async function handle(
     guestName: "email" in buyer ? buyer.name : null,
     successUrl,
     cancelUrl,
-    clientAddress: clientAddress(request),
+    clientAddress: clientAddress(request, deps.clientAddress),
     limits: deps.holdLimits,
     holdSeconds: deps.sessionTtlMinutes * 60 + HOLD_GRACE_SECONDS,
     holdGraceSeconds: deps.holdGraceSeconds ?? DEFAULT_HOLD_GRACE_SECONDS,
@@ -412,22 +415,6 @@ function fromSqlError(error: unknown): unknown {
     ? { "retry-after": String((error as { detail?: string }).detail ?? "60") }
     : undefined;
   return new HttpError(mapped[0], mapped[1], message, undefined, retryAfter);
-}
-
-/**
- * The client's address: the first X-Forwarded-For hop, as the Supabase gateway sets it. Not an
- * IP address → null (the per-address limit then does not apply; the per-buyer one still does).
- */
-function clientAddress(request: Request): string | null {
-  const first = request.headers.get("x-forwarded-for")?.split(",")[0]?.trim() ?? "";
-  if (/^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/.test(first)) return first;
-  if (!/^[0-9a-fA-F:.]{2,45}$/.test(first) || !first.includes(":")) return null;
-  try {
-    // The URL parser accepts exactly the IPv6 literals; it returns them normalized.
-    return new URL(`http://[${first}]/`).hostname.slice(1, -1);
-  } catch {
-    return null;
-  }
 }
 
 function unexpected(error: unknown, entry: Record<string, unknown>): HttpError {

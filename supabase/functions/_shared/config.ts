@@ -1,3 +1,4 @@
+import type { ClientAddressConfig } from "./client-address.ts";
 import type { HoldLimits } from "./db.ts";
 
 /**
@@ -13,6 +14,7 @@ export interface CheckoutConfig extends BaseConfig, TokenKeys {
   /** CHECKOUT_HOLD_GRACE_MINUTES: how long seats outlive expires_at without word from Stripe. */
   holdGraceSeconds: number;
   holdLimits: HoldLimits;
+  clientAddress: ClientAddressConfig;
 }
 
 /** Reads a variable by name; the default reader is Deno.env. */
@@ -109,11 +111,28 @@ export function loadCheckoutConfig(
     ...base,
     ...keys,
     holdLimits,
+    clientAddress: loadClientAddressConfig(env),
     siteUrl,
     allowedOrigins: new Set(origins),
     sessionTtlMinutes,
     holdGraceSeconds: integer(env, "CHECKOUT_HOLD_GRACE_MINUTES", 60, 0, 1440) * 60,
   };
+}
+
+/** Where the per-address limit finds the client's address; see client-address.ts. */
+export function loadClientAddressConfig(env: EnvReader): ClientAddressConfig {
+  const trustedProxyHops = integer(env, "CHECKOUT_TRUSTED_PROXY_HOPS", 1, 1, 10);
+  const header = env("CHECKOUT_CLIENT_IP_HEADER")?.trim().toLowerCase() || null;
+  if (header !== null && !/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(header)) {
+    throw new ConfigError("CHECKOUT_CLIENT_IP_HEADER must be an HTTP header name, e.g. x-real-ip");
+  }
+  // Its value is a list whose leftmost entries the client writes: the hop count picks from it.
+  if (header === "x-forwarded-for") {
+    throw new ConfigError(
+      "CHECKOUT_CLIENT_IP_HEADER cannot be x-forwarded-for: leave it unset and set CHECKOUT_TRUSTED_PROXY_HOPS",
+    );
+  }
+  return { trustedProxyHops, header };
 }
 
 /** Configuration of stripe-webhook. */

@@ -33,6 +33,7 @@ export function checkoutHandlerFromEnv(
     sessionTtlMinutes: config.sessionTtlMinutes,
     holdGraceSeconds: config.holdGraceSeconds,
     holdLimits: config.holdLimits,
+    clientAddress: config.clientAddress,
     verifyToken: endpoint === "enhanced-checkout"
       ? tokenVerifier(config, "authenticated")
       : undefined,

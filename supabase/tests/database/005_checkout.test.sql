@@ -1,6 +1,6 @@
 -- Checkout claim, record and release: orders, prices from the tiers, capacity holds, renewals.
 begin;
-select plan(56);
+select plan(63);
 
 insert into events.events (id, title, currency, status) values
   ('e0000000-0000-4000-8000-000000000001', 'Test Gig', 'eur', 'published'),
@@ -179,6 +179,40 @@ select is((select status from public.orders where id = (select order_id from c8)
 create temp table c10 as select * from pg_temp.claim('op-checkout-0000006', 'a', 'a', pg_temp.items(0, 1), 4000);
 select is((select outcome from pg_temp.claim('op-checkout-0000006', 'b', 'a', pg_temp.items(0, 1), 4000 + 31)),
   'takeover', 'an early takeover keeps the same key and order');
+
+-- hold limits: a guest is (email, address), a user is their id, an address spans buyers
+create function pg_temp.hold(p_email text, p_address inet, p_user uuid default null) returns void language sql as $$
+  insert into public.orders (event_id, user_id, guest_email, currency, amount_total, client_address,
+                             hold_expires_at, seats_held_until, created_at)
+  values ('e0000000-0000-4000-8000-000000000001', p_user, p_email, 'eur', 0, p_address,
+          '2030-06-01 12:30:00+00', '2030-06-01 13:30:00+00', '2030-06-01 12:00:00+00')
+$$;
+create function pg_temp.limits(p_email text, p_address inet, p_user uuid default null) returns void language sql as $$
+  select public.enforce_pending_hold_limits(p_user, p_email, p_address, 2, 3, 1800, '2030-06-01 12:01:00+00')
+$$;
+select pg_temp.hold('victim@example.com', '192.0.2.1'), pg_temp.hold('victim@example.com', '192.0.2.1');
+select throws_ok($$select pg_temp.limits('victim@example.com', '192.0.2.1')$$,
+  'CK006', 'Cannot create checkout: this buyer already has 2 pending checkouts',
+  'a guest email at its limit from one address is refused there');
+select lives_ok($$select pg_temp.limits('victim@example.com', '198.51.100.7')$$,
+  'the same email from another address is not');
+select lives_ok($$select pg_temp.limits('victim@example.com', null)$$,
+  'nor from an unknown address');
+select pg_temp.hold('victim@example.com', null), pg_temp.hold('victim@example.com', null);
+select throws_ok($$select pg_temp.limits('victim@example.com', null)$$,
+  'CK006', null, 'an unknown address counts the email''s holds with no address');
+insert into auth.users (id, email) values ('a0000000-0000-4000-8000-000000000001', 'user@example.com');
+select pg_temp.hold(null, '192.0.2.10', 'a0000000-0000-4000-8000-000000000001'),
+       pg_temp.hold(null, '192.0.2.11', 'a0000000-0000-4000-8000-000000000001');
+select throws_ok($$select pg_temp.limits(null, '192.0.2.12', 'a0000000-0000-4000-8000-000000000001')$$,
+  'CK006', null, 'a signed-in buyer is counted per user id, across addresses');
+select pg_temp.hold('third@example.com', '192.0.2.1');
+select throws_ok($$select pg_temp.limits('fourth@example.com', '192.0.2.1')$$,
+  'CK006', 'Cannot create checkout: this address already has 3 pending checkouts',
+  'an address is counted across buyers');
+select is((select count(*)::int from pg_indexes where indexname = 'orders_pending_guest_idx'
+           and indexdef like '%(guest_email, client_address, created_at)%'), 1,
+  'the guest limit''s index leads with (email, address)');
 
 select * from finish();
 rollback;
