@@ -119,16 +119,27 @@ Deno.test("CHECKOUT_ALLOWED_ORIGINS is a comma-separated list of origins; a path
   throwsNaming("CHECKOUT_ALLOWED_ORIGINS", { CHECKOUT_ALLOWED_ORIGINS: "*" });
 });
 
-Deno.test("CHECKOUT_SESSION_TTL_MINUTES defaults to 30 and accepts whole minutes from 30 to 1440", () => {
+Deno.test("CHECKOUT_SESSION_TTL_MINUTES defaults to 30 and accepts whole minutes from 30 to 1438", () => {
   assert.equal(load().sessionTtlMinutes, 30);
   assert.equal(load({ CHECKOUT_SESSION_TTL_MINUTES: "30" }).sessionTtlMinutes, 30);
   assert.equal(load({ CHECKOUT_SESSION_TTL_MINUTES: "90" }).sessionTtlMinutes, 90);
-  assert.equal(load({ CHECKOUT_SESSION_TTL_MINUTES: "1440" }).sessionTtlMinutes, 1440);
+  // 1438 minutes plus the two minutes of grace is exactly Stripe's 24-hour maximum.
+  assert.equal(load({ CHECKOUT_SESSION_TTL_MINUTES: "1438" }).sessionTtlMinutes, 1438);
 });
 
-Deno.test("a CHECKOUT_SESSION_TTL_MINUTES outside 30..1440 or not a whole number throws", () => {
-  for (const ttl of ["29", "1441", "abc", "0", "-30", "45.5", "1e3x", "Infinity"]) {
+Deno.test("a CHECKOUT_SESSION_TTL_MINUTES outside 30..1438 or not a whole number throws", () => {
+  for (const ttl of ["29", "1439", "1440", "1441", "abc", "0", "-30", "45.5", "1e3x", "Infinity"]) {
     throwsNaming("CHECKOUT_SESSION_TTL_MINUTES", { CHECKOUT_SESSION_TTL_MINUTES: ttl });
+  }
+});
+
+Deno.test("a refused CHECKOUT_SESSION_TTL_MINUTES says the range that fits Stripe's window", () => {
+  for (const ttl of ["1439", "1440", "29"]) {
+    assert.throws(
+      () => load({ CHECKOUT_SESSION_TTL_MINUTES: ttl }),
+      (error: unknown) => error instanceof ConfigError && error.message.includes("30 to 1438"),
+      ttl,
+    );
   }
 });
 

@@ -5,7 +5,7 @@
  */
 import type Stripe from "stripe";
 import type { TokenVerifier } from "./auth.ts";
-import { checkoutSessionParams } from "./checkout-session.ts";
+import { checkoutSessionParams, HOLD_GRACE_SECONDS } from "./checkout-session.ts";
 import { fingerprint, makeStripeIdempotencyKey, OPERATION } from "./checkout-utils.ts";
 import {
   type CheckoutClaim,
@@ -83,8 +83,6 @@ export interface CheckoutResponse {
   expiresAt: string;
 }
 
-/** Margin on top of the session TTL, so Stripe's 30-minute minimum holds despite latency. */
-const HOLD_GRACE_SECONDS = 120;
 const DEFAULT_LEASE_SECONDS = 30;
 
 /** Maps the checkout SQL functions' SQLSTATEs to HTTP errors. */

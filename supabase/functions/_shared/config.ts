@@ -1,3 +1,8 @@
+import {
+  HOLD_GRACE_SECONDS,
+  STRIPE_SESSION_MAX_SECONDS,
+  STRIPE_SESSION_MIN_SECONDS,
+} from "./checkout-session.ts";
 import type { HoldLimits } from "./db.ts";
 
 /**
@@ -12,6 +17,15 @@ export interface CheckoutConfig extends BaseConfig, TokenKeys {
   sessionTtlMinutes: number;
   holdLimits: HoldLimits;
 }
+
+/**
+ * CHECKOUT_SESSION_TTL_MINUTES bounds: the whole hold (TTL plus grace) becomes the session's
+ * `expires_at`, so it must fit Stripe's window or every checkout is refused.
+ */
+export const MIN_SESSION_TTL_MINUTES = Math.ceil(STRIPE_SESSION_MIN_SECONDS / 60);
+export const MAX_SESSION_TTL_MINUTES = Math.floor(
+  (STRIPE_SESSION_MAX_SECONDS - HOLD_GRACE_SECONDS) / 60,
+);
 
 /** Reads a variable by name; the default reader is Deno.env. */
 export type EnvReader = (name: string) => string | undefined;
@@ -90,11 +104,17 @@ export function loadCheckoutConfig(
     }
   }
 
-  const ttlText = env("CHECKOUT_SESSION_TTL_MINUTES") || "30";
+  const ttlText = env("CHECKOUT_SESSION_TTL_MINUTES") || String(MIN_SESSION_TTL_MINUTES);
   const sessionTtlMinutes = Number(ttlText);
-  // Stripe accepts expires_at between 30 minutes and 24 hours after creation.
-  if (!Number.isInteger(sessionTtlMinutes) || sessionTtlMinutes < 30 || sessionTtlMinutes > 1440) {
-    throw new ConfigError("CHECKOUT_SESSION_TTL_MINUTES must be an integer from 30 to 1440");
+  if (
+    !Number.isInteger(sessionTtlMinutes) || sessionTtlMinutes < MIN_SESSION_TTL_MINUTES ||
+    sessionTtlMinutes > MAX_SESSION_TTL_MINUTES
+  ) {
+    throw new ConfigError(
+      `CHECKOUT_SESSION_TTL_MINUTES must be an integer from ${MIN_SESSION_TTL_MINUTES} to ` +
+        `${MAX_SESSION_TTL_MINUTES}: with ${HOLD_GRACE_SECONDS} seconds of grace, the hold must ` +
+        "end 30 minutes to 24 hours after the Checkout Session is created (Stripe's expires_at)",
+    );
   }
 
   const holdLimits: HoldLimits = {
