@@ -171,6 +171,31 @@ Deno.test("pending-hold limits default to 5 per buyer and 20 per address over 30
   throwsNaming("CHECKOUT_PENDING_WINDOW_MINUTES", { CHECKOUT_PENDING_WINDOW_MINUTES: "1.5" });
 });
 
+Deno.test("user tokens must say aud authenticated and iss <SUPABASE_URL>/auth/v1 by default, anonymous users refused", () => {
+  const config = load({ SUPABASE_URL: "https://project.supabase.co/" }, true);
+  assert.equal(config.jwtAudience, "authenticated");
+  assert.equal(config.jwtIssuer, "https://project.supabase.co/auth/v1");
+  assert.equal(config.allowAnonymousUsers, false);
+  assert.equal(load({ SUPABASE_URL: undefined }, true).jwtIssuer, null, "unknown: not checked");
+});
+
+Deno.test("CHECKOUT_JWT_AUDIENCE, CHECKOUT_JWT_ISSUER and CHECKOUT_ALLOW_ANONYMOUS_USERS override the token rules", () => {
+  const config = load({
+    CHECKOUT_JWT_AUDIENCE: "storefront",
+    CHECKOUT_JWT_ISSUER: "http://127.0.0.1:54321/auth/v1",
+    CHECKOUT_ALLOW_ANONYMOUS_USERS: "true",
+  }, true);
+  assert.equal(config.jwtAudience, "storefront");
+  assert.equal(config.jwtIssuer, "http://127.0.0.1:54321/auth/v1");
+  assert.equal(config.allowAnonymousUsers, true);
+  assert.equal(load({ CHECKOUT_ALLOW_ANONYMOUS_USERS: "false" }).allowAnonymousUsers, false);
+  assert.equal(load({ CHECKOUT_JWT_AUDIENCE: "" }).jwtAudience, "authenticated");
+  for (const value of ["yes", "1", "TRUE", "on"]) {
+    throwsNaming("CHECKOUT_ALLOW_ANONYMOUS_USERS", { CHECKOUT_ALLOW_ANONYMOUS_USERS: value });
+  }
+  throwsNaming("CHECKOUT_JWT_ISSUER", { CHECKOUT_JWT_ISSUER: "not a url" });
+});
+
 Deno.test("webhook and reconcile configurations name what they miss", () => {
   const env = (vars: Record<string, string>) => (name: string) => vars[name];
   assert.throws(

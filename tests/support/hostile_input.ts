@@ -499,6 +499,11 @@ export function authMayBeValid(auth: AuthSpec): boolean {
   if (!isRecord(header) || header.alg !== "HS256" || !isRecord(claims)) return false;
   const now = nowSeconds();
   if (claims.role !== "authenticated") return false;
+  const aud = claims.aud;
+  if (aud !== "authenticated" && !(Array.isArray(aud) && aud.includes("authenticated"))) {
+    return false;
+  }
+  if (claims.is_anonymous !== undefined && claims.is_anonymous !== false) return false;
   if (typeof claims.exp !== "number" || claims.exp < now - 60) return false;
   if (typeof claims.nbf === "number" && claims.nbf > now + 60) return false;
   return typeof claims.sub === "string" && LOOSE_UUID.test(claims.sub);
@@ -1189,7 +1194,8 @@ function forgedAuth(world: CheckoutWorld): fc.Arbitrary<AuthSpec> {
       weight: 1,
       arbitrary: badRole,
     }),
-    aud: fc.constantFrom("authenticated", "anon", undefined),
+    aud: fc.constantFrom("authenticated", "anon", undefined, ["authenticated"], ["anon"], []),
+    is_anonymous: fc.constantFrom(undefined, undefined, false, true, "true", 1, null),
     iat: fc.constant(nowSeconds()),
     exp: fc.oneof(
       { weight: 3, arbitrary: fc.constant(nowSeconds() + 3600) },

@@ -11,7 +11,7 @@ import type { HoldLimits } from "./db.ts";
  */
 
 /** Everything the checkout functions read from the environment. */
-export interface CheckoutConfig extends BaseConfig, TokenKeys {
+export interface CheckoutConfig extends BaseConfig, TokenKeys, UserTokenRules {
   siteUrl: URL;
   allowedOrigins: ReadonlySet<string>;
   sessionTtlMinutes: number;
@@ -52,6 +52,16 @@ export interface TokenKeys {
   jwksUrl: URL | null;
 }
 
+/** What a signed-in buyer's token must say, beyond its signature, role and expiry. */
+export interface UserTokenRules {
+  /** CHECKOUT_JWT_AUDIENCE, default "authenticated". */
+  jwtAudience: string;
+  /** CHECKOUT_JWT_ISSUER, else `<SUPABASE_URL>/auth/v1`; null (not checked) without either. */
+  jwtIssuer: string | null;
+  /** CHECKOUT_ALLOW_ANONYMOUS_USERS=true lets anonymous sign-ins buy; default false. */
+  allowAnonymousUsers: boolean;
+}
+
 /** Database and Stripe settings, shared by every function. */
 export function loadBaseConfig(env: EnvReader): BaseConfig {
   const databaseUrl = env("SUPABASE_DB_URL") || env("DATABASE_URL");
@@ -80,6 +90,26 @@ export function loadTokenKeys(env: EnvReader, purpose: string | null): TokenKeys
     );
   }
   return { jwtSecret, jwksUrl };
+}
+
+/** The audience, issuer and anonymous-user rules for signed-in buyers' tokens. */
+export function loadUserTokenRules(env: EnvReader): UserTokenRules {
+  const issuerText = env("CHECKOUT_JWT_ISSUER");
+  const projectUrl = env("SUPABASE_URL");
+  let jwtIssuer: string | null = null;
+  if (issuerText) {
+    url("CHECKOUT_JWT_ISSUER", issuerText);
+    jwtIssuer = issuerText;
+  } else if (projectUrl) {
+    url("SUPABASE_URL", projectUrl);
+    // Supabase Auth signs with iss = the project URL + /auth/v1.
+    jwtIssuer = `${projectUrl.replace(/\/+$/, "")}/auth/v1`;
+  }
+  return {
+    jwtAudience: env("CHECKOUT_JWT_AUDIENCE") || "authenticated",
+    jwtIssuer,
+    allowAnonymousUsers: flag(env, "CHECKOUT_ALLOW_ANONYMOUS_USERS"),
+  };
 }
 
 /** Parses the checkout configuration. */
@@ -126,6 +156,7 @@ export function loadCheckoutConfig(
   return {
     ...base,
     ...keys,
+    ...loadUserTokenRules(env),
     holdLimits,
     siteUrl,
     allowedOrigins: new Set(origins),
@@ -176,6 +207,14 @@ function integer(env: EnvReader, name: string, fallback: number, min: number, ma
     throw new ConfigError(`${name} must be an integer from ${min} to ${max}`);
   }
   return value;
+}
+
+/** `true` or `false`; unset or empty is false. */
+function flag(env: EnvReader, name: string): boolean {
+  const text = env(name);
+  if (!text || text === "false") return false;
+  if (text === "true") return true;
+  throw new ConfigError(`${name} must be true or false`);
 }
 
 function required(env: EnvReader, name: string): string {

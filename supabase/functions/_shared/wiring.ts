@@ -2,7 +2,7 @@
  * Wiring for the entry points: environment → clients → handler. Only the index.ts files call
  * these, with Deno.env, so only they read the environment. Bad configuration fails at start-up.
  */
-import { createTokenVerifier, type Jwk, type TokenVerifier } from "./auth.ts";
+import { createTokenVerifier, type Jwk, type TokenVerifier, type VerifierOptions } from "./auth.ts";
 import { createCheckoutHandler, sqlCheckoutStore } from "./checkout.ts";
 import {
   type EnvReader,
@@ -33,7 +33,12 @@ export function checkoutHandlerFromEnv(
     sessionTtlMinutes: config.sessionTtlMinutes,
     holdLimits: config.holdLimits,
     verifyToken: endpoint === "enhanced-checkout"
-      ? tokenVerifier(config, "authenticated")
+      ? tokenVerifier(config, {
+        requiredRole: "authenticated",
+        audience: config.jwtAudience,
+        issuer: config.jwtIssuer,
+        allowAnonymous: config.allowAnonymousUsers,
+      })
       : undefined,
   });
 }
@@ -55,7 +60,8 @@ export function reconcileHandlerFromEnv(env: EnvReader): Handler {
     sql: openDatabase(config.databaseUrl),
     stripe: createStripeClient(config.stripeSecretKey, { apiBase: config.stripeApiBase }),
     staleSeconds: config.staleSeconds,
-    verifyToken: tokenVerifier(config, "service_role"),
+    // The service role key says iss "supabase" and has no aud: only its role is checked.
+    verifyToken: tokenVerifier(config, { requiredRole: "service_role" }),
   });
 }
 
@@ -67,12 +73,12 @@ function openDatabase(url: string): Sql {
 
 function tokenVerifier(
   keys: TokenKeys,
-  requiredRole: "authenticated" | "service_role",
+  rules: Pick<VerifierOptions, "requiredRole" | "audience" | "issuer" | "allowAnonymous">,
 ): TokenVerifier {
   const jwksUrl = keys.jwksUrl;
   return createTokenVerifier({
+    ...rules,
     jwtSecret: keys.jwtSecret,
-    requiredRole,
     fetchJwks: jwksUrl
       ? async () => {
         const response = await fetch(jwksUrl, { signal: AbortSignal.timeout(5_000) });
