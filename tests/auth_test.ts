@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { createTokenVerifier, type Jwk } from "../supabase/functions/_shared/auth.ts";
 import { HttpError } from "../supabase/functions/_shared/http.ts";
+import { checkoutHandlerFromEnv } from "../supabase/functions/_shared/wiring.ts";
 import {
   ALLOWED_ORIGIN,
   checkoutRequest,
@@ -92,6 +93,18 @@ Deno.test("enhanced-checkout answers 401 unauthorized for every missing or bad t
         `Bearer ${base64Url(JSON.stringify({ alg: "HS512", typ: "JWT" }))}.${payload}.${
           valid.split(".")[2]
         }`,
+      ],
+      ["aud anon", `Bearer ${await userToken(userId, { aud: "anon" })}`],
+      ["no aud", `Bearer ${await userToken(userId, { aud: undefined })}`],
+      [
+        "aud an array without authenticated",
+        `Bearer ${await userToken(userId, { aud: ["anon", "service_role"] })}`,
+      ],
+      ["aud an empty array", `Bearer ${await userToken(userId, { aud: [] })}`],
+      ["aud a number", `Bearer ${await userToken(userId, { aud: 1 })}`],
+      [
+        "an anonymous sign-in (is_anonymous)",
+        `Bearer ${await userToken(userId, { is_anonymous: true })}`,
       ],
       ["role anon", `Bearer ${await userToken(userId, { role: "anon" })}`],
       ["role service_role", `Bearer ${await userToken(userId, { role: "service_role" })}`],
@@ -406,4 +419,204 @@ Deno.test("an HS256 token is refused by a verifier configured with the JWKS only
     kid: "es-1",
   });
   await rejects401(hsOnly(`Bearer ${esToken}`), "ES256 without a JWKS");
+});
+
+// ---------------------------------------------------------------- audience, issuer, anonymous
+
+const ISSUER = "https://project.supabase.co/auth/v1";
+
+Deno.test("aud may be a string or an array that contains the audience, which is configurable", async () => {
+  const sub = crypto.randomUUID();
+  const byDefault = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET });
+  for (const aud of ["authenticated", ["authenticated"], ["storefront", "authenticated"]]) {
+    const token = await userToken(sub, { aud });
+    assert.equal((await byDefault(`Bearer ${token}`)).sub, sub, JSON.stringify(aud));
+  }
+  const custom = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET, audience: "checkout" });
+  assert.equal((await custom(`Bearer ${await userToken(sub, { aud: "checkout" })}`)).sub, sub);
+  assert.equal(
+    (await custom(`Bearer ${await userToken(sub, { aud: ["x", "checkout"] })}`)).sub,
+    sub,
+  );
+  for (const aud of ["authenticated", "Checkout", "checkout ", ["authenticated"], undefined]) {
+    await rejects401(
+      custom(`Bearer ${await userToken(sub, { aud })}`),
+      `aud ${JSON.stringify(aud)} for audience checkout`,
+    );
+  }
+});
+
+Deno.test("with an issuer configured, a token from another issuer or none is 401", async () => {
+  const sub = crypto.randomUUID();
+  const verify = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET, issuer: ISSUER });
+  assert.equal((await verify(`Bearer ${await userToken(sub, { iss: ISSUER })}`)).sub, sub);
+  for (
+    const iss of [
+      "https://other.supabase.co/auth/v1",
+      `${ISSUER}/`,
+      "https://project.supabase.co",
+      "supabase",
+      [ISSUER],
+      undefined,
+    ]
+  ) {
+    await rejects401(
+      verify(`Bearer ${await userToken(sub, { iss })}`),
+      `iss ${JSON.stringify(iss)}`,
+    );
+  }
+});
+
+Deno.test("an anonymous sign-in is 401 unless anonymous users are allowed", async () => {
+  const sub = crypto.randomUUID();
+  const anonymous = await userToken(sub, { is_anonymous: true });
+  const strict = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET });
+  await rejects401(strict(`Bearer ${anonymous}`), "is_anonymous true");
+  await rejects401(
+    strict(`Bearer ${await userToken(sub, { is_anonymous: "true" })}`),
+    "is_anonymous a string",
+  );
+  assert.equal(
+    (await strict(`Bearer ${await userToken(sub, { is_anonymous: false })}`)).sub,
+    sub,
+    "a permanent user says is_anonymous false",
+  );
+  const lenient = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET, allowAnonymous: true });
+  assert.equal((await lenient(`Bearer ${anonymous}`)).sub, sub);
+});
+
+Deno.test("the service role's key (iss supabase, no aud) is accepted by the service-role verifier", async () => {
+  const verify = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET, requiredRole: "service_role" });
+  const exp = nowSeconds() + 3600;
+  const legacy = await signToken({ iss: "supabase", ref: "project", role: "service_role", exp });
+  assert.equal((await verify(`Bearer ${legacy}`)).role, "service_role");
+});
+
+Deno.test("enhanced-checkout from the environment checks iss against SUPABASE_URL, aud against CHECKOUT_JWT_AUDIENCE, and anonymous users", async () => {
+  const base: Record<string, string> = {
+    // Never reached: every request here stops at the token or the body.
+    SUPABASE_DB_URL: "postgresql://postgres@127.0.0.1:9/postgres",
+    STRIPE_SECRET_KEY: "sk_test_wiring",
+    STRIPE_API_BASE: "http://127.0.0.1:9",
+    SITE_URL: "http://shop.test",
+    SUPABASE_JWT_SECRET: TEST_JWT_SECRET,
+    SUPABASE_URL: "https://project.supabase.co/",
+  };
+  /** 401 when the token is refused; 400 validation_failed (the empty body) when it passes. */
+  async function status(env: Record<string, string>, claims: Record<string, unknown>) {
+    const handler = checkoutHandlerFromEnv("enhanced-checkout", (name) => env[name]);
+    const token = await userToken(crypto.randomUUID(), { iss: ISSUER, ...claims });
+    const response = await handler(checkoutRequest({}, { token }));
+    const body = await response.json();
+    assert.equal(body.error.code, response.status === 401 ? "unauthorized" : "validation_failed");
+    return response.status;
+  }
+  assert.equal(await status(base, {}), 400, "the project's issuer");
+  assert.equal(await status(base, { iss: "https://other.supabase.co/auth/v1" }), 401);
+  assert.equal(await status(base, { iss: undefined }), 401, "no iss");
+  assert.equal(await status(base, { aud: "anon" }), 401);
+  assert.equal(await status(base, { is_anonymous: true }), 401);
+
+  const audience = { ...base, CHECKOUT_JWT_AUDIENCE: "checkout" };
+  assert.equal(await status(audience, { aud: "checkout" }), 400);
+  assert.equal(await status(audience, {}), 401, "aud authenticated for audience checkout");
+
+  const anonymous = { ...base, CHECKOUT_ALLOW_ANONYMOUS_USERS: "true" };
+  assert.equal(await status(anonymous, { is_anonymous: true }), 400);
+
+  const issuer = { ...base, CHECKOUT_JWT_ISSUER: "http://127.0.0.1:54321/auth/v1" };
+  assert.equal(await status(issuer, { iss: "http://127.0.0.1:54321/auth/v1" }), 400);
+  assert.equal(await status(issuer, {}), 401, "SUPABASE_URL's issuer once overridden");
+
+  const noUrl = { ...base };
+  delete noUrl.SUPABASE_URL;
+  assert.equal(await status(noUrl, { iss: "supabase-local" }), 400, "no SUPABASE_URL: any iss");
+});
+
+// ---------------------------------------------------------------- JWKS refetch on rotation
+
+/** A JWKS endpoint that answers after `delayMs`, counting fetches; `fail` makes it throw. */
+function jwksEndpoint(initial: Jwk[], delayMs = 20) {
+  const state = { keys: initial, fetches: 0, fail: false };
+  const fetchJwks = async () => {
+    state.fetches++;
+    await new Promise((resolve) => setTimeout(resolve, delayMs));
+    if (state.fail) throw new Error("connect ECONNREFUSED");
+    return { keys: structuredClone(state.keys) };
+  };
+  return { state, fetchJwks };
+}
+
+Deno.test("JWKS: 20 concurrent first requests share one JWKS fetch and all verify", async () => {
+  const { es, jwks } = await keys();
+  const endpoint = jwksEndpoint(jwks.keys);
+  const verify = createTokenVerifier({ fetchJwks: endpoint.fetchJwks });
+  const sub = crypto.randomUUID();
+  const token = await signAsymmetric(claimsFor(sub), es.privateKey, { alg: "ES256", kid: "es-1" });
+  const results = await Promise.allSettled(
+    Array.from({ length: 20 }, () => verify(`Bearer ${token}`)),
+  );
+  assert.deepEqual(results.map((r) => r.status), Array(20).fill("fulfilled"));
+  assert.equal(endpoint.state.fetches, 1);
+});
+
+Deno.test("JWKS: 20 concurrent requests signed by a newly rotated key all verify after exactly one refetch", async () => {
+  const { es, rs, jwks } = await keys();
+  let clock = Date.now();
+  const endpoint = jwksEndpoint([jwks.keys[0]!]);
+  const verify = createTokenVerifier({ fetchJwks: endpoint.fetchJwks, now: () => clock });
+  const sub = crypto.randomUUID();
+  const claims = () => claimsFor(sub, { exp: Math.floor(clock / 1000) + 3600 });
+  const old = await signAsymmetric(claims(), es.privateKey, { alg: "ES256", kid: "es-1" });
+  assert.equal((await verify(`Bearer ${old}`)).sub, sub);
+  assert.equal(endpoint.state.fetches, 1);
+
+  // Later, the project rotates to rs-1: the cache has never seen it.
+  clock += 10 * 60_000;
+  endpoint.state.keys = structuredClone(jwks.keys);
+  const rotated = await signAsymmetric(claims(), rs.privateKey, { alg: "RS256", kid: "rs-1" });
+  const burst = () =>
+    Promise.allSettled(Array.from({ length: 20 }, () => verify(`Bearer ${rotated}`)));
+  const results = await burst();
+  assert.deepEqual(
+    results.map((r) => r.status === "fulfilled" ? r.value.sub : String(r.reason)),
+    Array(20).fill(sub),
+  );
+  assert.equal(endpoint.state.fetches, 2, "one refetch for the whole burst");
+  assert.deepEqual((await burst()).map((r) => r.status), Array(20).fill("fulfilled"));
+  assert.equal((await verify(`Bearer ${old}`)).sub, sub, "the old key still verifies");
+  assert.equal(endpoint.state.fetches, 2, "a known kid never refetches");
+});
+
+Deno.test("JWKS: during an outage the cached keys keep verifying, and a burst of unknown kids waits for one failed refetch", async () => {
+  const { es, rs, jwks } = await keys();
+  let clock = Date.now();
+  const endpoint = jwksEndpoint([jwks.keys[0]!]);
+  const verify = createTokenVerifier({ fetchJwks: endpoint.fetchJwks, now: () => clock });
+  const sub = crypto.randomUUID();
+  const claims = () => claimsFor(sub, { exp: Math.floor(clock / 1000) + 3600 });
+  const known = () => signAsymmetric(claims(), es.privateKey, { alg: "ES256", kid: "es-1" });
+  const unknown = () => signAsymmetric(claims(), rs.privateKey, { alg: "RS256", kid: "rs-1" });
+  assert.equal((await verify(`Bearer ${await known()}`)).sub, sub);
+
+  clock += 10 * 60_000;
+  endpoint.state.fail = true;
+  const token = await unknown();
+  const results = await Promise.allSettled(
+    Array.from({ length: 20 }, () => verify(`Bearer ${token}`)),
+  );
+  for (const result of results) {
+    assert.equal(result.status, "rejected");
+    assert.ok(result.reason instanceof HttpError && result.reason.status === 401);
+  }
+  assert.equal(endpoint.state.fetches, 2, "one refetch, failed");
+  assert.equal((await verify(`Bearer ${await known()}`)).sub, sub, "old keys survive the outage");
+  await rejects401(verify(`Bearer ${await unknown()}`), "right after a failed refetch");
+  assert.equal(endpoint.state.fetches, 2, "an outage is not hammered");
+
+  clock += 61_000;
+  endpoint.state.fail = false;
+  endpoint.state.keys = structuredClone(jwks.keys);
+  assert.equal((await verify(`Bearer ${await unknown()}`)).sub, sub, "found once it recovers");
+  assert.equal(endpoint.state.fetches, 3);
 });

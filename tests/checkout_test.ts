@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import type { CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
+import { loadCheckoutConfig } from "../supabase/functions/_shared/config.ts";
 import {
   checkoutRequest,
   type Harness,
@@ -70,6 +71,36 @@ Deno.test("guest-checkout creates one order and one Stripe session priced from t
       stripe_checkout_session_id: body.sessionId,
     });
   }));
+
+/** The largest CHECKOUT_SESSION_TTL_MINUTES the configuration loader accepts. */
+function largestAcceptedTtl(): number {
+  const env: Record<string, string> = {
+    SUPABASE_DB_URL: "postgresql://localhost/postgres",
+    STRIPE_SECRET_KEY: "sk_test_ttl",
+    SITE_URL: "http://shop.test",
+  };
+  for (let ttl = 48 * 60; ttl >= 30; ttl--) {
+    env.CHECKOUT_SESSION_TTL_MINUTES = String(ttl);
+    try {
+      return loadCheckoutConfig((name) => env[name], { requireUserAuth: false }).sessionTtlMinutes;
+    } catch {
+      // Refused: try one minute less.
+    }
+  }
+  throw new Error("no CHECKOUT_SESSION_TTL_MINUTES is accepted");
+}
+
+Deno.test("the largest accepted CHECKOUT_SESSION_TTL_MINUTES yields a session within Stripe's 24 hours", async () => {
+  const ttl = largestAcceptedTtl();
+  await withHarness(async (h) => {
+    const response = await h.guest(checkoutRequest(guestBody(h)));
+    const body = await response.json();
+    assert.equal(response.status, 201, JSON.stringify(body));
+    const session = h.stripe.sessions.get(body.sessionId)!;
+    const hours = (session.expires_at - session.created) / 3600;
+    assert.ok(hours > 23.9 && hours <= 24, `session lasts ${hours} h`);
+  }, { sessionTtlMinutes: ttl });
+});
 
 Deno.test("a retry with the same Idempotency-Key replays the same status and body without calling Stripe", () =>
   withHarness(async (h) => {

@@ -119,16 +119,27 @@ Deno.test("CHECKOUT_ALLOWED_ORIGINS is a comma-separated list of origins; a path
   throwsNaming("CHECKOUT_ALLOWED_ORIGINS", { CHECKOUT_ALLOWED_ORIGINS: "*" });
 });
 
-Deno.test("CHECKOUT_SESSION_TTL_MINUTES defaults to 30 and accepts whole minutes from 30 to 1440", () => {
+Deno.test("CHECKOUT_SESSION_TTL_MINUTES defaults to 30 and accepts whole minutes from 30 to 1438", () => {
   assert.equal(load().sessionTtlMinutes, 30);
   assert.equal(load({ CHECKOUT_SESSION_TTL_MINUTES: "30" }).sessionTtlMinutes, 30);
   assert.equal(load({ CHECKOUT_SESSION_TTL_MINUTES: "90" }).sessionTtlMinutes, 90);
-  assert.equal(load({ CHECKOUT_SESSION_TTL_MINUTES: "1440" }).sessionTtlMinutes, 1440);
+  // 1438 minutes plus the two minutes of grace is exactly Stripe's 24-hour maximum.
+  assert.equal(load({ CHECKOUT_SESSION_TTL_MINUTES: "1438" }).sessionTtlMinutes, 1438);
 });
 
-Deno.test("a CHECKOUT_SESSION_TTL_MINUTES outside 30..1440 or not a whole number throws", () => {
-  for (const ttl of ["29", "1441", "abc", "0", "-30", "45.5", "1e3x", "Infinity"]) {
+Deno.test("a CHECKOUT_SESSION_TTL_MINUTES outside 30..1438 or not a whole number throws", () => {
+  for (const ttl of ["29", "1439", "1440", "1441", "abc", "0", "-30", "45.5", "1e3x", "Infinity"]) {
     throwsNaming("CHECKOUT_SESSION_TTL_MINUTES", { CHECKOUT_SESSION_TTL_MINUTES: ttl });
+  }
+});
+
+Deno.test("a refused CHECKOUT_SESSION_TTL_MINUTES says the range that fits Stripe's window", () => {
+  for (const ttl of ["1439", "1440", "29"]) {
+    assert.throws(
+      () => load({ CHECKOUT_SESSION_TTL_MINUTES: ttl }),
+      (error: unknown) => error instanceof ConfigError && error.message.includes("30 to 1438"),
+      ttl,
+    );
   }
 });
 
@@ -192,6 +203,31 @@ Deno.test("CHECKOUT_CLIENT_IP_HEADER must be a header name other than X-Forwarde
   for (const header of names) {
     throwsNaming("CHECKOUT_CLIENT_IP_HEADER", { CHECKOUT_CLIENT_IP_HEADER: header });
   }
+});
+
+Deno.test("user tokens must say aud authenticated and iss <SUPABASE_URL>/auth/v1 by default, anonymous users refused", () => {
+  const config = load({ SUPABASE_URL: "https://project.supabase.co/" }, true);
+  assert.equal(config.jwtAudience, "authenticated");
+  assert.equal(config.jwtIssuer, "https://project.supabase.co/auth/v1");
+  assert.equal(config.allowAnonymousUsers, false);
+  assert.equal(load({ SUPABASE_URL: undefined }, true).jwtIssuer, null, "unknown: not checked");
+});
+
+Deno.test("CHECKOUT_JWT_AUDIENCE, CHECKOUT_JWT_ISSUER and CHECKOUT_ALLOW_ANONYMOUS_USERS override the token rules", () => {
+  const config = load({
+    CHECKOUT_JWT_AUDIENCE: "storefront",
+    CHECKOUT_JWT_ISSUER: "http://127.0.0.1:54321/auth/v1",
+    CHECKOUT_ALLOW_ANONYMOUS_USERS: "true",
+  }, true);
+  assert.equal(config.jwtAudience, "storefront");
+  assert.equal(config.jwtIssuer, "http://127.0.0.1:54321/auth/v1");
+  assert.equal(config.allowAnonymousUsers, true);
+  assert.equal(load({ CHECKOUT_ALLOW_ANONYMOUS_USERS: "false" }).allowAnonymousUsers, false);
+  assert.equal(load({ CHECKOUT_JWT_AUDIENCE: "" }).jwtAudience, "authenticated");
+  for (const value of ["yes", "1", "TRUE", "on"]) {
+    throwsNaming("CHECKOUT_ALLOW_ANONYMOUS_USERS", { CHECKOUT_ALLOW_ANONYMOUS_USERS: value });
+  }
+  throwsNaming("CHECKOUT_JWT_ISSUER", { CHECKOUT_JWT_ISSUER: "not a url" });
 });
 
 Deno.test("webhook and reconcile configurations name what they miss", () => {

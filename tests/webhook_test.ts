@@ -353,3 +353,96 @@ Deno.test("a signed event with NUL or a lone surrogate in a string is stored and
     assert.deepEqual(await deliver(f, payload), { status: 200, outcome: "paid" });
     assert.equal((await f.order(orderId)).status, "paid");
   }));
+
+const MIB = 1024 * 1024;
+
+/** A body of `total` bytes of `fill`, streamed in 64 KiB chunks; counts what the reader pulls. */
+function countedBody(total: number, fill = 0x20) {
+  let pulled = 0;
+  let cancelled = false;
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      const size = Math.min(64 * 1024, total - pulled);
+      if (size <= 0) return controller.close();
+      pulled += size;
+      controller.enqueue(new Uint8Array(size).fill(fill));
+    },
+    cancel() {
+      cancelled = true;
+    },
+  }, { highWaterMark: 0 });
+  return { body, pulled: () => pulled, cancelled: () => cancelled };
+}
+
+/** A signed delivery's headers with another body (the signature does not matter for 413). */
+async function withBody(
+  body: ReadableStream<Uint8Array>,
+  headers: Record<string, string> = {},
+): Promise<Request> {
+  const signed = await signedDelivery("{}");
+  return new Request(signed.url, {
+    method: "POST",
+    headers: { ...Object.fromEntries(signed.headers), ...headers },
+    body,
+  });
+}
+
+Deno.test("a webhook body over 1 MiB without Content-Length is 413 payload_too_large after reading at most 1 MiB, writing nothing", () =>
+  withWebhook(async (f) => {
+    const before = await f.eventRows();
+    const stream = countedBody(8 * MIB);
+    const response = await f.webhook(await withBody(stream.body));
+    assert.equal(response.status, 413);
+    assert.equal((await response.json()).error.code, "payload_too_large");
+    assert.ok(stream.pulled() <= MIB + 64 * 1024, `read ${stream.pulled()} bytes`);
+    assert.ok(stream.cancelled(), "the rest of the body is cancelled, not drained");
+    assert.equal(await f.eventRows(), before, "nothing written");
+  }));
+
+Deno.test("a webhook body declaring a Content-Length over 1 MiB is 413 payload_too_large before any byte is read", () =>
+  withWebhook(async (f) => {
+    const before = await f.eventRows();
+    const stream = countedBody(2 * MIB);
+    const response = await f.webhook(
+      await withBody(stream.body, { "content-length": String(2 * MIB) }),
+    );
+    assert.equal(response.status, 413);
+    const body = await response.json();
+    assert.deepEqual(Object.keys(body.error).sort(), ["code", "message"]);
+    assert.equal(body.error.code, "payload_too_large");
+    assert.equal(stream.pulled(), 0, "the declared length alone refuses it");
+    assert.equal(await f.eventRows(), before, "nothing written");
+  }));
+
+Deno.test("a validly signed event of exactly 1 MiB is processed; one byte more, or 1 MiB of characters over 1 MiB of UTF-8, is 413", () =>
+  withWebhook(async (f) => {
+    const { orderId, sessionId } = await f.checkout();
+    const session = f.h.stripe.completeSession(sessionId);
+    const event = sessionEvent("checkout.session.completed", session);
+    const bytes = (text: string) => new TextEncoder().encode(text).byteLength;
+    // Trailing whitespace is still JSON, and Stripe signs the exact bytes, padding included.
+    const padded = (size: number) => event + " ".repeat(size - bytes(event));
+    const before = await f.eventRows();
+
+    const tooLarge = await f.webhook(await signedDelivery(padded(MIB + 1)));
+    assert.equal(tooLarge.status, 413, "1 MiB + 1 byte");
+    assert.equal((await tooLarge.json()).error.code, "payload_too_large");
+    // Under 1 MiB in UTF-16 code units, over it in bytes: the limit counts bytes.
+    const wide = sessionEvent(
+      "checkout.session.completed",
+      {
+        ...session,
+        customer_details: { name: "é".repeat(MIB / 2 + 1) },
+      } as typeof session,
+    );
+    assert.ok(wide.length < MIB && bytes(wide) > MIB);
+    const wideResponse = await f.webhook(await signedDelivery(wide));
+    assert.equal(wideResponse.status, 413, "multibyte characters over 1 MiB");
+    assert.equal(await f.eventRows(), before, "refused bodies wrote nothing");
+
+    const atLimit = padded(MIB);
+    assert.equal(bytes(atLimit), MIB);
+    assert.deepEqual(await deliver(f, atLimit), { status: 200, outcome: "paid" });
+    assert.equal((await f.order(orderId)).status, "paid");
+    assert.equal(await f.eventRows(), before + 1);
+  }));

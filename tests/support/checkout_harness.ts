@@ -54,6 +54,8 @@ export async function startHarness(
     clientAddress?: ClientAddressConfig;
     /** The Stripe client's per-request timeout (default 3 s). */
     stripeTimeoutMs?: number;
+    /** CHECKOUT_SESSION_TTL_MINUTES (default 30). */
+    sessionTtlMinutes?: number;
   } = {},
 ): Promise<Harness> {
   const sql = openPool(10);
@@ -71,7 +73,7 @@ export async function startHarness(
     stripe: stripeClient,
     siteUrl: new URL(SITE_URL),
     allowedOrigins: new Set([ALLOWED_ORIGIN]),
-    sessionTtlMinutes: 30,
+    sessionTtlMinutes: options.sessionTtlMinutes ?? 30,
     leaseSeconds: options.leaseSeconds,
     holdLimits: options.holdLimits,
     clientAddress: options.clientAddress,

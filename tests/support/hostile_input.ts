@@ -303,7 +303,7 @@ export const hostileValue: fc.Arbitrary<unknown> = fc.oneof(
 
 export type CheckoutEndpoint = "guest-checkout" | "enhanced-checkout";
 export const MAX_CHECKOUT_BODY = 16 * 1024;
-export const MAX_WEBHOOK_BODY = 512 * 1024;
+export const MAX_WEBHOOK_BODY = 1024 * 1024;
 /** The documented Idempotency-Key: 16–128 characters of A-Z a-z 0-9 _ . - */
 const KEY_PATTERN = /^[A-Za-z0-9_.-]{16,128}$/;
 const LOOSE_UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -499,6 +499,11 @@ export function authMayBeValid(auth: AuthSpec): boolean {
   if (!isRecord(header) || header.alg !== "HS256" || !isRecord(claims)) return false;
   const now = nowSeconds();
   if (claims.role !== "authenticated") return false;
+  const aud = claims.aud;
+  if (aud !== "authenticated" && !(Array.isArray(aud) && aud.includes("authenticated"))) {
+    return false;
+  }
+  if (claims.is_anonymous !== undefined && claims.is_anonymous !== false) return false;
   if (typeof claims.exp !== "number" || claims.exp < now - 60) return false;
   if (typeof claims.nbf === "number" && claims.nbf > now + 60) return false;
   return typeof claims.sub === "string" && LOOSE_UUID.test(claims.sub);
@@ -1189,7 +1194,8 @@ function forgedAuth(world: CheckoutWorld): fc.Arbitrary<AuthSpec> {
       weight: 1,
       arbitrary: badRole,
     }),
-    aud: fc.constantFrom("authenticated", "anon", undefined),
+    aud: fc.constantFrom("authenticated", "anon", undefined, ["authenticated"], ["anon"], []),
+    is_anonymous: fc.constantFrom(undefined, undefined, false, true, "true", 1, null),
     iat: fc.constant(nowSeconds()),
     exp: fc.oneof(
       { weight: 3, arbitrary: fc.constant(nowSeconds() + 3600) },
@@ -1671,8 +1677,8 @@ const garbageEventBody: fc.Arbitrary<BodySpec> = fc.oneof(
   fc.record({
     text: fc.constantFrom('{"id":"evt_big","type":"x","data":{"pad":"', "[", "x"),
     size: fc.oneof(
-      fc.constant(1 << 20),
-      fc.integer({ min: MAX_WEBHOOK_BODY + 1, max: 1 << 20 }),
+      fc.constant(MAX_WEBHOOK_BODY + 1),
+      fc.integer({ min: MAX_WEBHOOK_BODY + 1, max: 2 * MAX_WEBHOOK_BODY }),
     ),
     pad: fc.constantFrom(" ", "a"),
   }).map((b): BodySpec => ({ kind: "padded", ...b })),

@@ -23,12 +23,24 @@ export interface Jwk extends JsonWebKey {
 export interface VerifierOptions {
   /** HS256 secret (SUPABASE_JWT_SECRET). */
   jwtSecret?: string | null;
-  /** Fetches the JWKS; called again (at most once a minute) when a token names an unknown kid. */
+  /**
+   * Fetches the JWKS; called again when a token names an unknown kid, at most once a minute,
+   * and concurrent requests share the one fetch in flight.
+   */
   fetchJwks?: () => Promise<{ keys: Jwk[] }>;
   /** Seconds of clock skew tolerated on exp and nbf. */
   leewaySeconds?: number;
   /** The role a token must carry: a signed-in user (default), or the service role (cron jobs). */
   requiredRole?: "authenticated" | "service_role";
+  /**
+   * The `aud` a token must carry (as a string, or in an array); null: not checked. Defaults to
+   * "authenticated" for user tokens and null for the service role, whose keys carry no aud.
+   */
+  audience?: string | null;
+  /** The `iss` a token must carry exactly (`<SUPABASE_URL>/auth/v1`); null or absent: not checked. */
+  issuer?: string | null;
+  /** Accept Supabase anonymous sign-ins (`is_anonymous`) as users; default false. */
+  allowAnonymous?: boolean;
   now?: () => number;
 }
 
@@ -42,6 +54,12 @@ const JWKS_REFRESH_MS = 60_000;
 export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
   const leeway = options.leewaySeconds ?? 30;
   const requiredRole = options.requiredRole ?? "authenticated";
+  const audience = options.audience !== undefined
+    ? options.audience
+    : requiredRole === "authenticated"
+    ? "authenticated"
+    : null;
+  const issuer = options.issuer ?? null;
   const now = options.now ?? (() => Date.now());
   const hmacKey = options.jwtSecret
     ? crypto.subtle.importKey(
@@ -77,7 +95,8 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
         typeof header.kid === "string" ? header.kid : undefined,
         header.alg,
       );
-      if (key) valid = await crypto.subtle.verify(verifyParams(header.alg), key, signature, signed);
+      if (!key) throw unauthorized("the token's signing key is not published");
+      valid = await crypto.subtle.verify(verifyParams(header.alg), key, signature, signed);
     } else {
       throw unauthorized("the token's algorithm is not accepted");
     }
@@ -89,6 +108,13 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
     }
     if (typeof payload.nbf === "number" && payload.nbf - leeway > nowSeconds) {
       throw unauthorized("the token is not valid yet");
+    }
+    // A token issued for another audience or by another project is not for us.
+    if (audience !== null && !hasAudience(payload.aud, audience)) {
+      throw unauthorized("the token is not for this audience");
+    }
+    if (issuer !== null && payload.iss !== issuer) {
+      throw unauthorized("the token is from another issuer");
     }
     if (payload.role !== requiredRole) {
       throw unauthorized(
@@ -103,6 +129,13 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
     if (typeof payload.sub !== "string" || !UUID.test(payload.sub)) {
       throw unauthorized("the token has no user id");
     }
+    // Anonymous sign-ins also carry role authenticated; anything but an explicit false is one.
+    if (
+      !options.allowAnonymous && payload.is_anonymous !== undefined &&
+      payload.is_anonymous !== false
+    ) {
+      throw unauthorized("anonymous users cannot buy; sign in first");
+    }
     return {
       sub: payload.sub.toLowerCase(),
       role: requiredRole,
@@ -110,6 +143,11 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
       email: typeof payload.email === "string" ? payload.email : undefined,
     };
   };
+}
+
+/** RFC 7519: `aud` is one string or an array of strings. */
+function hasAudience(aud: unknown, audience: string): boolean {
+  return aud === audience || (Array.isArray(aud) && aud.includes(audience));
 }
 
 function unauthorized(why: string): HttpError {
@@ -131,16 +169,27 @@ function importParams(alg: "RS256" | "ES256"): RsaHashedImportParams | EcKeyImpo
 function createJwksCache(fetchJwks: () => Promise<{ keys: Jwk[] }>, now: () => number) {
   let keys: Jwk[] = [];
   let fetchedAt = -Infinity;
+  let inFlight: Promise<void> | null = null;
   const imported = new Map<string, Promise<CryptoKey>>();
 
-  async function refresh(): Promise<void> {
-    if (now() - fetchedAt < JWKS_REFRESH_MS) return;
+  // Single flight: every request that misses a kid while a fetch runs waits for that fetch,
+  // so a rotated key is found by the whole burst. Otherwise at most one fetch a minute, so
+  // tokens naming made-up kids cannot turn into a stream of JWKS requests.
+  function refresh(): Promise<void> {
+    if (inFlight) return inFlight;
+    if (now() - fetchedAt < JWKS_REFRESH_MS) return Promise.resolve();
     fetchedAt = now();
-    try {
-      keys = (await fetchJwks()).keys ?? [];
-    } catch {
-      // Keep the keys we had; a JWKS outage must not sign everybody out.
-    }
+    inFlight = Promise.resolve().then(fetchJwks).then(
+      (jwks) => {
+        if (Array.isArray(jwks?.keys)) keys = jwks.keys;
+      },
+      () => {
+        // Keep the keys we had; a JWKS outage must not sign everybody out.
+      },
+    ).finally(() => {
+      inFlight = null;
+    });
+    return inFlight;
   }
 
   return {

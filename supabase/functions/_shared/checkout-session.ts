@@ -6,6 +6,16 @@
 import type Stripe from "stripe";
 import type { CheckoutClaim } from "./db.ts";
 
+/** Stripe accepts a session's `expires_at` from 30 minutes to 24 hours after its creation. */
+export const STRIPE_SESSION_MIN_SECONDS = 30 * 60;
+export const STRIPE_SESSION_MAX_SECONDS = 24 * 60 * 60;
+
+/**
+ * Seconds the seat hold (and so `expires_at`) adds to the session TTL, so that the 30-minute
+ * minimum still holds when the Stripe call starts a little after the hold.
+ */
+export const HOLD_GRACE_SECONDS = 120;
+
 /** Parameters for stripe.checkout.sessions.create for the claimed order. */
 export function checkoutSessionParams(claim: CheckoutClaim): Stripe.Checkout.SessionCreateParams {
   const { orderId, eventId, currency, holdExpiresAt, stripeIdempotencyKey, successUrl, cancelUrl } =

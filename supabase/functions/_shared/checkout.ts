@@ -5,7 +5,7 @@
  */
 import type Stripe from "stripe";
 import type { TokenVerifier } from "./auth.ts";
-import { checkoutSessionParams } from "./checkout-session.ts";
+import { checkoutSessionParams, HOLD_GRACE_SECONDS } from "./checkout-session.ts";
 import { fingerprint, makeStripeIdempotencyKey, OPERATION } from "./checkout-utils.ts";
 import { clientAddress, type ClientAddressConfig } from "./client-address.ts";
 import {
@@ -96,8 +96,7 @@ export interface CheckoutResponse {
   expiresAt: string;
 }
 
-/** Margin on top of the session TTL, so Stripe's 30-minute minimum holds despite latency. */
-const HOLD_GRACE_SECONDS = 120;
+/** Seats outlive expires_at this long when Stripe has not said the session ended. */
 const DEFAULT_HOLD_GRACE_SECONDS = 3600;
 const DEFAULT_LEASE_SECONDS = 30;
 

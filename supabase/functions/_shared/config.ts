@@ -1,3 +1,8 @@
+import {
+  HOLD_GRACE_SECONDS,
+  STRIPE_SESSION_MAX_SECONDS,
+  STRIPE_SESSION_MIN_SECONDS,
+} from "./checkout-session.ts";
 import type { ClientAddressConfig } from "./client-address.ts";
 import type { HoldLimits } from "./db.ts";
 
@@ -7,7 +12,7 @@ import type { HoldLimits } from "./db.ts";
  */
 
 /** Everything the checkout functions read from the environment. */
-export interface CheckoutConfig extends BaseConfig, TokenKeys {
+export interface CheckoutConfig extends BaseConfig, TokenKeys, UserTokenRules {
   siteUrl: URL;
   allowedOrigins: ReadonlySet<string>;
   sessionTtlMinutes: number;
@@ -16,6 +21,15 @@ export interface CheckoutConfig extends BaseConfig, TokenKeys {
   holdLimits: HoldLimits;
   clientAddress: ClientAddressConfig;
 }
+
+/**
+ * CHECKOUT_SESSION_TTL_MINUTES bounds: the whole hold (TTL plus grace) becomes the session's
+ * `expires_at`, so it must fit Stripe's window or every checkout is refused.
+ */
+export const MIN_SESSION_TTL_MINUTES = Math.ceil(STRIPE_SESSION_MIN_SECONDS / 60);
+export const MAX_SESSION_TTL_MINUTES = Math.floor(
+  (STRIPE_SESSION_MAX_SECONDS - HOLD_GRACE_SECONDS) / 60,
+);
 
 /** Reads a variable by name; the default reader is Deno.env. */
 export type EnvReader = (name: string) => string | undefined;
@@ -40,6 +54,16 @@ export interface BaseConfig {
 export interface TokenKeys {
   jwtSecret: string | null;
   jwksUrl: URL | null;
+}
+
+/** What a signed-in buyer's token must say, beyond its signature, role and expiry. */
+export interface UserTokenRules {
+  /** CHECKOUT_JWT_AUDIENCE, default "authenticated". */
+  jwtAudience: string;
+  /** CHECKOUT_JWT_ISSUER, else `<SUPABASE_URL>/auth/v1`; null (not checked) without either. */
+  jwtIssuer: string | null;
+  /** CHECKOUT_ALLOW_ANONYMOUS_USERS=true lets anonymous sign-ins buy; default false. */
+  allowAnonymousUsers: boolean;
 }
 
 /** Database and Stripe settings, shared by every function. */
@@ -72,6 +96,26 @@ export function loadTokenKeys(env: EnvReader, purpose: string | null): TokenKeys
   return { jwtSecret, jwksUrl };
 }
 
+/** The audience, issuer and anonymous-user rules for signed-in buyers' tokens. */
+export function loadUserTokenRules(env: EnvReader): UserTokenRules {
+  const issuerText = env("CHECKOUT_JWT_ISSUER");
+  const projectUrl = env("SUPABASE_URL");
+  let jwtIssuer: string | null = null;
+  if (issuerText) {
+    url("CHECKOUT_JWT_ISSUER", issuerText);
+    jwtIssuer = issuerText;
+  } else if (projectUrl) {
+    url("SUPABASE_URL", projectUrl);
+    // Supabase Auth signs with iss = the project URL + /auth/v1.
+    jwtIssuer = `${projectUrl.replace(/\/+$/, "")}/auth/v1`;
+  }
+  return {
+    jwtAudience: env("CHECKOUT_JWT_AUDIENCE") || "authenticated",
+    jwtIssuer,
+    allowAnonymousUsers: flag(env, "CHECKOUT_ALLOW_ANONYMOUS_USERS"),
+  };
+}
+
 /** Parses the checkout configuration. */
 export function loadCheckoutConfig(
   env: EnvReader,
@@ -94,11 +138,17 @@ export function loadCheckoutConfig(
     }
   }
 
-  const ttlText = env("CHECKOUT_SESSION_TTL_MINUTES") || "30";
+  const ttlText = env("CHECKOUT_SESSION_TTL_MINUTES") || String(MIN_SESSION_TTL_MINUTES);
   const sessionTtlMinutes = Number(ttlText);
-  // Stripe accepts expires_at between 30 minutes and 24 hours after creation.
-  if (!Number.isInteger(sessionTtlMinutes) || sessionTtlMinutes < 30 || sessionTtlMinutes > 1440) {
-    throw new ConfigError("CHECKOUT_SESSION_TTL_MINUTES must be an integer from 30 to 1440");
+  if (
+    !Number.isInteger(sessionTtlMinutes) || sessionTtlMinutes < MIN_SESSION_TTL_MINUTES ||
+    sessionTtlMinutes > MAX_SESSION_TTL_MINUTES
+  ) {
+    throw new ConfigError(
+      `CHECKOUT_SESSION_TTL_MINUTES must be an integer from ${MIN_SESSION_TTL_MINUTES} to ` +
+        `${MAX_SESSION_TTL_MINUTES}: with ${HOLD_GRACE_SECONDS} seconds of grace, the hold must ` +
+        "end 30 minutes to 24 hours after the Checkout Session is created (Stripe's expires_at)",
+    );
   }
 
   const holdLimits: HoldLimits = {
@@ -110,6 +160,7 @@ export function loadCheckoutConfig(
   return {
     ...base,
     ...keys,
+    ...loadUserTokenRules(env),
     holdLimits,
     clientAddress: loadClientAddressConfig(env),
     siteUrl,
@@ -181,6 +232,14 @@ function integer(env: EnvReader, name: string, fallback: number, min: number, ma
     throw new ConfigError(`${name} must be an integer from ${min} to ${max}`);
   }
   return value;
+}
+
+/** `true` or `false`; unset or empty is false. */
+function flag(env: EnvReader, name: string): boolean {
+  const text = env(name);
+  if (!text || text === "false") return false;
+  if (text === "true") return true;
+  throw new ConfigError(`${name} must be true or false`);
 }
 
 function required(env: EnvReader, name: string): string {

@@ -92,9 +92,13 @@ export async function readJsonBody(request: Request, maxBytes = MAX_BODY_BYTES):
       "Cannot read request: Content-Type must be application/json",
     );
   }
-  const declared = Number(request.headers.get("content-length") ?? "0");
-  if (declared > maxBytes) throw tooLarge(maxBytes);
-  const text = await readLimited(request, maxBytes);
+  const bytes = await readLimitedBytes(request, maxBytes);
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new HttpError(400, "invalid_json", "Cannot read request: the body is not valid UTF-8");
+  }
   try {
     return JSON.parse(text);
   } catch {
@@ -102,8 +106,19 @@ export async function readJsonBody(request: Request, maxBytes = MAX_BODY_BYTES):
   }
 }
 
-async function readLimited(request: Request, maxBytes: number): Promise<string> {
-  if (!request.body) return "";
+/**
+ * Reads a body as text exactly as `Request.text()` does (UTF-8, invalid bytes replaced), but at
+ * most `maxBytes`: a declared Content-Length over it is refused before reading, and the stream
+ * is counted and cancelled once it passes the limit. 413 `payload_too_large` either way.
+ */
+export async function readRawText(request: Request, maxBytes: number): Promise<string> {
+  return new TextDecoder().decode(await readLimitedBytes(request, maxBytes));
+}
+
+async function readLimitedBytes(request: Request, maxBytes: number): Promise<Uint8Array> {
+  const declared = Number(request.headers.get("content-length") ?? "0");
+  if (declared > maxBytes) throw tooLarge(maxBytes);
+  if (!request.body) return new Uint8Array();
   const reader = request.body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
@@ -123,11 +138,7 @@ async function readLimited(request: Request, maxBytes: number): Promise<string> 
     bytes.set(chunk, offset);
     offset += chunk.byteLength;
   }
-  try {
-    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-  } catch {
-    throw new HttpError(400, "invalid_json", "Cannot read request: the body is not valid UTF-8");
-  }
+  return bytes;
 }
 
 function tooLarge(maxBytes: number): HttpError {

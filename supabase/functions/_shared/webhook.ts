@@ -5,7 +5,7 @@
  */
 import Stripe from "stripe";
 import { processWebhookEvent, type Sql } from "./db.ts";
-import { errorResponse, HttpError, json } from "./http.ts";
+import { errorResponse, HttpError, json, readRawText } from "./http.ts";
 import type { RequestLog } from "./checkout.ts";
 
 /** What the webhook handler needs. */
@@ -18,7 +18,7 @@ export interface WebhookDeps {
 }
 
 /** Stripe's events are far below this; a larger body is not an event of ours. */
-const MAX_EVENT_BYTES = 512 * 1024;
+const MAX_EVENT_BYTES = 1024 * 1024;
 
 /** Outcomes that mean "delivered, nothing more to do" (answered 200). */
 const ACKNOWLEDGED = new Set([
@@ -74,11 +74,9 @@ async function handle(
       "Cannot accept webhook: Stripe-Signature is missing",
     );
   }
-  // The signature covers the exact bytes, so the body is read raw and never re-serialized.
-  const body = await request.text();
-  if (body.length > MAX_EVENT_BYTES) {
-    throw new HttpError(413, "payload_too_large", "Cannot accept webhook: the body is too large");
-  }
+  // The signature covers the exact bytes, so the body is read raw and never re-serialized; it is
+  // counted while streaming so that an oversized body is refused without being buffered.
+  const body = await readRawText(request, MAX_EVENT_BYTES);
 
   let event: Stripe.Event;
   try {

@@ -2,7 +2,7 @@
  * Wiring for the entry points: environment → clients → handler. Only the index.ts files call
  * these, with Deno.env, so only they read the environment. Bad configuration fails at start-up.
  */
-import { createTokenVerifier, type Jwk, type TokenVerifier } from "./auth.ts";
+import { createTokenVerifier, type Jwk, type TokenVerifier, type VerifierOptions } from "./auth.ts";
 import { createCheckoutHandler, sqlCheckoutStore } from "./checkout.ts";
 import {
   type EnvReader,
@@ -35,7 +35,12 @@ export function checkoutHandlerFromEnv(
     holdLimits: config.holdLimits,
     clientAddress: config.clientAddress,
     verifyToken: endpoint === "enhanced-checkout"
-      ? tokenVerifier(config, "authenticated")
+      ? tokenVerifier(config, {
+        requiredRole: "authenticated",
+        audience: config.jwtAudience,
+        issuer: config.jwtIssuer,
+        allowAnonymous: config.allowAnonymousUsers,
+      })
       : undefined,
   });
 }
@@ -58,7 +63,8 @@ export function reconcileHandlerFromEnv(env: EnvReader): Handler {
     stripe: createStripeClient(config.stripeSecretKey, { apiBase: config.stripeApiBase }),
     staleSeconds: config.staleSeconds,
     maxAttempts: config.maxAttempts,
-    verifyToken: tokenVerifier(config, "service_role"),
+    // The service role key says iss "supabase" and has no aud: only its role is checked.
+    verifyToken: tokenVerifier(config, { requiredRole: "service_role" }),
   });
 }
 
@@ -70,12 +76,12 @@ function openDatabase(url: string): Sql {
 
 function tokenVerifier(
   keys: TokenKeys,
-  requiredRole: "authenticated" | "service_role",
+  rules: Pick<VerifierOptions, "requiredRole" | "audience" | "issuer" | "allowAnonymous">,
 ): TokenVerifier {
   const jwksUrl = keys.jwksUrl;
   return createTokenVerifier({
+    ...rules,
     jwtSecret: keys.jwtSecret,
-    requiredRole,
     fetchJwks: jwksUrl
       ? async () => {
         const response = await fetch(jwksUrl, { signal: AbortSignal.timeout(5_000) });
