@@ -7,7 +7,7 @@ import {
   makeStripeIdempotencyKey,
   OPERATION,
 } from "../supabase/functions/_shared/checkout-utils.ts";
-import type { CheckoutClaim } from "../supabase/functions/_shared/db.ts";
+import type { ArmedClaim } from "../supabase/functions/_shared/db.ts";
 import { createStripeClient } from "../supabase/functions/_shared/stripe.ts";
 import { type Bench, clientAddress, guestBody, type Services, sessionsCreated } from "./context.ts";
 import {
@@ -671,32 +671,31 @@ async function freshOnce(
   };
 }
 
-function syntheticClaim(bench: Bench, key: string, i: number): CheckoutClaim {
+function syntheticClaim(bench: Bench, key: string, i: number): ArmedClaim {
   return {
     outcome: "created",
+    operationId: `bench-stripe-${i}`,
     stripeIdempotencyKey: key,
     leaseToken: crypto.randomUUID(),
     leaseExpiresAt: new Date(Date.now() + 30_000),
     attempt: 1,
-    responseStatus: null,
-    responseBody: null,
-    orderId: crypto.randomUUID(),
-    eventId: bench.event.id,
-    currency: "usd",
-    amountTotal: 2500,
-    holdExpiresAt: new Date(Date.now() + 32 * 60_000),
-    lines: [{
-      tier_id: bench.event.open,
-      product_name: "Bench Night — Open",
-      unit_amount: 2500,
-      quantity: 1,
-    }],
-    successUrl: "https://shop.example/checkout/success?session_id={CHECKOUT_SESSION_ID}",
-    cancelUrl: "https://shop.example/checkout/cancel",
-    customerEmail: `stripe${i}@bench.example`,
-    operationId: `bench-stripe-${i}`,
-    stripeSessionId: null,
-    reconcileAttempts: null,
+    reconcileAttempts: 0,
+    order: {
+      orderId: crypto.randomUUID(),
+      eventId: bench.event.id,
+      currency: "usd",
+      amountTotal: 2500,
+      holdExpiresAt: new Date(Date.now() + 32 * 60_000),
+      lines: [{
+        tier_id: bench.event.open,
+        product_name: "Bench Night — Open",
+        unit_amount: 2500,
+        quantity: 1,
+      }],
+      successUrl: "https://shop.example/checkout/success?session_id={CHECKOUT_SESSION_ID}",
+      cancelUrl: "https://shop.example/checkout/cancel",
+      customerEmail: `stripe${i}@bench.example`,
+    },
   };
 }
 

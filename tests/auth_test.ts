@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { createTokenVerifier, type Jwk } from "../supabase/functions/_shared/auth.ts";
-import { HttpError } from "../supabase/functions/_shared/http.ts";
+import { HttpError } from "../supabase/functions/_shared/errors.ts";
 import { checkoutHandlerFromEnv } from "../supabase/functions/_shared/wiring.ts";
 import {
   ALLOWED_ORIGIN,

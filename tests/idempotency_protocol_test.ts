@@ -12,7 +12,8 @@ import {
   releaseOperation,
   type Sql,
 } from "../supabase/functions/_shared/db.ts";
-import { HttpError } from "../supabase/functions/_shared/http.ts";
+import { HttpError } from "../supabase/functions/_shared/errors.ts";
+import { RequestContext } from "../supabase/functions/_shared/http.ts";
 import { classifyStripeError, runAttempt } from "../supabase/functions/_shared/idempotency.ts";
 import { openPool, uniqueOperationId } from "./support/database.ts";
 
@@ -55,7 +56,7 @@ async function refund(
         error,
       });
     },
-  }, { stripeMs: 0, dbMs: 0 });
+  }, new RequestContext());
   return { claim, result };
 }
 

@@ -3,7 +3,7 @@
  * JWT secret (local Supabase) or RS256/ES256 with the project's JWKS (asymmetric signing keys).
  * The function verifies tokens itself, so it never trusts a gateway setting alone.
  */
-import { HttpError } from "./http.ts";
+import { apiError, type HttpError } from "./errors.ts";
 
 /** The verified claims this project uses. */
 export interface UserClaims {
@@ -151,8 +151,9 @@ function hasAudience(aud: unknown, audience: string): boolean {
 }
 
 function unauthorized(why: string): HttpError {
-  return new HttpError(401, "unauthorized", `Cannot authenticate: ${why}`, undefined, {
-    "www-authenticate": 'Bearer error="invalid_token"',
+  return apiError("unauthorized", {
+    reason: `not authenticated: ${why}`,
+    headers: { "www-authenticate": 'Bearer error="invalid_token"' },
   });
 }
 

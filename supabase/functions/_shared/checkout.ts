@@ -1,7 +1,9 @@
 /**
- * The checkout handler both endpoints share: validate → claim (order and hold included) →
- * Stripe checkout.sessions.create with the claim's key → record → respond. A pure function of
- * (Request, deps): index.ts builds the deps, tests build them against a real database.
+ * The checkout handler both endpoints share, in its natural phases: parse the request (auth,
+ * Idempotency-Key, body, fingerprint) → claim (order and hold included; past expires_at, ask
+ * Stripe first) → answer an existing operation, or create the session with the claim's key and
+ * record it. A pure function of (Request, deps): index.ts builds the deps, tests build them
+ * against a real database and the local Stripe server.
  */
 import type Stripe from "stripe";
 import type { TokenVerifier } from "./auth.ts";
@@ -9,6 +11,7 @@ import { checkoutSessionParams, HOLD_GRACE_SECONDS } from "./checkout-session.ts
 import { fingerprint, makeStripeIdempotencyKey, OPERATION } from "./checkout-utils.ts";
 import { clientAddress, type ClientAddressConfig } from "./client-address.ts";
 import {
+  type ArmedClaim,
   type CheckoutClaim,
   type CheckoutClaimInput,
   claimCheckout,
@@ -20,14 +23,15 @@ import {
   sqlState,
   type WebhookResult,
 } from "./db.ts";
+import { apiError, type ErrorCode } from "./errors.ts";
 import {
   canonicalJsonResponse,
-  corsHeaders,
-  errorResponse,
-  HttpError,
+  envelope,
   readJsonBody,
+  type RequestContext,
+  type RequestLog,
 } from "./http.ts";
-import { inUse, runAttempt, type Timings, unavailable } from "./idempotency.ts";
+import { inUse, runAttempt, unavailable } from "./idempotency.ts";
 import {
   type GuestCheckoutBody,
   guestCheckoutBody,
@@ -59,9 +63,6 @@ export function sqlCheckoutStore(sql: Sql): CheckoutStore {
     settle: (session) => settleCheckoutSession(sql, session),
   };
 }
-
-/** One structured log line per request. */
-export type RequestLog = (line: Record<string, unknown>) => void;
 
 /** What the checkout handler needs. */
 export interface CheckoutDeps {
@@ -100,16 +101,16 @@ export interface CheckoutResponse {
 const DEFAULT_HOLD_GRACE_SECONDS = 3600;
 const DEFAULT_LEASE_SECONDS = 30;
 
-/** Maps the checkout SQL functions' SQLSTATEs to HTTP errors. */
-const SQL_ERRORS: Record<string, [number, string]> = {
-  CK001: [404, "event_not_found"],
-  CK002: [404, "tier_not_found"],
-  CK003: [409, "sold_out"],
-  CK004: [400, "quantity_exceeds_limit"],
-  CK005: [409, "sales_closed"],
-  CK006: [429, "too_many_pending_checkouts"],
-  CK007: [409, "order_already_paid"],
-  "22023": [400, "validation_failed"],
+/** The checkout SQL functions' SQLSTATEs, as API errors. */
+const SQL_ERRORS: Record<string, ErrorCode> = {
+  CK001: "event_not_found",
+  CK002: "tier_not_found",
+  CK003: "sold_out",
+  CK004: "quantity_exceeds_limit",
+  CK005: "sales_closed",
+  CK006: "too_many_pending_checkouts",
+  CK007: "order_already_paid",
+  "22023": "validation_failed",
 };
 
 /** The foreign key from public.orders.user_id to auth.users. */
@@ -117,12 +118,17 @@ const USER_FK = "orders_user_id_fkey";
 
 type Buyer = { userId: string } | { email: string; name: string | null };
 
+/** Where Stripe sends the buyer when the request names no URL. */
+interface DefaultRedirects {
+  successUrl: string;
+  cancelUrl: string;
+}
+
 /** Builds the handler for one endpoint. */
 export function createCheckoutHandler(deps: CheckoutDeps): (request: Request) => Promise<Response> {
   if (deps.endpoint === "enhanced-checkout" && !deps.verifyToken) {
     throw new Error("enhanced-checkout needs a token verifier");
   }
-  const log = deps.log ?? ((line) => console.log(JSON.stringify(line)));
   // {CHECKOUT_SESSION_ID} is Stripe's template and must stay unescaped, so it is appended, not
   // passed through URL.
   const defaults: DefaultRedirects = {
@@ -131,66 +137,36 @@ export function createCheckoutHandler(deps: CheckoutDeps): (request: Request) =>
     }?session_id={CHECKOUT_SESSION_ID}`,
     cancelUrl: new URL("/checkout/cancel", deps.siteUrl).href,
   };
-
-  return async (request) => {
-    const started = performance.now();
-    const timings: Timings = { stripeMs: 0, dbMs: 0 };
-    const entry: Record<string, unknown> = { fn: deps.endpoint, operation: null, outcome: "error" };
-    const cors = corsHeaders({ allowedOrigins: deps.allowedOrigins }, request);
-    let response: Response;
-    try {
-      response = await handle(request, deps, defaults, timings, entry);
-    } catch (error) {
-      const httpError = error instanceof HttpError ? error : unexpected(error, entry);
-      entry.code = httpError.code;
-      response = errorResponse(httpError);
-    }
-    for (const [name, value] of Object.entries(cors)) response.headers.set(name, value);
-    log({
-      ...entry,
-      status: response.status,
-      stripe_ms: round(timings.stripeMs),
-      db_ms: round(timings.dbMs),
-      ms: round(performance.now() - started),
-    });
-    return response;
-  };
+  return envelope(
+    {
+      fn: deps.endpoint,
+      action: "create checkout",
+      cors: { allowedOrigins: deps.allowedOrigins },
+      log: deps.log,
+    },
+    async (request, context) => {
+      context.note({ operation: null });
+      const input = await parseCheckout(request, deps, defaults, context);
+      const claim = await claimWithStripesWord(deps, input, context);
+      context.note({ claim: claim.outcome });
+      if (!isArmed(claim)) return answerExisting(claim, context);
+      return await createSession(deps, claim, context);
+    },
+  );
 }
 
-/** Where Stripe sends the buyer when the request names no URL. */
-interface DefaultRedirects {
-  successUrl: string;
-  cancelUrl: string;
-}
-
-async function handle(
+/** Auth, Idempotency-Key, body and fingerprint: the claim's input, or a 4xx. */
+async function parseCheckout(
   request: Request,
   deps: CheckoutDeps,
   defaults: DefaultRedirects,
-  timings: Timings,
-  entry: Record<string, unknown>,
-): Promise<Response> {
-  if (request.method === "OPTIONS") {
-    entry.outcome = "preflight";
-    return new Response(null, { status: 204 });
-  }
-  if (request.method !== "POST") {
-    throw new HttpError(
-      405,
-      "method_not_allowed",
-      `Cannot ${request.method} a checkout: use POST`,
-      undefined,
-      {
-        allow: "POST, OPTIONS",
-      },
-    );
-  }
-
+  context: RequestContext,
+): Promise<CheckoutClaimInput> {
   const claims = deps.verifyToken
     ? await deps.verifyToken(request.headers.get("authorization"))
     : null;
   const clientKey = requireIdempotencyKey(request);
-  entry.operation = `${OPERATION.checkoutCreate}:${clientKey}`;
+  context.note({ operation: `${OPERATION.checkoutCreate}:${clientKey}` });
   const raw = await readJsonBody(request);
 
   let body: UserCheckoutBody | GuestCheckoutBody;
@@ -216,13 +192,11 @@ async function handle(
     successUrl,
     cancelUrl,
   });
-
-  const leaseToken = crypto.randomUUID();
-  const claimInput: CheckoutClaimInput = {
+  return {
     operationId: clientKey,
     stripeIdempotencyKey: makeStripeIdempotencyKey(OPERATION.checkoutCreate, clientKey),
     requestFingerprint,
-    leaseToken,
+    leaseToken: crypto.randomUUID(),
     eventId: body.eventId,
     items,
     userId: "userId" in buyer ? buyer.userId : null,
@@ -236,82 +210,83 @@ async function handle(
     holdGraceSeconds: deps.holdGraceSeconds ?? DEFAULT_HOLD_GRACE_SECONDS,
     leaseSeconds: deps.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
   };
-  let claim = await claimTimed(deps, claimInput, timings);
-  if (claim.outcome === "verify") {
-    // Past the session's expires_at only Stripe knows whether it was paid: ask, store the
-    // answer, then claim again (which now renews, or finds the order paid).
-    entry.verified = await settleWithStripe(deps, claim, timings);
-    claim = await claimTimed(deps, claimInput, timings);
-  }
-  entry.claim = claim.outcome;
+}
 
+/**
+ * The claim. Past the session's expires_at only Stripe knows whether it was paid: the claim
+ * says verify, Stripe is asked and its answer stored, then the claim runs again (and now
+ * renews, or finds the order paid).
+ */
+async function claimWithStripesWord(
+  deps: CheckoutDeps,
+  input: CheckoutClaimInput,
+  context: RequestContext,
+): Promise<CheckoutClaim> {
+  const claim = () =>
+    context.db(() => deps.store.claim(input)).catch((e) => {
+      throw fromSqlError(e);
+    });
+  const first = await claim();
+  if (first.outcome !== "verify") return first;
+  context.note({ verified: await settleWithStripe(deps, first, context) });
+  return await claim();
+}
+
+function isArmed(claim: CheckoutClaim): claim is ArmedClaim {
+  return ["created", "takeover", "retry", "renew", "reconcile"].includes(claim.outcome);
+}
+
+/** The answer for an operation this request does not get to run. */
+function answerExisting(claim: Exclude<CheckoutClaim, ArmedClaim>, context: RequestContext) {
   switch (claim.outcome) {
     case "replay":
-      entry.outcome = "replayed";
-      return canonicalJsonResponse(claim.responseStatus ?? 200, claim.responseBody, {
+      context.note({ outcome: "replayed" });
+      return canonicalJsonResponse(claim.responseStatus, claim.responseBody, {
         "idempotent-replayed": "true",
       });
     case "conflict":
-      entry.outcome = "conflict";
+      context.note({ outcome: "conflict" });
       throw inUse(1);
     case "mismatch":
-      entry.outcome = "mismatch";
-      throw new HttpError(
-        422,
-        "idempotency_key_reused",
-        "Cannot create checkout: this Idempotency-Key was used for a different request",
-      );
+      context.note({ outcome: "mismatch" });
+      throw apiError("idempotency_key_reused");
     case "paid":
-      entry.outcome = "paid";
-      throw alreadyPaid();
+      context.note({ outcome: "paid" });
+      throw apiError("order_already_paid");
     case "verify":
       // Stripe's answer could not be stored on the order: never open a second session blind.
-      entry.outcome = "unverified";
+      context.note({ outcome: "unverified" });
       throw unavailable(2);
   }
+}
 
-  // created | takeover | retry | renew: this request holds the lease and the key.
-  const key = claim.stripeIdempotencyKey!;
-  const held = claim.leaseToken!;
-  const params = checkoutSessionParams(claim);
+/** This request holds the lease and the key: create the session, record it, answer 201. */
+async function createSession(
+  deps: CheckoutDeps,
+  claim: ArmedClaim,
+  context: RequestContext,
+): Promise<Response> {
+  const { operationId, leaseToken } = claim;
   const session = await runAttempt<Stripe.Checkout.Session>({
-    call: () => deps.stripe.checkout.sessions.create(params, { idempotencyKey: key }),
+    call: () =>
+      deps.stripe.checkout.sessions.create(checkoutSessionParams(claim), {
+        idempotencyKey: claim.stripeIdempotencyKey,
+      }),
     record: (created) =>
       deps.store.record({
-        operationId: clientKey,
-        leaseToken: held,
+        operationId,
+        leaseToken,
         sessionId: created.id,
         responseBody: checkoutResponseBody(claim, created),
       }),
     release: async (keyConsumed, reason) => {
-      await deps.store.release({
-        operationId: clientKey,
-        leaseToken: held,
-        keyConsumed,
-        error: reason,
-      });
+      await deps.store.release({ operationId, leaseToken, keyConsumed, error: reason });
     },
-  }, timings);
-
-  entry.outcome = "created";
+  }, context);
+  context.note({ outcome: "created" });
   return canonicalJsonResponse(201, checkoutResponseBody(claim, session), {
     "idempotent-replayed": "false",
   });
-}
-
-async function claimTimed(
-  deps: CheckoutDeps,
-  input: CheckoutClaimInput,
-  timings: Timings,
-): Promise<CheckoutClaim> {
-  const started = performance.now();
-  try {
-    return await deps.store.claim(input);
-  } catch (error) {
-    throw fromSqlError(error);
-  } finally {
-    timings.dbMs += performance.now() - started;
-  }
 }
 
 /**
@@ -322,51 +297,32 @@ async function claimTimed(
  */
 async function settleWithStripe(
   deps: CheckoutDeps,
-  claim: CheckoutClaim,
-  timings: Timings,
+  claim: Extract<CheckoutClaim, { outcome: "verify" }>,
+  context: RequestContext,
 ): Promise<string> {
   const id = claim.stripeSessionId;
   if (!id) throw unavailable(2);
-  const stripeStarted = performance.now();
-  let session: Stripe.Checkout.Session;
-  try {
-    session = await deps.stripe.checkout.sessions.retrieve(id);
-    if (session.status === "open") {
-      // A refusal here usually means it completed a moment ago: look again.
-      session = await deps.stripe.checkout.sessions.expire(id).catch(() =>
-        deps.stripe.checkout.sessions.retrieve(id)
-      );
-    }
-  } catch {
+  const sessions = deps.stripe.checkout.sessions;
+  const session = await context.stripe(async () => {
+    const found = await sessions.retrieve(id);
+    if (found.status !== "open") return found;
+    // A refusal here usually means it completed a moment ago: look again.
+    return await sessions.expire(id).catch(() => sessions.retrieve(id));
+  }).catch(() => {
     throw unavailable(2);
-  } finally {
-    timings.stripeMs += performance.now() - stripeStarted;
-  }
-  const dbStarted = performance.now();
-  try {
-    await deps.store.settle(session);
-  } finally {
-    timings.dbMs += performance.now() - dbStarted;
-  }
-  if (session.status === "complete") throw alreadyPaid();
+  });
+  await context.db(() => deps.store.settle(session));
+  if (session.status === "complete") throw apiError("order_already_paid");
   return session.status ?? "unknown";
-}
-
-function alreadyPaid(): HttpError {
-  return new HttpError(
-    409,
-    "order_already_paid",
-    "Cannot create checkout: this order is already paid",
-  );
 }
 
 /** The 201 body for a claimed order and its session. */
 export function checkoutResponseBody(
-  claim: CheckoutClaim,
+  claim: ArmedClaim,
   session: Stripe.Checkout.Session,
 ): CheckoutResponse {
   return {
-    orderId: claim.orderId!,
+    orderId: claim.order.orderId,
     sessionId: session.id,
     url: session.url,
     expiresAt: new Date(session.expires_at * 1000).toISOString(),
@@ -381,14 +337,10 @@ function redirectUrl(
 ): string | undefined {
   if (value === undefined) return undefined;
   if (!deps.allowedOrigins.has(new URL(value).origin)) {
-    throw new HttpError(
-      400,
-      "redirect_url_not_allowed",
-      `Cannot create checkout: ${field} is not on an allowed origin`,
-      [
-        { path: [field], code: "redirect_url_not_allowed", message: "origin not allowed" },
-      ],
-    );
+    throw apiError("redirect_url_not_allowed", {
+      reason: `${field} is not on an allowed origin`,
+      details: [{ path: [field], code: "redirect_url_not_allowed", message: "origin not allowed" }],
+    });
   }
   return value;
 }
@@ -398,38 +350,19 @@ function fromSqlError(error: unknown): unknown {
   // A validly signed token whose user no longer exists (deleted, tokens still unexpired): a
   // retry can never succeed, so it is the token that is bad, not the service.
   if (state === "23503" && (error as { constraint_name?: string }).constraint_name === USER_FK) {
-    return new HttpError(
-      401,
-      "unauthorized",
-      "Cannot authenticate: the token's user does not exist",
-      undefined,
-      { "www-authenticate": 'Bearer error="invalid_token"' },
-    );
+    return apiError("unauthorized", {
+      reason: "the token's user does not exist",
+      headers: { "www-authenticate": 'Bearer error="invalid_token"' },
+    });
   }
-  const mapped = state ? SQL_ERRORS[state] : undefined;
-  if (!mapped) return error;
-  const message = error instanceof Error ? error.message : "Cannot create checkout";
+  const code = state ? SQL_ERRORS[state] : undefined;
+  if (!code) return error;
+  // The SQL message already says what was wrong ("Cannot create checkout: tier X is sold out").
+  const message = error instanceof Error ? error.message.replace(/^Cannot [^:]*: /, "") : undefined;
   // CK006 carries the seconds until a pending hold frees up in its DETAIL.
-  const retryAfter = state === "CK006"
-    ? { "retry-after": String((error as { detail?: string }).detail ?? "60") }
-    : undefined;
-  return new HttpError(mapped[0], mapped[1], message, undefined, retryAfter);
-}
-
-function unexpected(error: unknown, entry: Record<string, unknown>): HttpError {
-  // Name and SQLSTATE only: messages can carry connection strings or parameters.
-  entry.error = error instanceof Error ? error.name : typeof error;
-  const state = sqlState(error);
-  if (state) entry.sqlstate = state;
-  return new HttpError(
-    503,
-    "temporarily_unavailable",
-    "Cannot create checkout: the service is temporarily unavailable, retry with the same Idempotency-Key",
-    undefined,
-    { "retry-after": "1" },
-  );
-}
-
-function round(ms: number): number {
-  return Math.round(ms * 10) / 10;
+  const detail = Number((error as { detail?: string }).detail);
+  return apiError(code, {
+    reason: message,
+    retryAfter: state === "CK006" && Number.isFinite(detail) ? detail : undefined,
+  });
 }

@@ -189,30 +189,42 @@ export interface HoldLimits {
   windowSeconds: number;
 }
 
-/** What claim_checkout decided, with the order the Stripe call must describe. */
-export interface CheckoutClaim {
-  outcome: ClaimOutcome | "renew" | "paid" | "verify" | "reconcile";
-  stripeIdempotencyKey: string | null;
-  leaseToken: string | null;
-  leaseExpiresAt: Date | null;
-  attempt: number | null;
-  responseStatus: number | null;
-  responseBody: unknown;
-  orderId: string | null;
-  eventId: string | null;
-  currency: string | null;
-  amountTotal: number | null;
-  holdExpiresAt: Date | null;
+/** The order an armed claim is for: exactly what the Stripe call must describe. */
+export interface ClaimedOrder {
+  orderId: string;
+  eventId: string;
+  currency: string;
+  amountTotal: number;
+  holdExpiresAt: Date;
   lines: CheckoutLine[];
-  successUrl: string | null;
-  cancelUrl: string | null;
+  successUrl: string;
+  cancelUrl: string;
+  /** The guest's email (Stripe's customer_email); null for signed-in buyers. */
   customerEmail: string | null;
-  operationId: string | null;
-  /** The order's Checkout Session, when it has one (what verify asks Stripe about). */
-  stripeSessionId: string | null;
-  /** Reconciliation runs that took this attempt over, this one included. */
-  reconcileAttempts: number | null;
 }
+
+/** An attempt the caller now holds: call Stripe with the key, then record or release. */
+export interface ArmedClaim {
+  outcome: "created" | "takeover" | "retry" | "renew" | "reconcile";
+  operationId: string;
+  stripeIdempotencyKey: string;
+  leaseToken: string;
+  leaseExpiresAt: Date;
+  attempt: number;
+  /** Reconciliation runs that took this attempt over, this one included. */
+  reconcileAttempts: number;
+  order: ClaimedOrder;
+}
+
+/** What claim_checkout decided; see the SQL function for each outcome. */
+export type CheckoutClaim =
+  | ArmedClaim
+  | { outcome: "replay"; responseStatus: number; responseBody: unknown; orderId: string }
+  | { outcome: "conflict"; leaseExpiresAt: Date | null }
+  | { outcome: "mismatch" }
+  | { outcome: "paid"; orderId: string }
+  /** Past the session's expires_at with no word from Stripe: ask Stripe about this session. */
+  | { outcome: "verify"; orderId: string; stripeSessionId: string | null };
 
 interface CheckoutClaimRow {
   outcome: CheckoutClaim["outcome"];
@@ -238,6 +250,7 @@ interface CheckoutClaimRow {
 
 /** The checkout claim: idempotency claim, order and seat hold, in one statement. */
 export async function claimCheckout(sql: Sql, input: CheckoutClaimInput): Promise<CheckoutClaim> {
+  const limits = input.limits;
   const [row] = await sql<CheckoutClaimRow[]>`
     select * from public.claim_checkout(
       ${input.operationId}, ${input.stripeIdempotencyKey}, ${input.requestFingerprint},
@@ -245,36 +258,65 @@ export async function claimCheckout(sql: Sql, input: CheckoutClaimInput): Promis
       ${input.userId}::uuid, ${input.guestEmail}, ${input.guestName},
       ${input.successUrl}, ${input.cancelUrl}, ${input.holdSeconds}::int, ${input.leaseSeconds}::int,
       coalesce(${input.now ?? null}::timestamptz, now()), ${input.clientAddress ?? null}::inet,
-      ${input.limits?.maxPendingPerBuyer ?? null}::int, ${
-    input.limits?.maxPendingPerAddress ?? null
-  }::int,
-      ${input.limits?.windowSeconds ?? 1800}::int, ${input.holdGraceSeconds ?? 3600}::int)`;
+      ${limits?.maxPendingPerBuyer ?? null}::int, ${limits?.maxPendingPerAddress ?? null}::int,
+      ${limits?.windowSeconds ?? 1800}::int, ${input.holdGraceSeconds ?? 3600}::int)`;
   if (!row) throw new Error("Cannot claim checkout: the database returned no row");
   return checkoutClaimFromRow(row);
 }
 
 function checkoutClaimFromRow(row: CheckoutClaimRow): CheckoutClaim {
+  switch (row.outcome) {
+    case "replay":
+      return {
+        outcome: "replay",
+        responseStatus: row.response_status ?? 200,
+        responseBody: row.response_body,
+        orderId: required(row.order_id),
+      };
+    case "conflict":
+      return { outcome: "conflict", leaseExpiresAt: row.lease_expires_at };
+    case "mismatch":
+      return { outcome: "mismatch" };
+    case "paid":
+      return { outcome: "paid", orderId: required(row.order_id) };
+    case "verify":
+      return {
+        outcome: "verify",
+        orderId: required(row.order_id),
+        stripeSessionId: row.stripe_session_id,
+      };
+    default:
+      return armedClaimFromRow(row, row.outcome);
+  }
+}
+
+function armedClaimFromRow(row: CheckoutClaimRow, outcome: ArmedClaim["outcome"]): ArmedClaim {
   return {
-    outcome: row.outcome,
-    stripeIdempotencyKey: row.stripe_idempotency_key,
-    leaseToken: row.lease_token,
-    leaseExpiresAt: row.lease_expires_at,
-    attempt: row.attempt,
-    responseStatus: row.response_status,
-    responseBody: row.response_body,
-    orderId: row.order_id,
-    eventId: row.event_id,
-    currency: row.currency,
-    amountTotal: row.amount_total,
-    holdExpiresAt: row.hold_expires_at,
-    lines: row.lines ?? [],
-    successUrl: row.success_url,
-    cancelUrl: row.cancel_url,
-    customerEmail: row.customer_email,
-    operationId: row.operation_id,
-    stripeSessionId: row.stripe_session_id,
-    reconcileAttempts: row.reconcile_attempts,
+    outcome,
+    operationId: required(row.operation_id),
+    stripeIdempotencyKey: required(row.stripe_idempotency_key),
+    leaseToken: required(row.lease_token),
+    leaseExpiresAt: required(row.lease_expires_at),
+    attempt: required(row.attempt),
+    reconcileAttempts: row.reconcile_attempts ?? 0,
+    order: {
+      orderId: required(row.order_id),
+      eventId: required(row.event_id),
+      currency: required(row.currency),
+      amountTotal: required(row.amount_total),
+      holdExpiresAt: required(row.hold_expires_at),
+      lines: required(row.lines),
+      successUrl: required(row.success_url),
+      cancelUrl: required(row.cancel_url),
+      customerEmail: row.customer_email,
+    },
   };
+}
+
+/** The SQL functions fill every field of the outcomes above; anything else is a bug. */
+function required<T>(value: T | null): T {
+  if (value === null) throw new Error("Cannot read claim: the database left a field empty");
+  return value;
 }
 
 /** Completes a checkout attempt and links the session to its order, in one statement. */
@@ -374,12 +416,12 @@ export async function claimStuckCheckouts(
     /** Operation ids not to take again (already handled in this run). */
     exclude?: string[];
   },
-): Promise<CheckoutClaim[]> {
+): Promise<ArmedClaim[]> {
   const rows = await sql<CheckoutClaimRow[]>`
     select * from public.claim_stuck_checkouts(${options.staleSeconds}::int, ${options.limit}::int,
       ${options.leaseSeconds}::int, coalesce(${options.now ?? null}::timestamptz, now()),
       ${options.exclude ?? []}::text[])`;
-  return rows.map(checkoutClaimFromRow);
+  return rows.map((row) => armedClaimFromRow(row, "reconcile"));
 }
 
 // postgres.js types sql.json's argument as its own JSON type; a JSON round trip gives exactly

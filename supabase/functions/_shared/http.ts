@@ -1,22 +1,132 @@
 import { canonicalJson } from "./checkout-utils.ts";
+import { apiError, HttpError } from "./errors.ts";
 
 /**
- * HTTP plumbing shared by the functions: errors with stable codes, JSON responses, CORS, and
- * body limits. Every error leaves as `{ "error": { "code", "message", "details"? } }`.
+ * HTTP plumbing shared by the functions: one request envelope (preflight, method, one log
+ * line, timing, CORS, error rendering), JSON responses, and body limits. Every error leaves as
+ * `{ "error": { "code", "message", "details"? } }`.
  */
 
-/** An error that becomes an HTTP response; `code` is stable and machine-readable. */
-export class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-    readonly details?: unknown,
-    readonly headers: Record<string, string> = {},
-  ) {
-    super(message);
-    this.name = "HttpError";
+/** One structured log line per request. */
+export type RequestLog = (line: Record<string, unknown>) => void;
+
+/** Writes a log line to stdout as JSON (what the Supabase log explorer reads). */
+export const consoleLog: RequestLog = (line) => console.log(JSON.stringify(line));
+
+/**
+ * What a handler may tell the request's log line, and where it times its Stripe and database
+ * steps. Never an email, a token or a secret.
+ */
+export class RequestContext {
+  readonly fields: Record<string, unknown> = { outcome: "error" };
+  stripeMs = 0;
+  dbMs = 0;
+
+  /** Adds fields to the log line. */
+  note(fields: Record<string, unknown>): void {
+    Object.assign(this.fields, fields);
   }
+
+  /** Runs a Stripe call, counting its time. */
+  stripe<T>(call: () => Promise<T>): Promise<T> {
+    return this.#timed(call, (ms) => this.stripeMs += ms);
+  }
+
+  /** Runs a database step, counting its time. */
+  db<T>(step: () => Promise<T>): Promise<T> {
+    return this.#timed(step, (ms) => this.dbMs += ms);
+  }
+
+  async #timed<T>(step: () => Promise<T>, add: (ms: number) => void): Promise<T> {
+    const started = performance.now();
+    try {
+      return await step();
+    } finally {
+      add(performance.now() - started);
+    }
+  }
+}
+
+/** How an endpoint is served. */
+export interface EnvelopeOptions {
+  /** The function's name, for the log line. */
+  fn: string;
+  /** What the endpoint does, for error messages: "Cannot <action>: …". */
+  action: string;
+  /** Browser callers: CORS headers on every answer, and the OPTIONS preflight. */
+  cors?: Cors;
+  log?: RequestLog;
+  /** The error for a failure that is not an HttpError (default: 503 temporarily_unavailable). */
+  unexpected?: HttpError;
+}
+
+/**
+ * Serves `handle` inside the one envelope: OPTIONS (with CORS) answers the preflight, any method
+ * but POST is 405, an HttpError is rendered in the documented shape, anything else is logged by
+ * name (and SQLSTATE) only, never its message, and answered `unexpected`.
+ */
+export function envelope(
+  options: EnvelopeOptions,
+  handle: (request: Request, context: RequestContext) => Promise<Response>,
+): (request: Request) => Promise<Response> {
+  const log = options.log ?? consoleLog;
+  return async (request) => {
+    const started = performance.now();
+    const context = new RequestContext();
+    let response: Response;
+    try {
+      response = await route(request, context, options, handle);
+    } catch (error) {
+      const httpError = error instanceof HttpError ? error : unexpected(error, context, options);
+      context.note({ code: httpError.code });
+      response = errorResponse(httpError, options.action);
+    }
+    if (options.cors) {
+      for (const [name, value] of Object.entries(corsHeaders(options.cors, request))) {
+        response.headers.set(name, value);
+      }
+    }
+    log({
+      fn: options.fn,
+      ...context.fields,
+      status: response.status,
+      stripe_ms: round(context.stripeMs),
+      db_ms: round(context.dbMs),
+      ms: round(performance.now() - started),
+    });
+    return response;
+  };
+}
+
+function route(
+  request: Request,
+  context: RequestContext,
+  options: EnvelopeOptions,
+  handle: (request: Request, context: RequestContext) => Promise<Response>,
+): Promise<Response> {
+  if (request.method === "OPTIONS" && options.cors) {
+    context.note({ outcome: "preflight" });
+    return Promise.resolve(new Response(null, { status: 204 }));
+  }
+  if (request.method !== "POST") {
+    throw apiError("method_not_allowed", {
+      reason: `use POST, not ${request.method}`,
+      headers: { allow: options.cors ? "POST, OPTIONS" : "POST" },
+    });
+  }
+  return handle(request, context);
+}
+
+function unexpected(error: unknown, context: RequestContext, options: EnvelopeOptions): HttpError {
+  // Name and SQLSTATE only: messages can carry connection strings or parameters.
+  context.note({ error: error instanceof Error ? error.name : typeof error });
+  const state = (error as { code?: unknown })?.code;
+  if (typeof state === "string" && /^[0-9A-Z]{5}$/.test(state)) context.note({ sqlstate: state });
+  return options.unexpected ?? apiError("temporarily_unavailable");
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 10) / 10;
 }
 
 /** Largest accepted request body. */
@@ -72,37 +182,33 @@ export function canonicalJsonResponse(
   });
 }
 
-/** The documented error shape for an HttpError. */
-export function errorResponse(error: HttpError, headers: Record<string, string> = {}): Response {
+/** The documented error shape for an HttpError, its message phrased for `action`. */
+export function errorResponse(error: HttpError, action: string): Response {
   const body: { code: string; message: string; details?: unknown } = {
     code: error.code,
-    message: error.message,
+    message: `Cannot ${action}: ${error.message}`,
   };
   if (error.details !== undefined) body.details = error.details;
-  return json(error.status, { error: body }, { ...headers, ...error.headers });
+  return json(error.status, { error: body }, error.headers);
 }
 
 /** Reads a JSON body: content type, size limit (streamed, so a huge body is never buffered), parse. */
 export async function readJsonBody(request: Request, maxBytes = MAX_BODY_BYTES): Promise<unknown> {
   const type = request.headers.get("content-type") ?? "";
   if (!/^application\/json\s*(;|$)/i.test(type.trim())) {
-    throw new HttpError(
-      415,
-      "unsupported_media_type",
-      "Cannot read request: Content-Type must be application/json",
-    );
+    throw apiError("unsupported_media_type");
   }
   const bytes = await readLimitedBytes(request, maxBytes);
   let text: string;
   try {
     text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch {
-    throw new HttpError(400, "invalid_json", "Cannot read request: the body is not valid UTF-8");
+    throw apiError("invalid_json", { reason: "the body is not valid UTF-8" });
   }
   try {
     return JSON.parse(text);
   } catch {
-    throw new HttpError(400, "invalid_json", "Cannot read request: the body is not valid JSON");
+    throw apiError("invalid_json");
   }
 }
 
@@ -142,9 +248,5 @@ async function readLimitedBytes(request: Request, maxBytes: number): Promise<Uin
 }
 
 function tooLarge(maxBytes: number): HttpError {
-  return new HttpError(
-    413,
-    "payload_too_large",
-    `Cannot read request: the body exceeds ${maxBytes} bytes`,
-  );
+  return apiError("payload_too_large", { reason: `the body exceeds ${maxBytes} bytes` });
 }

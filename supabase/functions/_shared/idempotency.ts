@@ -1,11 +1,13 @@
 /**
  * The claim → call → record protocol around one Stripe call, generic over the operation
- * (checkout:create today, refund:create or payout:create tomorrow). It decides, from how the
- * Stripe call failed, whether the Stripe key is burnt, and what the client is told.
+ * (checkout:create today, refund:create tomorrow). It decides, from how the Stripe call failed,
+ * whether the Stripe key is burnt, and what the client is told. It knows no operation: errors
+ * are phrased by the endpoint's envelope.
  */
 import Stripe from "stripe";
 import { SQLSTATE, sqlState } from "./db.ts";
-import { HttpError } from "./http.ts";
+import { apiError, type HttpError } from "./errors.ts";
+import type { RequestContext } from "./http.ts";
 
 /**
  * What Stripe kept under the key after a failed call: the one rule every path (live request,
@@ -34,8 +36,8 @@ export function classifyStripeError(error: unknown): StripeFailure {
   const status = error instanceof Stripe.errors.StripeError ? error.statusCode : undefined;
   const reason = error instanceof Error ? `${error.name}${status ? ` ${status}` : ""}` : "unknown";
   if (status === undefined || status === 409 || status === 429) {
-    const keyState = "no_answer";
-    return { keyState, keyConsumed: false, error: unavailable(status === 429 ? 2 : 1), reason };
+    const retryAfter = status === 429 ? 2 : 1;
+    return { keyState: "no_answer", keyConsumed: false, error: unavailable(retryAfter), reason };
   }
   if (status >= 500) {
     return { keyState: "answered", keyConsumed: true, error: unavailable(2), reason };
@@ -43,24 +45,14 @@ export function classifyStripeError(error: unknown): StripeFailure {
   return {
     keyState: error instanceof Stripe.errors.StripeIdempotencyError ? "key_reused" : "answered",
     keyConsumed: true,
-    error: new HttpError(
-      502,
-      "payment_provider_error",
-      "Cannot create checkout: the payment provider refused the request",
-    ),
+    error: apiError("payment_provider_error"),
     reason,
   };
 }
 
 /** 503 for a payment provider that cannot be reached now; the same key retries safely. */
 export function unavailable(retryAfter: number): HttpError {
-  return new HttpError(
-    503,
-    "payment_provider_unavailable",
-    "Cannot create checkout: the payment provider is unavailable, retry with the same Idempotency-Key",
-    undefined,
-    { "retry-after": String(retryAfter) },
-  );
+  return apiError("payment_provider_unavailable", { retryAfter });
 }
 
 /** The steps of one armed attempt; each store step is one database statement. */
@@ -73,66 +65,38 @@ export interface AttemptSteps<T> {
   release: (keyConsumed: boolean, reason: string) => Promise<void>;
 }
 
-/** Time spent, for the request's log line. */
-export interface Timings {
-  stripeMs: number;
-  dbMs: number;
-}
-
 /** Runs an armed attempt: call Stripe, then record, or release on failure. */
-export async function runAttempt<T>(steps: AttemptSteps<T>, timings: Timings): Promise<T> {
+export async function runAttempt<T>(steps: AttemptSteps<T>, context: RequestContext): Promise<T> {
   let result: T;
-  const callStarted = performance.now();
   try {
-    result = await steps.call();
+    result = await context.stripe(steps.call);
   } catch (error) {
-    timings.stripeMs += performance.now() - callStarted;
     const failure = classifyStripeError(error);
-    await timed(timings, () => steps.release(failure.keyConsumed, failure.reason)).catch(() => {
+    await context.db(() => steps.release(failure.keyConsumed, failure.reason)).catch(() => {
       // The lease runs out on its own; the next retry takes over with the same key.
     });
     throw failure.error;
   }
-  timings.stripeMs += performance.now() - callStarted;
 
   try {
-    await timed(timings, () => steps.record(result));
+    await context.db(() => steps.record(result));
   } catch (error) {
     const state = sqlState(error);
     if (state === SQLSTATE.leaseNotHeld || state === SQLSTATE.alreadyCompleted) {
       // Another attempt took over while this one was slow; the client's retry gets its result.
       throw inUse(1);
     }
-    // The session exists at Stripe but is not recorded: end the lease so the retry takes over at
-    // once with the SAME key, and Stripe hands back this very session.
-    await timed(timings, () => steps.release(false, "record failed")).catch(() => {});
-    throw new HttpError(
-      503,
-      "temporarily_unavailable",
-      "Cannot create checkout: storage is unavailable, retry with the same Idempotency-Key",
-      undefined,
-      { "retry-after": "1" },
-    );
+    // The object exists at Stripe but is not recorded: end the lease so the retry takes over at
+    // once with the SAME key, and Stripe hands back this very object.
+    await context.db(() => steps.release(false, "record failed")).catch(() => {});
+    throw apiError("temporarily_unavailable", {
+      reason: "storage is unavailable, retry with the same Idempotency-Key",
+    });
   }
   return result;
 }
 
 /** 409 for a duplicate of an operation that is in flight. */
 export function inUse(retryAfterSeconds: number): HttpError {
-  return new HttpError(
-    409,
-    "idempotency_key_in_use",
-    "Cannot create checkout: a request with this Idempotency-Key is in progress, retry shortly",
-    undefined,
-    { "retry-after": String(retryAfterSeconds) },
-  );
-}
-
-async function timed<T>(timings: Timings, step: () => Promise<T>): Promise<T> {
-  const started = performance.now();
-  try {
-    return await step();
-  } finally {
-    timings.dbMs += performance.now() - started;
-  }
+  return apiError("idempotency_key_in_use", { retryAfter: retryAfterSeconds });
 }

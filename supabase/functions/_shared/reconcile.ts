@@ -16,16 +16,16 @@ import type Stripe from "stripe";
 import type { TokenVerifier } from "./auth.ts";
 import { checkoutSessionParams } from "./checkout-session.ts";
 import {
-  type CheckoutClaim,
+  type ArmedClaim,
   claimStuckCheckouts,
   countStuckCheckouts,
   recordCheckout,
   releaseCheckout,
   type Sql,
 } from "./db.ts";
-import { errorResponse, HttpError, json } from "./http.ts";
+import { apiError } from "./errors.ts";
+import { consoleLog, envelope, json, type RequestLog } from "./http.ts";
 import { checkoutResponseBody } from "./checkout.ts";
-import type { RequestLog } from "./checkout.ts";
 import { classifyStripeError } from "./idempotency.ts";
 
 /**
@@ -60,7 +60,7 @@ const LEASE_SECONDS = 120;
 
 /** Settles the stuck checkout attempts once. Safe to run concurrently with itself and live traffic. */
 export async function reconcileStuckCheckouts(deps: ReconcileDeps): Promise<ReconcileSummary> {
-  const log = deps.log ?? ((line) => console.log(JSON.stringify(line)));
+  const log = deps.log ?? consoleLog;
   const staleSeconds = deps.staleSeconds ?? 600;
   const summary: ReconcileSummary = { settled: 0, failed: 0, skipped: 0, remaining: 0 };
   const handled: string[] = [];
@@ -72,7 +72,7 @@ export async function reconcileStuckCheckouts(deps: ReconcileDeps): Promise<Reco
       exclude: handled,
     });
     if (!claim) break;
-    handled.push(claim.operationId!);
+    handled.push(claim.operationId);
     let settlement: Settlement;
     try {
       settlement = await settle(deps, claim);
@@ -98,14 +98,13 @@ export async function reconcileStuckCheckouts(deps: ReconcileDeps): Promise<Reco
   return summary;
 }
 
-async function settle(deps: ReconcileDeps, claim: CheckoutClaim): Promise<Settlement> {
-  const operationId = claim.operationId!;
-  const leaseToken = claim.leaseToken!;
+async function settle(deps: ReconcileDeps, claim: ArmedClaim): Promise<Settlement> {
+  const { operationId, leaseToken } = claim;
   const release = (keyConsumed: boolean, error: string) =>
     releaseCheckout(deps.sql, { operationId, leaseToken, keyConsumed, error });
   // No answer this run: try again next run, unless this was the last one allowed.
   const later = async (why: string): Promise<Settlement> => {
-    if ((claim.reconcileAttempts ?? 1) >= (deps.maxAttempts ?? 5)) {
+    if (claim.reconcileAttempts >= (deps.maxAttempts ?? 5)) {
       await release(true, `reconcile: gave up after ${claim.reconcileAttempts} runs (${why})`);
       return "failed";
     }
@@ -113,12 +112,10 @@ async function settle(deps: ReconcileDeps, claim: CheckoutClaim): Promise<Settle
     return "skipped";
   };
 
-  if (!claim.orderId) return await later("the attempt has no order");
-
   let session: Stripe.Response<Stripe.Checkout.Session>;
   try {
     session = await deps.stripe.checkout.sessions.create(checkoutSessionParams(claim), {
-      idempotencyKey: claim.stripeIdempotencyKey!,
+      idempotencyKey: claim.stripeIdempotencyKey,
     });
   } catch (error) {
     const failure = classifyStripeError(error);
@@ -166,20 +163,18 @@ function isReplay(session: Stripe.Response<unknown>): boolean {
 export function createReconcileHandler(
   deps: ReconcileDeps & { verifyToken: TokenVerifier },
 ): (request: Request) => Promise<Response> {
-  return async (request) => {
-    try {
-      if (request.method !== "POST") {
-        throw new HttpError(405, "method_not_allowed", "Cannot reconcile: use POST", undefined, {
-          allow: "POST",
-        });
-      }
+  return envelope(
+    {
+      fn: "reconcile-checkouts",
+      action: "reconcile",
+      log: deps.log,
+      unexpected: apiError("temporarily_unavailable", { reason: "the next run retries" }),
+    },
+    async (request, context) => {
       await deps.verifyToken(request.headers.get("authorization"));
-      return json(200, await reconcileStuckCheckouts(deps));
-    } catch (error) {
-      if (error instanceof HttpError) return errorResponse(error);
-      return errorResponse(
-        new HttpError(503, "temporarily_unavailable", "Cannot reconcile now; the next run retries"),
-      );
-    }
-  };
+      const summary = await reconcileStuckCheckouts(deps);
+      context.note({ outcome: "reconciled", ...summary });
+      return json(200, summary);
+    },
+  );
 }

@@ -3,7 +3,7 @@
  * Strict objects: unknown fields are rejected rather than silently dropped.
  */
 import { z } from "zod";
-import { HttpError } from "./http.ts";
+import { apiError } from "./errors.ts";
 
 /** The storefront's Idempotency-Key header: one per checkout attempt, resent on every retry. */
 export const IDEMPOTENCY_KEY = /^[A-Za-z0-9_.-]{16,128}$/;
@@ -52,34 +52,23 @@ export type GuestCheckoutBody = z.infer<typeof guestCheckoutBody>;
 export function parseBody<T>(schema: z.ZodType<T>, value: unknown): T {
   const result = schema.safeParse(value);
   if (result.success) return result.data;
-  throw new HttpError(
-    400,
-    "validation_failed",
-    "Cannot create checkout: the request body is invalid",
-    result.error.issues.map((issue) => ({
+  throw apiError("validation_failed", {
+    details: result.error.issues.map((issue) => ({
       path: issue.path.map((p) => (typeof p === "symbol" ? String(p) : p)),
       code: issue.code,
       message: issue.message,
     })),
-  );
+  });
 }
 
 /** The client's Idempotency-Key header, or a 400 saying what is wrong with it. */
 export function requireIdempotencyKey(request: Request): string {
   const key = request.headers.get("idempotency-key");
   if (key === null || key === "") {
-    throw new HttpError(
-      400,
-      "idempotency_key_missing",
-      "Cannot create checkout: the Idempotency-Key header is required",
-    );
+    throw apiError("idempotency_key_missing");
   }
   if (!IDEMPOTENCY_KEY.test(key)) {
-    throw new HttpError(
-      400,
-      "idempotency_key_invalid",
-      "Cannot create checkout: Idempotency-Key must be 16-128 characters of A-Z a-z 0-9 _ . -",
-    );
+    throw apiError("idempotency_key_invalid");
   }
   return key;
 }

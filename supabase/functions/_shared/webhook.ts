@@ -5,8 +5,8 @@
  */
 import Stripe from "stripe";
 import { processWebhookEvent, type Sql } from "./db.ts";
-import { errorResponse, HttpError, json, readRawText } from "./http.ts";
-import type { RequestLog } from "./checkout.ts";
+import { apiError } from "./errors.ts";
+import { envelope, json, readRawText, type RequestContext, type RequestLog } from "./http.ts";
 
 /** What the webhook handler needs. */
 export interface WebhookDeps {
@@ -36,46 +36,27 @@ const ACKNOWLEDGED = new Set([
 
 /** Builds the webhook handler. */
 export function createWebhookHandler(deps: WebhookDeps): (request: Request) => Promise<Response> {
-  const log = deps.log ?? ((line) => console.log(JSON.stringify(line)));
   const cryptoProvider = Stripe.createSubtleCryptoProvider();
-
-  return async (request) => {
-    const started = performance.now();
-    const entry: Record<string, unknown> = { fn: "stripe-webhook", outcome: "error" };
-    let response: Response;
-    try {
-      response = await handle(request, deps, cryptoProvider, entry);
-    } catch (error) {
-      const httpError = error instanceof HttpError ? error : unavailable(error, entry);
-      entry.code = httpError.code;
-      response = errorResponse(httpError);
-    }
-    log({ ...entry, status: response.status, ms: Math.round(performance.now() - started) });
-    return response;
-  };
+  return envelope(
+    {
+      fn: "stripe-webhook",
+      action: "accept webhook",
+      log: deps.log,
+      unexpected: apiError("temporarily_unavailable", { reason: "Stripe will redeliver it" }),
+    },
+    (request, context) => handle(request, deps, cryptoProvider, context),
+  );
 }
 
 async function handle(
   request: Request,
   deps: WebhookDeps,
   cryptoProvider: ReturnType<typeof Stripe.createSubtleCryptoProvider>,
-  entry: Record<string, unknown>,
+  context: RequestContext,
 ): Promise<Response> {
-  if (request.method !== "POST") {
-    throw new HttpError(405, "method_not_allowed", "Cannot accept webhook: use POST", undefined, {
-      allow: "POST",
-    });
-  }
   const signature = request.headers.get("stripe-signature");
-  if (!signature) {
-    throw new HttpError(
-      400,
-      "signature_missing",
-      "Cannot accept webhook: Stripe-Signature is missing",
-    );
-  }
-  // The signature covers the exact bytes, so the body is read raw and never re-serialized; it is
-  // counted while streaming so that an oversized body is refused without being buffered.
+  if (!signature) throw apiError("signature_missing");
+  // The signature covers the exact bytes, so the body is read raw and never re-serialized.
   const body = await readRawText(request, MAX_EVENT_BYTES);
 
   let event: Stripe.Event;
@@ -88,49 +69,27 @@ async function handle(
       cryptoProvider,
     );
   } catch {
-    throw new HttpError(
-      400,
-      "signature_invalid",
-      "Cannot accept webhook: the signature does not verify",
-    );
+    throw apiError("signature_invalid");
   }
   if (
     !event || typeof event.id !== "string" || !/^evt_[A-Za-z0-9_]+$/.test(event.id) ||
     typeof event.type !== "string" || typeof event.data !== "object" || event.data === null
   ) {
-    throw new HttpError(
-      400,
-      "invalid_event",
-      "Cannot accept webhook: the body is not a Stripe event",
-    );
+    throw apiError("invalid_event");
   }
-  entry.event = event.id;
-  entry.type = event.type;
+  context.note({ event: event.id, type: event.type });
 
-  const result = await processWebhookEvent(deps.sql, {
-    id: event.id,
-    type: event.type,
-    livemode: event.livemode === true,
-    payload: event,
-  });
-  entry.outcome = result.outcome;
-  if (result.orderId) entry.order = result.orderId;
-  if (result.detail) entry.detail = result.detail;
-  if (!ACKNOWLEDGED.has(result.outcome)) {
-    throw new HttpError(
-      500,
-      "processing_failed",
-      "Cannot process webhook event now; Stripe will redeliver it",
-    );
-  }
-  return json(200, { received: true, outcome: result.outcome });
-}
-
-function unavailable(error: unknown, entry: Record<string, unknown>): HttpError {
-  entry.error = error instanceof Error ? error.name : typeof error;
-  return new HttpError(
-    503,
-    "temporarily_unavailable",
-    "Cannot process webhook event now; Stripe will redeliver it",
+  const result = await context.db(() =>
+    processWebhookEvent(deps.sql, {
+      id: event.id,
+      type: event.type,
+      livemode: event.livemode === true,
+      payload: event,
+    })
   );
+  context.note({ outcome: result.outcome });
+  if (result.orderId) context.note({ order: result.orderId });
+  if (result.detail) context.note({ detail: result.detail });
+  if (!ACKNOWLEDGED.has(result.outcome)) throw apiError("processing_failed");
+  return json(200, { received: true, outcome: result.outcome });
 }
