@@ -942,7 +942,7 @@ export async function mixedBenchmark(
   const tiers = [];
   for (const [name, tier] of [["floor", event.floor], ["balcony", event.balcony]] as const) {
     const [row] = await bench.admin<{ taken: string }[]>`
-      select public.tier_seats_taken(${tier.id}::uuid)::text as taken`;
+      select private.tier_seats_taken(${tier.id}::uuid)::text as taken`;
     const taken = Number(row?.taken ?? Number.NaN);
     tiers.push({
       name,

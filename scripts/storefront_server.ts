@@ -80,7 +80,7 @@ async function eventInfo(sql: Sql, id: string): Promise<Response> {
   >`
     select t.id, t.name, t.unit_amount, t.max_per_order,
            case when t.capacity is null then null
-                else greatest(t.capacity - public.tier_seats_taken(t.id), 0)::int end as seats_left
+                else greatest(t.capacity - private.tier_seats_taken(t.id), 0)::int end as seats_left
     from events.ticket_tiers t
     where t.event_id = ${id}
     order by t.created_at, t.id`;

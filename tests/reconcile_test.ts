@@ -48,7 +48,9 @@ async function waitForLeases() {
 }
 
 async function floorTaken(h: Harness): Promise<number> {
-  const [row] = await h.sql<{ n: string }[]>`select public.tier_seats_taken(${h.event.floor}) as n`;
+  const [row] = await h.sql<
+    { n: string }[]
+  >`select private.tier_seats_taken(${h.event.floor}) as n`;
   return Number(row!.n);
 }
 

@@ -50,7 +50,7 @@ async function withWebhook(fn: (f: Fixture) => Promise<void>): Promise<void> {
     async floorTaken() {
       const [row] = await h.sql<
         { n: string }[]
-      >`select public.tier_seats_taken(${h.event.floor}) as n`;
+      >`select private.tier_seats_taken(${h.event.floor}) as n`;
       return Number(row!.n);
     },
     async eventRows() {

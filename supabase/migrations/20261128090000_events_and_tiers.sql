@@ -1,19 +1,19 @@
 -- Events and ticket tiers: what the storefront sells and at which price.
 -- Objects: schema events; tables events.events, events.ticket_tiers; helper trigger
---          function public.set_updated_at(); deny-by-default privileges for new functions.
+--          function private.set_updated_at(); deny-by-default privileges for new functions.
 -- Risks:   prices live only here (checkout never trusts a client's price); the column names
 --          are a contract with the rest of the platform, so rename nothing.
 
--- Deny by default: no function created from now on is callable by public, anon or authenticated
--- unless a migration grants it explicitly.
-alter default privileges in schema public revoke execute on functions from public, anon, authenticated;
+-- Deny by default (on hosted projects the platform's defaults also grant new functions in public
+-- to anon and authenticated): nothing created from now on is callable by them unless granted.
+alter default privileges in schema public revoke execute on functions from anon, authenticated;
 
 create schema if not exists events;
-alter default privileges in schema events revoke execute on functions from public, anon, authenticated;
+alter default privileges in schema events revoke execute on functions from anon, authenticated;
 grant usage on schema events to anon, authenticated, service_role;
 
 -- Keeps updated_at honest without trusting callers to set it.
-create or replace function public.set_updated_at()
+create or replace function private.set_updated_at()
 returns trigger
 language plpgsql
 set search_path = ''
@@ -23,8 +23,7 @@ begin
   return new;
 end;
 $$;
-comment on function public.set_updated_at() is 'Trigger: stamps updated_at on every update.';
-revoke execute on function public.set_updated_at() from public, anon, authenticated;
+comment on function private.set_updated_at() is 'Trigger: stamps updated_at on every update.';
 
 create table events.events (
   id uuid primary key default gen_random_uuid(),
@@ -59,9 +58,9 @@ comment on column events.ticket_tiers.capacity is 'Seats in this tier; null mean
 create index ticket_tiers_event_id_idx on events.ticket_tiers (event_id);
 
 create trigger events_set_updated_at before update on events.events
-  for each row execute function public.set_updated_at();
+  for each row execute function private.set_updated_at();
 create trigger ticket_tiers_set_updated_at before update on events.ticket_tiers
-  for each row execute function public.set_updated_at();
+  for each row execute function private.set_updated_at();
 
 alter table events.events enable row level security;
 alter table events.ticket_tiers enable row level security;

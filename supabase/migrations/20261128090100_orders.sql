@@ -1,6 +1,6 @@
 -- Orders and their items, and the capacity they hold.
 -- Objects: public.orders, public.order_items, view-free capacity function
---          public.tier_seats_taken(uuid, timestamptz).
+--          private.tier_seats_taken(uuid, timestamptz).
 -- Risks:   capacity is counted from rows (paid orders plus pending holds that Stripe has not
 --          ended and whose grace has not run out), never from a counter, so a hold frees its
 --          seats without any job running. Callers that sell seats must lock the tier row first
@@ -72,7 +72,7 @@ comment on table public.order_items is 'Seats of one tier in an order, priced wh
 create index order_items_tier_id_idx on public.order_items (tier_id);
 
 create trigger orders_set_updated_at before update on public.orders
-  for each row execute function public.set_updated_at();
+  for each row execute function private.set_updated_at();
 
 alter table public.orders enable row level security;
 alter table public.order_items enable row level security;
@@ -92,7 +92,7 @@ create policy "buyers read their own order items" on public.order_items
   ));
 
 -- Seats of a tier currently taken: paid orders plus pending holds still held.
-create or replace function public.tier_seats_taken(p_tier_id uuid, p_now timestamptz default now())
+create or replace function private.tier_seats_taken(p_tier_id uuid, p_now timestamptz default now())
 returns bigint
 language sql
 stable
@@ -104,7 +104,5 @@ as $$
   where i.tier_id = p_tier_id
     and (o.status = 'paid' or (o.status = 'pending' and o.seats_held_until > p_now));
 $$;
-comment on function public.tier_seats_taken(uuid, timestamptz) is
+comment on function private.tier_seats_taken(uuid, timestamptz) is
   'Seats counted against a tier''s capacity: paid plus pending holds still held (seats_held_until).';
-revoke execute on function public.tier_seats_taken(uuid, timestamptz) from public, anon, authenticated;
-grant execute on function public.tier_seats_taken(uuid, timestamptz) to service_role;

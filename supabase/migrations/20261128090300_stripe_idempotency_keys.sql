@@ -37,6 +37,9 @@ create table public.stripe_idempotency_keys (
   stripe_resource_id text check (length(stripe_resource_id) <= 255),
   response_status integer check (response_status between 100 and 599),
   response_body jsonb,
+  -- The order the operation acts for (checkout: the order its current session sells). Deferred:
+  -- a claim arms the operation before it writes the order, in the same transaction.
+  order_id uuid references public.orders (id) on delete set null deferrable initially deferred,
   metadata jsonb not null default '{}'::jsonb check (jsonb_typeof(metadata) = 'object'),
   last_error text,
   created_at timestamptz not null default now(),
@@ -58,6 +61,9 @@ comment on column public.stripe_idempotency_keys.response_body is 'The body the 
 comment on column public.stripe_idempotency_keys.expires_at is 'When cleanup may delete the row: at least 24 hours (Stripe''s key retention) after its last key was armed.';
 -- Cleanup walks rows by expiry.
 create index stripe_idempotency_keys_expires_at_idx on public.stripe_idempotency_keys (expires_at);
+-- An order's operation (the webhook finds it this way before it locks the order).
+create index stripe_idempotency_keys_order_id_idx on public.stripe_idempotency_keys (order_id)
+  where order_id is not null;
 
 alter table public.stripe_idempotency_keys enable row level security;
 -- Service only: RLS on, no policies, nothing granted to anon or authenticated.
@@ -74,7 +80,8 @@ create type public.stripe_idempotency_claim as (
   stripe_resource_id text,
   response_status integer,
   response_body jsonb,
-  metadata jsonb
+  metadata jsonb,
+  order_id uuid
 );
 comment on type public.stripe_idempotency_claim is 'What claim_stripe_idempotency decided; fields that do not belong to the caller are null.';
 
@@ -83,7 +90,7 @@ comment on type public.stripe_idempotency_claim is 'What claim_stripe_idempotenc
 -- response cleared, and the row kept for 24 hours (Stripe's key retention) from now. Every path
 -- that hands an existing operation to a new attempt goes through here; the caller holds the
 -- row's lock.
-create or replace function public.arm_stripe_idempotency_attempt(
+create or replace function private.arm_stripe_idempotency_attempt(
   p_id bigint,
   p_new_key text,
   p_lease_token uuid,
@@ -109,12 +116,12 @@ as $$
   where k.id = p_id
   returning k.*;
 $$;
-comment on function public.arm_stripe_idempotency_attempt(bigint, text, uuid, timestamptz, timestamptz) is
+comment on function private.arm_stripe_idempotency_attempt(bigint, text, uuid, timestamptz, timestamptz) is
   'Internal: hands an existing operation to a new attempt (new lease; new key, or the same one).';
 
 -- The outcomes an existing row decides by itself: mismatch, replay, or conflict (a live lease).
 -- Null outcome when the row must be taken over or retried, which only the row lock may do.
-create or replace function public.stripe_idempotency_settled(
+create or replace function private.stripe_idempotency_settled(
   p_row public.stripe_idempotency_keys,
   p_request_fingerprint text,
   p_now timestamptz
@@ -137,6 +144,7 @@ begin
     v_result.response_status := p_row.response_status;
     v_result.response_body := p_row.response_body;
     v_result.metadata := p_row.metadata;
+    v_result.order_id := p_row.order_id;
   elsif p_row.status = 'in_progress' and p_row.lease_expires_at > p_now then
     v_result.outcome := 'conflict';
     v_result.lease_expires_at := p_row.lease_expires_at;
@@ -145,7 +153,7 @@ begin
   return v_result;
 end;
 $$;
-comment on function public.stripe_idempotency_settled(public.stripe_idempotency_keys, text, timestamptz) is
+comment on function private.stripe_idempotency_settled(public.stripe_idempotency_keys, text, timestamptz) is
   'Internal to claim_stripe_idempotency: mismatch | replay | conflict decided from a row, or a null outcome.';
 
 -- The atomic claim. One call either arms a new attempt for the caller or tells it what exists:
@@ -167,7 +175,9 @@ create or replace function public.claim_stripe_idempotency(
   p_lease_token uuid,
   p_lease_seconds integer default 60,
   p_metadata jsonb default '{}'::jsonb,
-  p_now timestamptz default now()
+  p_now timestamptz default now(),
+  -- The order a new operation is for; an existing operation keeps its own.
+  p_order_id uuid default null
 )
 returns public.stripe_idempotency_claim
 language plpgsql
@@ -196,7 +206,7 @@ begin
   from public.stripe_idempotency_keys k
   where k.operation_type = p_operation_type and k.operation_id = p_operation_id;
   if found then
-    v_result := public.stripe_idempotency_settled(v_row, p_request_fingerprint, p_now);
+    v_result := private.stripe_idempotency_settled(v_row, p_request_fingerprint, p_now);
     if v_result.outcome is not null then
       return v_result;
     end if;
@@ -206,10 +216,10 @@ begin
   loop
     insert into public.stripe_idempotency_keys as k (
       operation_type, operation_id, stripe_idempotency_key, request_fingerprint, status,
-      lease_token, lease_expires_at, metadata, created_at, updated_at, expires_at
+      lease_token, lease_expires_at, metadata, order_id, created_at, updated_at, expires_at
     ) values (
       p_operation_type, p_operation_id, p_stripe_idempotency_key, p_request_fingerprint, 'in_progress',
-      p_lease_token, v_lease_until, coalesce(p_metadata, '{}'::jsonb), p_now, p_now,
+      p_lease_token, v_lease_until, coalesce(p_metadata, '{}'::jsonb), p_order_id, p_now, p_now,
       p_now + interval '24 hours'
     )
     on conflict (operation_type, operation_id) do nothing
@@ -228,18 +238,18 @@ begin
     -- Deleted by cleanup between our insert and our select: insert again.
     continue when not found;
 
-    v_result := public.stripe_idempotency_settled(v_row, p_request_fingerprint, p_now);
+    v_result := private.stripe_idempotency_settled(v_row, p_request_fingerprint, p_now);
     if v_result.outcome is not null then
       return v_result;
     end if;
 
     if v_row.status = 'in_progress' then
       -- Expired lease: same key, new owner. The old owner is fenced off by the token change.
-      v_row := public.arm_stripe_idempotency_attempt(v_row.id, null, p_lease_token, v_lease_until, p_now);
+      v_row := private.arm_stripe_idempotency_attempt(v_row.id, null, p_lease_token, v_lease_until, p_now);
       v_result.outcome := 'takeover';
     else
       -- Failed after Stripe answered: Stripe replays that answer for the old key, so arm a new one.
-      v_row := public.arm_stripe_idempotency_attempt(v_row.id, p_stripe_idempotency_key, p_lease_token,
+      v_row := private.arm_stripe_idempotency_attempt(v_row.id, p_stripe_idempotency_key, p_lease_token,
         v_lease_until, p_now);
       v_result.outcome := 'retry';
     end if;
@@ -251,10 +261,11 @@ begin
   v_result.lease_expires_at := v_row.lease_expires_at;
   v_result.attempt := v_row.attempt;
   v_result.metadata := v_row.metadata;
+  v_result.order_id := v_row.order_id;
   return v_result;
 end;
 $$;
-comment on function public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz) is
+comment on function public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz, uuid) is
   'Atomic claim of a Stripe operation: created | replay | conflict | takeover | retry | mismatch, in one statement.';
 
 -- The completed record of an operation, if any.
@@ -284,6 +295,43 @@ $$;
 comment on function public.check_stripe_idempotency(text, text) is
   'The completed record of an operation (key, Stripe resource, stored response), or no row.';
 
+-- What record and release both start with: the operation's row, locked. Raises P0002 when it
+-- does not exist and SI001 when the caller's token is not the row's lease (someone took over);
+-- a completed row is returned as is, for the caller to judge.
+create or replace function private.leased_attempt(
+  p_operation_type text,
+  p_operation_id text,
+  p_lease_token uuid,
+  p_verb text
+)
+returns public.stripe_idempotency_keys
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_row public.stripe_idempotency_keys;
+begin
+  select k.* into v_row
+  from public.stripe_idempotency_keys k
+  where k.operation_type = p_operation_type and k.operation_id = p_operation_id
+  for update;
+  if not found then
+    raise exception using errcode = 'P0002',
+      message = format('Cannot %s operation %s/%s: it does not exist', p_verb, p_operation_type, p_operation_id);
+  end if;
+  if v_row.status <> 'completed'
+     and (v_row.status <> 'in_progress' or v_row.lease_token is distinct from p_lease_token) then
+    raise exception using errcode = 'SI001',
+      message = format('Cannot %s operation %s/%s: the caller does not hold its lease',
+                       p_verb, p_operation_type, p_operation_id);
+  end if;
+  return v_row;
+end;
+$$;
+comment on function private.leased_attempt(text, text, uuid, text) is
+  'Internal to record and release: the operation row, locked, if the caller holds its lease (or it is completed).';
+
 -- Completes the attempt. Fenced by the lease token, not by the clock: a holder whose lease
 -- expired may still complete as long as nobody took over (the token is unchanged). Repeating
 -- the same completion (a lost commit acknowledgement) returns the row again.
@@ -310,16 +358,7 @@ begin
       message = 'Cannot record operation: response status and body are required';
   end if;
 
-  select k.* into v_row
-  from public.stripe_idempotency_keys k
-  where k.operation_type = p_operation_type and k.operation_id = p_operation_id
-  for update;
-
-  if not found then
-    raise exception using errcode = 'P0002',
-      message = format('Cannot record operation %s/%s: it does not exist', p_operation_type, p_operation_id);
-  end if;
-
+  v_row := private.leased_attempt(p_operation_type, p_operation_id, p_lease_token, 'record');
   if v_row.status = 'completed' then
     if v_row.lease_token = p_lease_token
        and v_row.stripe_resource_id is not distinct from p_stripe_resource_id
@@ -329,12 +368,6 @@ begin
     raise exception using errcode = 'SI002',
       message = format('Cannot record operation %s/%s: it is already completed with %s',
                        p_operation_type, p_operation_id, coalesce(v_row.stripe_resource_id, 'another result'));
-  end if;
-
-  if v_row.status <> 'in_progress' or v_row.lease_token is distinct from p_lease_token then
-    raise exception using errcode = 'SI001',
-      message = format('Cannot record operation %s/%s: the caller does not hold its lease',
-                       p_operation_type, p_operation_id);
   end if;
 
   update public.stripe_idempotency_keys k
@@ -380,23 +413,10 @@ begin
       message = 'Cannot release operation: say whether Stripe answered (p_key_consumed)';
   end if;
 
-  select k.* into v_row
-  from public.stripe_idempotency_keys k
-  where k.operation_type = p_operation_type and k.operation_id = p_operation_id
-  for update;
-
-  if not found then
-    raise exception using errcode = 'P0002',
-      message = format('Cannot release operation %s/%s: it does not exist', p_operation_type, p_operation_id);
-  end if;
+  v_row := private.leased_attempt(p_operation_type, p_operation_id, p_lease_token, 'release');
   if v_row.status = 'completed' then
     raise exception using errcode = 'SI002',
       message = format('Cannot release operation %s/%s: it is already completed', p_operation_type, p_operation_id);
-  end if;
-  if v_row.status <> 'in_progress' or v_row.lease_token is distinct from p_lease_token then
-    raise exception using errcode = 'SI001',
-      message = format('Cannot release operation %s/%s: the caller does not hold its lease',
-                       p_operation_type, p_operation_id);
   end if;
 
   update public.stripe_idempotency_keys k
@@ -460,9 +480,7 @@ comment on function public.cleanup_expired_idempotency_keys(integer, timestamptz
   'Deletes expired idempotency rows in batches (never a live lease) and returns how many; run by pg_cron.';
 
 revoke execute on function
-  public.arm_stripe_idempotency_attempt(bigint, text, uuid, timestamptz, timestamptz),
-  public.stripe_idempotency_settled(public.stripe_idempotency_keys, text, timestamptz),
-  public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz),
+  public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz, uuid),
   public.check_stripe_idempotency(text, text),
   public.record_stripe_idempotency(text, text, uuid, text, integer, jsonb, jsonb, timestamptz),
   public.release_stripe_idempotency(text, text, uuid, boolean, text, timestamptz),
@@ -470,9 +488,7 @@ revoke execute on function
 from public, anon, authenticated;
 
 grant execute on function
-  public.arm_stripe_idempotency_attempt(bigint, text, uuid, timestamptz, timestamptz),
-  public.stripe_idempotency_settled(public.stripe_idempotency_keys, text, timestamptz),
-  public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz),
+  public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz, uuid),
   public.check_stripe_idempotency(text, text),
   public.record_stripe_idempotency(text, text, uuid, text, integer, jsonb, jsonb, timestamptz),
   public.release_stripe_idempotency(text, text, uuid, boolean, text, timestamptz),

@@ -1,8 +1,9 @@
 -- Checkout on top of the idempotency protocol: the claim also creates the order and its
 -- capacity hold in the same transaction; the record also stores the session on the order.
 -- Objects: type public.checkout_claim; functions claim_checkout, record_checkout,
---          release_checkout, and the internal create_checkout_order, checkout_claim_order,
---          checkout_operation_payment, renew_checkout_operation, enforce_pending_hold_limits.
+--          release_checkout; in private: checkout_request, checkout_operation, create_checkout_order,
+--          hold_tier_seats, checkout_claim_order, checkout_operation_payment, refuse_if_paid,
+--          enforce_pending_hold_limits, renew_checkout_operation, resume_takeover, answer_replay.
 -- Risks:   prices and names come only from events.ticket_tiers. Any rejection raises, so a
 --          rejected checkout writes nothing. The database's clock never decides that a session
 --          ended: past its expires_at, a retry is told to ask Stripe (outcome verify), and a new
@@ -47,67 +48,107 @@ create type public.checkout_claim as (
 );
 comment on type public.checkout_claim is 'What claim_checkout decided, with the order that the Stripe call must describe.';
 
--- Creates a pending order holding seats, after checking the event, tiers, limits and capacity.
-create or replace function public.create_checkout_order(
-  p_order_id uuid,
-  p_event_id uuid,
-  p_items jsonb,
-  p_user_id uuid,
-  p_guest_email text,
-  p_guest_name text,
-  p_success_url text,
-  p_cancel_url text,
-  p_operation_id text,
-  p_client_address inet,
-  p_hold_expires_at timestamptz,
-  p_seats_held_until timestamptz,
-  p_now timestamptz
-)
+-- The operation type of a checkout, written once.
+create or replace function private.checkout_operation()
+returns text
+language sql
+immutable
+set search_path = ''
+as $$ select 'checkout:create' $$;
+
+-- What a checkout asks for, as claim_checkout received it (the internals take it whole).
+create type private.checkout_request as (
+  operation_id text,
+  event_id uuid,
+  items jsonb,
+  user_id uuid,
+  guest_email text,
+  guest_name text,
+  success_url text,
+  cancel_url text,
+  client_address inet,
+  hold_expires_at timestamptz,
+  seats_held_until timestamptz,
+  now timestamptz
+);
+
+-- Creates a pending order holding seats, after checking the event, the tiers and capacity.
+create or replace function private.create_checkout_order(p_order_id uuid, p_request private.checkout_request)
 returns public.orders
 language plpgsql
 volatile
 set search_path = ''
 as $$
 declare
+  r private.checkout_request := p_request;
   v_event events.events;
-  v_tier events.ticket_tiers;
-  v_item record;
   v_order public.orders;
   v_requested int;
-  v_found int := 0;
 begin
-  if num_nonnulls(p_user_id, p_guest_email) <> 1 then
+  if num_nonnulls(r.user_id, r.guest_email) <> 1 then
     raise exception using errcode = '22023',
       message = 'Cannot create checkout: the buyer is either a user or a guest email';
   end if;
-  if jsonb_typeof(p_items) is distinct from 'array' or jsonb_array_length(p_items) not between 1 and 20 then
+  if jsonb_typeof(r.items) is distinct from 'array' or jsonb_array_length(r.items) not between 1 and 20 then
     raise exception using errcode = '22023', message = 'Cannot create checkout: 1 to 20 items are required';
   end if;
 
-  select e.* into v_event from events.events e where e.id = p_event_id;
+  select e.* into v_event from events.events e where e.id = r.event_id;
   if not found or v_event.status <> 'published' then
     raise exception using errcode = 'CK001',
-      message = 'Cannot create checkout: event not found or not on sale', detail = p_event_id::text;
+      message = 'Cannot create checkout: event not found or not on sale', detail = r.event_id::text;
   end if;
 
-  select count(distinct (x ->> 'tierId')::uuid) into v_requested from jsonb_array_elements(p_items) x;
-  if v_requested <> jsonb_array_length(p_items) then
+  select count(distinct (x ->> 'tierId')::uuid) into v_requested from jsonb_array_elements(r.items) x;
+  if v_requested <> jsonb_array_length(r.items) then
     raise exception using errcode = '22023', message = 'Cannot create checkout: a tier is repeated';
   end if;
 
   insert into public.orders as o (id, event_id, user_id, guest_email, guest_name, success_url, cancel_url,
                                   checkout_operation_id, client_address, status, currency, amount_total,
                                   hold_expires_at, seats_held_until, created_at, updated_at)
-  values (p_order_id, p_event_id, p_user_id, p_guest_email, p_guest_name, p_success_url, p_cancel_url,
-          p_operation_id, p_client_address, 'pending', v_event.currency, 0, p_hold_expires_at,
-          p_seats_held_until, p_now, p_now)
+  values (p_order_id, r.event_id, r.user_id, r.guest_email, r.guest_name, r.success_url, r.cancel_url,
+          r.operation_id, r.client_address, 'pending', v_event.currency, 0, r.hold_expires_at,
+          r.seats_held_until, r.now, r.now)
   returning o.* into v_order;
 
-  -- Lock the tiers in id order: concurrent checkouts of overlapping tiers queue, never deadlock.
+  if private.hold_tier_seats(v_order.id, v_event, r.items, r.now) <> v_requested then
+    raise exception using errcode = 'CK002', message = 'Cannot create checkout: a tier does not belong to this event';
+  end if;
+
+  update public.orders o
+  set amount_total = (select sum(i.amount) from public.order_items i where i.order_id = o.id)
+  where o.id = v_order.id
+  returning o.* into v_order;
+  return v_order;
+end;
+$$;
+comment on function private.create_checkout_order(uuid, private.checkout_request) is
+  'Internal to claim_checkout: a pending order priced from the tiers, holding seats, or an error.';
+
+-- The order's lines, priced and named from the tiers, each tier locked (in id order: concurrent
+-- checkouts of overlapping tiers queue, never deadlock) and its rules and capacity checked.
+-- Returns how many of the items name a tier of the event.
+create or replace function private.hold_tier_seats(
+  p_order_id uuid,
+  p_event events.events,
+  p_items jsonb,
+  p_now timestamptz
+)
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_item record;
+  v_tier events.ticket_tiers;
+  v_found integer := 0;
+begin
   for v_item in
     select t.id as tier_id, (x ->> 'quantity')::int as quantity
     from jsonb_array_elements(p_items) x
-    join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = p_event_id
+    join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = p_event.id
     order by t.id
   loop
     select t.* into v_tier from events.ticket_tiers t where t.id = v_item.tier_id for update;
@@ -123,30 +164,21 @@ begin
         message = format('Cannot create checkout: tier %s is not on sale now', v_tier.name), detail = v_tier.id::text;
     end if;
     if v_tier.capacity is not null
-       and public.tier_seats_taken(v_tier.id, p_now) + v_item.quantity > v_tier.capacity then
+       and private.tier_seats_taken(v_tier.id, p_now) + v_item.quantity > v_tier.capacity then
       raise exception using errcode = 'CK003',
         message = format('Cannot create checkout: tier %s is sold out', v_tier.name), detail = v_tier.id::text;
     end if;
     insert into public.order_items (order_id, tier_id, product_name, quantity, unit_amount)
-    values (v_order.id, v_tier.id, v_event.title || ' — ' || v_tier.name, v_item.quantity, v_tier.unit_amount);
+    values (p_order_id, v_tier.id, p_event.title || ' — ' || v_tier.name, v_item.quantity, v_tier.unit_amount);
   end loop;
-
-  if v_found <> v_requested then
-    raise exception using errcode = 'CK002', message = 'Cannot create checkout: a tier does not belong to this event';
-  end if;
-
-  update public.orders o
-  set amount_total = (select sum(i.amount) from public.order_items i where i.order_id = o.id)
-  where o.id = v_order.id
-  returning o.* into v_order;
-  return v_order;
+  return v_found;
 end;
 $$;
-comment on function public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, inet, timestamptz, timestamptz, timestamptz) is
-  'Internal to claim_checkout: a pending order priced from the tiers, holding seats, or an error.';
+comment on function private.hold_tier_seats(uuid, events.events, jsonb, timestamptz) is
+  'Internal to create_checkout_order: the order''s lines, each tier locked in id order and checked.';
 
 -- Fills the order part of a checkout_claim.
-create or replace function public.checkout_claim_order(p_claim public.checkout_claim, p_order_id uuid)
+create or replace function private.checkout_claim_order(p_claim public.checkout_claim, p_order_id uuid)
 returns public.checkout_claim
 language sql
 stable
@@ -167,7 +199,7 @@ $$;
 
 -- The operation's order that Stripe said was paid, or whose payment is under way (a delayed
 -- payment method), if any. While one exists, no new session may be opened for the operation.
-create or replace function public.checkout_operation_payment(p_operation_id text)
+create or replace function private.checkout_operation_payment(p_operation_id text)
 returns uuid
 language sql
 stable
@@ -179,8 +211,24 @@ as $$
   order by o.created_at
   limit 1;
 $$;
-comment on function public.checkout_operation_payment(text) is
+comment on function private.checkout_operation_payment(text) is
   'Internal: the paid (or paying) order of a checkout operation, or null.';
+
+-- CK007 when the operation already has a paid (or paying) order. Raising also undoes whatever
+-- the claim wrote before (a new row, a new key).
+create or replace function private.refuse_if_paid(p_operation_id text)
+returns void
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if private.checkout_operation_payment(p_operation_id) is not null then
+    raise exception using errcode = 'CK007',
+      message = 'Cannot create checkout: this order is already paid', detail = p_operation_id;
+  end if;
+end;
+$$;
 
 -- Hold flooding: one buyer and one client address may each hold at most so many pending
 -- checkouts created within the window; beyond that CK006, whose DETAIL is the number of seconds
@@ -191,7 +239,7 @@ comment on function public.checkout_operation_payment(text) is
 -- would let a stranger lock it out again). Advisory locks per buyer and per address make the
 -- count and the insert that follows atomic against concurrent checkouts of the same client
 -- (buyer lock first, then address: one order everywhere, no deadlock).
-create or replace function public.enforce_pending_hold_limits(
+create or replace function private.enforce_pending_hold_limits(
   p_user_id uuid,
   p_guest_email text,
   p_client_address inet,
@@ -255,14 +303,14 @@ begin
   end if;
 end;
 $$;
-comment on function public.enforce_pending_hold_limits(uuid, text, inet, integer, integer, integer, timestamptz) is
+comment on function private.enforce_pending_hold_limits(uuid, text, inet, integer, integer, integer, timestamptz) is
   'Internal to claim_checkout: CK006 when a buyer (user id, or guest email and address) or an address holds too many pending checkouts.';
 
 -- The renew branch of claim_checkout: the operation's session ended, so it is re-armed with the
 -- caller's new key for a fresh session. Under the locks (operation, then order) it checks what
 -- a plain read could not: nobody renewed it meanwhile (else conflict), Stripe's word about the
 -- old session is stored (else verify), and no order of the operation is paid (else paid).
-create or replace function public.renew_checkout_operation(
+create or replace function private.renew_checkout_operation(
   p_operation_id text,
   p_old_order_id uuid,
   p_stripe_idempotency_key text,
@@ -284,8 +332,8 @@ declare
 begin
   v_result.operation_id := p_operation_id;
   select k.id into v_row_id from public.stripe_idempotency_keys k
-  where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id
-    and k.status = 'completed' and k.metadata ->> 'order_id' = p_old_order_id::text
+  where k.operation_type = private.checkout_operation() and k.operation_id = p_operation_id
+    and k.status = 'completed' and k.order_id = p_old_order_id
   for update;
   if not found then
     v_result.outcome := 'conflict';
@@ -296,15 +344,15 @@ begin
   select o.* into v_order from public.orders o where o.id = p_old_order_id for update;
   if v_order.status = 'pending' then
     v_result.outcome := 'verify';
-    return public.checkout_claim_order(v_result, v_order.id);
+    return private.checkout_claim_order(v_result, v_order.id);
   end if;
-  v_paid := public.checkout_operation_payment(p_operation_id);
+  v_paid := private.checkout_operation_payment(p_operation_id);
   if v_paid is not null then
     v_result.outcome := 'paid';
-    return public.checkout_claim_order(v_result, v_paid);
+    return private.checkout_claim_order(v_result, v_paid);
   end if;
 
-  v_armed := public.arm_stripe_idempotency_attempt(v_row_id, p_stripe_idempotency_key, p_lease_token,
+  v_armed := private.arm_stripe_idempotency_attempt(v_row_id, p_stripe_idempotency_key, p_lease_token,
     p_now + make_interval(secs => p_lease_seconds), p_now);
   v_result.outcome := 'renew';
   v_result.stripe_idempotency_key := v_armed.stripe_idempotency_key;
@@ -314,8 +362,94 @@ begin
   return v_result;
 end;
 $$;
-comment on function public.renew_checkout_operation(text, uuid, text, uuid, integer, timestamptz) is
+comment on function private.renew_checkout_operation(text, uuid, text, uuid, integer, timestamptz) is
   'Internal to claim_checkout: re-arms an operation whose session Stripe ended: renew | verify | paid | conflict.';
+
+-- The takeover branch of claim_checkout: the previous attempt died, so the same key and order
+-- go to Stripe again, unless the order's expires_at is now too close for Stripe's 30-minute
+-- floor. Then the dead attempt's order is cancelled (it answered nobody, so nobody holds a link
+-- to a session it may have made) and the operation is armed afresh (outcome renew).
+create or replace function private.resume_takeover(
+  p_claim public.checkout_claim,
+  p_order_id uuid,
+  p_stripe_idempotency_key text,
+  p_now timestamptz
+)
+returns public.checkout_claim
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_result public.checkout_claim := p_claim;
+  v_order public.orders;
+  v_armed public.stripe_idempotency_keys;
+begin
+  select o.* into v_order from public.orders o where o.id = p_order_id for update;
+  -- Ten seconds of margin for the call itself.
+  if v_order.hold_expires_at >= p_now + interval '30 minutes 10 seconds' then
+    return private.checkout_claim_order(v_result, p_order_id);
+  end if;
+  update public.orders o set status = 'cancelled' where o.id = p_order_id and o.status = 'pending';
+  v_armed := private.arm_stripe_idempotency_attempt(
+    (select k.id from public.stripe_idempotency_keys k
+     where k.operation_type = private.checkout_operation() and k.operation_id = p_claim.operation_id),
+    p_stripe_idempotency_key, p_claim.lease_token, p_claim.lease_expires_at, p_now);
+  v_result.outcome := 'renew';
+  v_result.stripe_idempotency_key := v_armed.stripe_idempotency_key;
+  v_result.attempt := v_armed.attempt;
+  return v_result;
+end;
+$$;
+comment on function private.resume_takeover(public.checkout_claim, uuid, text, timestamptz) is
+  'Internal to claim_checkout: takeover with the same key and order, or renew when Stripe would refuse them.';
+
+-- The replay branch of claim_checkout: a completed operation. Its session may be live (the
+-- stored response), paid, past its expires_at without word from Stripe (verify), or ended by
+-- Stripe (renew, under the locks).
+create or replace function private.answer_replay(
+  p_claim public.checkout_claim,
+  p_stored public.stripe_idempotency_claim,
+  p_stripe_idempotency_key text,
+  p_lease_token uuid,
+  p_lease_seconds integer,
+  p_now timestamptz
+)
+returns public.checkout_claim
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_result public.checkout_claim := p_claim;
+  v_order public.orders;
+begin
+  -- A plain read first: a replay of a live session must not lock or write anything.
+  select o.* into v_order from public.orders o where o.id = p_stored.order_id;
+  if v_order.status = 'paid' then
+    v_result.outcome := 'paid';
+    return private.checkout_claim_order(v_result, v_order.id);
+  end if;
+  if v_order.status = 'pending' and v_order.hold_expires_at > p_now then
+    -- The stored response is the whole answer: no need to gather the order's lines.
+    v_result.response_status := p_stored.response_status;
+    v_result.response_body := p_stored.response_body;
+    v_result.order_id := v_order.id;
+    v_result.event_id := v_order.event_id;
+    return v_result;
+  end if;
+  if v_order.status = 'pending' then
+    -- Past expires_at, but only Stripe knows whether it was paid in its last seconds.
+    v_result.outcome := 'verify';
+    v_result.stripe_idempotency_key := null;
+    return private.checkout_claim_order(v_result, v_order.id);
+  end if;
+  return private.renew_checkout_operation(p_claim.operation_id, v_order.id, p_stripe_idempotency_key,
+    p_lease_token, p_lease_seconds, p_now);
+end;
+$$;
+comment on function private.answer_replay(public.checkout_claim, public.stripe_idempotency_claim, text, uuid, integer, timestamptz) is
+  'Internal to claim_checkout: replay | paid | verify | renew | conflict for a completed operation.';
 
 -- The checkout claim: claim_stripe_idempotency plus the order, in one statement.
 --   created  → new operation and a new order holding seats;
@@ -361,26 +495,22 @@ as $$
 declare
   v_claim public.stripe_idempotency_claim;
   v_result public.checkout_claim;
-  v_order public.orders;
+  v_request private.checkout_request;
   v_order_id uuid := gen_random_uuid();
-  v_old_order_id uuid;
-  v_armed public.stripe_idempotency_keys;
-  v_hold_until timestamptz;
 begin
-  if p_hold_seconds is null or p_hold_seconds not between 60 and 86400 then
-    raise exception using errcode = '22023',
-      message = format('Cannot claim checkout: hold of %s seconds is outside 60..86400', p_hold_seconds);
+  if p_hold_seconds is null or p_hold_seconds not between 60 and 86400
+     or p_hold_grace_seconds is null or p_hold_grace_seconds not between 0 and 86400 then
+    raise exception using errcode = '22023', message = format(
+      'Cannot claim checkout: hold of %s seconds (grace %s) is outside 60..86400 (0..86400)',
+      p_hold_seconds, p_hold_grace_seconds);
   end if;
-  if p_hold_grace_seconds is null or p_hold_grace_seconds not between 0 and 86400 then
-    raise exception using errcode = '22023',
-      message = format('Cannot claim checkout: grace of %s seconds is outside 0..86400', p_hold_grace_seconds);
-  end if;
-  v_hold_until := p_now + make_interval(secs => p_hold_seconds);
+  v_request := (p_operation_id, p_event_id, p_items, p_user_id, p_guest_email, p_guest_name,
+    p_success_url, p_cancel_url, p_client_address, p_now + make_interval(secs => p_hold_seconds),
+    p_now + make_interval(secs => p_hold_seconds + p_hold_grace_seconds), p_now)::private.checkout_request;
 
-  v_claim := public.claim_stripe_idempotency('checkout:create', p_operation_id, p_stripe_idempotency_key,
-    p_request_fingerprint, p_lease_token, p_lease_seconds,
-    jsonb_build_object('event_id', p_event_id, 'order_id', v_order_id), p_now);
-
+  v_claim := public.claim_stripe_idempotency(private.checkout_operation(), p_operation_id,
+    p_stripe_idempotency_key, p_request_fingerprint, p_lease_token, p_lease_seconds,
+    jsonb_build_object('event_id', p_event_id), p_now, v_order_id);
   v_result.operation_id := p_operation_id;
   v_result.outcome := v_claim.outcome;
   v_result.stripe_idempotency_key := v_claim.stripe_idempotency_key;
@@ -388,83 +518,34 @@ begin
   v_result.lease_expires_at := v_claim.lease_expires_at;
   v_result.attempt := v_claim.attempt;
 
-  if v_claim.outcome in ('conflict', 'mismatch') then
+  case v_claim.outcome
+  when 'conflict', 'mismatch' then
+    return v_result;
+  when 'created' then
+    -- Cleanup may have forgotten the operation while its order was paid: never charge again.
+    perform private.refuse_if_paid(p_operation_id);
+    perform private.enforce_pending_hold_limits(p_user_id, p_guest_email, p_client_address,
+      p_max_pending_per_buyer, p_max_pending_per_address, p_pending_window_seconds, p_now);
+    perform private.create_checkout_order(v_order_id, v_request);
+    return private.checkout_claim_order(v_result, v_order_id);
+  when 'takeover' then
+    v_result := private.resume_takeover(v_result, v_claim.order_id, p_stripe_idempotency_key, p_now);
+  when 'replay' then
+    v_result := private.answer_replay(v_result, v_claim, p_stripe_idempotency_key, p_lease_token,
+      p_lease_seconds, p_now);
+  else
+    perform private.refuse_if_paid(p_operation_id); -- retry
+  end case;
+  if v_result.outcome not in ('retry', 'renew') then
     return v_result;
   end if;
 
-  v_old_order_id := (v_claim.metadata ->> 'order_id')::uuid;
-
-  if v_claim.outcome = 'created' then
-    -- Cleanup may have forgotten the operation while its order was paid: a late retry of that
-    -- key must not charge again. Raising also undoes the claim's insert.
-    if public.checkout_operation_payment(p_operation_id) is not null then
-      raise exception using errcode = 'CK007',
-        message = 'Cannot create checkout: this order is already paid', detail = p_operation_id;
-    end if;
-    perform public.enforce_pending_hold_limits(p_user_id, p_guest_email, p_client_address,
-      p_max_pending_per_buyer, p_max_pending_per_address, p_pending_window_seconds, p_now);
-    perform public.create_checkout_order(v_order_id, p_event_id, p_items, p_user_id, p_guest_email,
-      p_guest_name, p_success_url, p_cancel_url, p_operation_id, p_client_address,
-      v_hold_until, v_hold_until + make_interval(secs => p_hold_grace_seconds), p_now);
-    return public.checkout_claim_order(v_result, v_order_id);
-  end if;
-
-  if v_claim.outcome = 'takeover' then
-    select o.* into v_order from public.orders o where o.id = v_old_order_id for update;
-    -- Stripe refuses an expires_at under 30 minutes away (ten seconds of margin for the call).
-    if v_order.hold_expires_at >= p_now + interval '30 minutes 10 seconds' then
-      return public.checkout_claim_order(v_result, v_old_order_id);
-    end if;
-    -- These parameters can no longer reach Stripe. The dead attempt answered nobody, so nobody
-    -- holds a link to a session it may have made: free its seats, arm a fresh attempt now.
-    update public.orders o set status = 'cancelled' where o.id = v_old_order_id and o.status = 'pending';
-    v_armed := public.arm_stripe_idempotency_attempt(
-      (select k.id from public.stripe_idempotency_keys k
-       where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id),
-      p_stripe_idempotency_key, p_lease_token, v_claim.lease_expires_at, p_now);
-    v_result.outcome := 'renew';
-    v_result.stripe_idempotency_key := v_armed.stripe_idempotency_key;
-    v_result.attempt := v_armed.attempt;
-  elsif v_claim.outcome = 'replay' then
-    -- A plain read first: a replay of a live session must not lock or write anything.
-    select o.* into v_order from public.orders o where o.id = v_old_order_id;
-    if v_order.status = 'paid' then
-      v_result.outcome := 'paid';
-      return public.checkout_claim_order(v_result, v_order.id);
-    end if;
-    if v_order.status = 'pending' and v_order.hold_expires_at > p_now then
-      -- The stored response is the whole answer: no need to gather the order's lines.
-      v_result.response_status := v_claim.response_status;
-      v_result.response_body := v_claim.response_body;
-      v_result.order_id := v_order.id;
-      v_result.event_id := v_order.event_id;
-      return v_result;
-    end if;
-    if v_order.status = 'pending' then
-      -- Past expires_at, but only Stripe knows whether it was paid in its last seconds.
-      v_result.outcome := 'verify';
-      v_result.stripe_idempotency_key := null;
-      return public.checkout_claim_order(v_result, v_order.id);
-    end if;
-    v_result := public.renew_checkout_operation(p_operation_id, v_old_order_id, p_stripe_idempotency_key,
-      p_lease_token, p_lease_seconds, p_now);
-    if v_result.outcome <> 'renew' then
-      return v_result;
-    end if;
-  elsif public.checkout_operation_payment(p_operation_id) is not null then
-    -- retry: raising undoes the arming of the new key.
-    raise exception using errcode = 'CK007',
-      message = 'Cannot create checkout: this order is already paid', detail = p_operation_id;
-  end if;
-
   -- retry and renew: a new order for the new key (the old order stays as history).
-  perform public.create_checkout_order(v_order_id, p_event_id, p_items, p_user_id, p_guest_email,
-    p_guest_name, p_success_url, p_cancel_url, p_operation_id, p_client_address,
-    v_hold_until, v_hold_until + make_interval(secs => p_hold_grace_seconds), p_now);
+  perform private.create_checkout_order(v_order_id, v_request);
   update public.stripe_idempotency_keys k
-  set metadata = k.metadata || jsonb_build_object('order_id', v_order_id, 'previous_order_id', v_old_order_id)
-  where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id;
-  return public.checkout_claim_order(v_result, v_order_id);
+  set order_id = v_order_id
+  where k.operation_type = private.checkout_operation() and k.operation_id = p_operation_id;
+  return private.checkout_claim_order(v_result, v_order_id);
 end;
 $$;
 comment on function public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer) is
@@ -486,11 +567,11 @@ as $$
 declare
   v_row public.stripe_idempotency_keys;
 begin
-  v_row := public.record_stripe_idempotency('checkout:create', p_operation_id, p_lease_token, p_session_id,
+  v_row := public.record_stripe_idempotency(private.checkout_operation(), p_operation_id, p_lease_token, p_session_id,
     201, p_response_body, jsonb_build_object('session_id', p_session_id), p_now);
   update public.orders o
   set stripe_checkout_session_id = p_session_id
-  where o.id = (v_row.metadata ->> 'order_id')::uuid
+  where o.id = v_row.order_id
     and (o.stripe_checkout_session_id is null or o.stripe_checkout_session_id = p_session_id);
   if not found then
     raise exception using errcode = 'SI002',
@@ -518,14 +599,14 @@ as $$
 declare
   v_status text;
 begin
-  v_status := public.release_stripe_idempotency('checkout:create', p_operation_id, p_lease_token,
+  v_status := public.release_stripe_idempotency(private.checkout_operation(), p_operation_id, p_lease_token,
     p_key_consumed, p_error, p_now);
   if v_status = 'failed' then
     update public.orders o
     set status = 'cancelled'
     from public.stripe_idempotency_keys k
-    where k.operation_type = 'checkout:create' and k.operation_id = p_operation_id
-      and o.id = (k.metadata ->> 'order_id')::uuid
+    where k.operation_type = private.checkout_operation() and k.operation_id = p_operation_id
+      and o.id = k.order_id
       and o.status = 'pending';
   end if;
   return v_status;
@@ -535,23 +616,12 @@ comment on function public.release_checkout(text, uuid, boolean, text, timestamp
   'Ends a failed checkout attempt; cancels the order (freeing seats) only when Stripe answered.';
 
 revoke execute on function
-  public.enforce_pending_hold_limits(uuid, text, inet, integer, integer, integer, timestamptz),
-  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, inet, timestamptz, timestamptz, timestamptz),
-  public.checkout_claim_order(public.checkout_claim, uuid),
-  public.checkout_operation_payment(text),
-  public.renew_checkout_operation(text, uuid, text, uuid, integer, timestamptz),
   public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer),
   public.record_checkout(text, uuid, text, jsonb, timestamptz),
   public.release_checkout(text, uuid, boolean, text, timestamptz)
 from public, anon, authenticated;
 
--- The internal helpers are granted too: claim_checkout runs as its caller (security invoker).
 grant execute on function
-  public.enforce_pending_hold_limits(uuid, text, inet, integer, integer, integer, timestamptz),
-  public.create_checkout_order(uuid, uuid, jsonb, uuid, text, text, text, text, text, inet, timestamptz, timestamptz, timestamptz),
-  public.checkout_claim_order(public.checkout_claim, uuid),
-  public.checkout_operation_payment(text),
-  public.renew_checkout_operation(text, uuid, text, uuid, integer, timestamptz),
   public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer),
   public.record_checkout(text, uuid, text, jsonb, timestamptz),
   public.release_checkout(text, uuid, boolean, text, timestamptz)

@@ -2,8 +2,9 @@
 -- retry or by reconciliation), and the reconciliation of attempts that died between their claim
 -- and their record.
 -- Objects: type public.webhook_result; functions process_stripe_webhook_event,
---          settle_checkout_session, apply_checkout_session_event, order_seats_unavailable,
---          claim_stuck_checkouts; index on in-flight leases.
+--          settle_checkout_session, claim_stuck_checkouts; in private apply_checkout_session_event
+--          (with session_mismatch, end_checkout_order, pay_checkout_order) and
+--          order_seats_unavailable; index on in-flight leases.
 -- Risks:   each change is applied in one transaction under the operation's and the order's
 --          locks, so a redelivery, a concurrent duplicate or a retry that asked Stripe itself
 --          never applies it twice. State only moves forward: pending → paid | expired |
@@ -25,7 +26,7 @@ comment on type public.webhook_result is 'What processing one Stripe event did.'
 -- The first tier of an order that no longer has room for it, or null when all do. Locks the
 -- tiers in id order (the order every seller uses). The order itself must not be counted (it is
 -- expired, cancelled or past its hold), so this is "could it take its seats back now".
-create or replace function public.order_seats_unavailable(p_order_id uuid, p_now timestamptz)
+create or replace function private.order_seats_unavailable(p_order_id uuid, p_now timestamptz)
 returns uuid
 language plpgsql
 volatile
@@ -39,18 +40,130 @@ begin
     select i.tier_id, i.quantity from public.order_items i where i.order_id = p_order_id order by i.tier_id
   loop
     select t.capacity into v_capacity from events.ticket_tiers t where t.id = v_item.tier_id for update;
-    if v_capacity is not null and public.tier_seats_taken(v_item.tier_id, p_now) + v_item.quantity > v_capacity then
+    if v_capacity is not null and private.tier_seats_taken(v_item.tier_id, p_now) + v_item.quantity > v_capacity then
       return v_item.tier_id;
     end if;
   end loop;
   return null;
 end;
 $$;
-comment on function public.order_seats_unavailable(uuid, timestamptz) is
+comment on function private.order_seats_unavailable(uuid, timestamptz) is
   'Internal: the first tier without room to take an order''s seats back, or null.';
 
--- Applies one checkout.session.* event to its order. Raises only on unexpected errors.
-create or replace function public.apply_checkout_session_event(
+-- The reason a session does not describe its order (its id, amount or currency), or null.
+create or replace function private.session_mismatch(p_order public.orders, p_session jsonb)
+returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select case
+    when p_session -> 'metadata' ->> 'order_id' is not null
+         and p_session -> 'metadata' ->> 'order_id' <> p_order.id::text
+      then 'metadata.order_id differs from client_reference_id'
+    when p_order.stripe_checkout_session_id is not null
+         and p_order.stripe_checkout_session_id is distinct from p_session ->> 'id'
+      then format('session %s is not the order''s session %s', p_session ->> 'id', p_order.stripe_checkout_session_id)
+    when (p_session ->> 'amount_total') is distinct from p_order.amount_total::text
+         or lower(p_session ->> 'currency') is distinct from p_order.currency
+      then format('session amount %s %s differs from the order''s %s %s', p_session ->> 'amount_total',
+                  p_session ->> 'currency', p_order.amount_total, p_order.currency)
+  end;
+$$;
+
+-- The session ended unpaid (expired, or its delayed payment failed): the pending order ends and
+-- its seats are free. The caller holds the operation's and the order's locks.
+create or replace function private.end_checkout_order(
+  p_order public.orders,
+  p_type text,
+  p_session_id text,
+  p_now timestamptz
+)
+returns public.webhook_result
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_order public.orders;
+begin
+  if p_order.status <> 'pending' then
+    return ('noop', p_order.id, format('order is already %s', p_order.status))::public.webhook_result;
+  end if;
+  update public.orders o
+  set status = case when p_type = 'checkout.session.expired' then 'expired' else 'cancelled' end,
+      stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, p_session_id)
+  where o.id = p_order.id
+  returning o.* into v_order;
+  -- Mark the operation's stored response as dead: claim_checkout sees the order ended and
+  -- answers the storefront's next retry with a fresh session, never this link.
+  update public.stripe_idempotency_keys k
+  set metadata = k.metadata || jsonb_build_object('session_ended', p_type, 'session_ended_at', p_now),
+      updated_at = p_now
+  where k.operation_type = private.checkout_operation()
+    and k.operation_id = v_order.checkout_operation_id
+    and k.order_id = v_order.id;
+  return (v_order.status, v_order.id, null)::public.webhook_result;
+end;
+$$;
+
+-- The session completed (paid, or paying by a delayed method). An order that no longer holds
+-- its seats (ended, or its grace ran out before this word) takes them back only if they are
+-- still free; otherwise the conflict is recorded and nothing is oversold. The caller holds the
+-- operation's and the order's locks.
+create or replace function private.pay_checkout_order(
+  p_order public.orders,
+  p_type text,
+  p_session jsonb,
+  p_now timestamptz
+)
+returns public.webhook_result
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_short uuid;
+begin
+  if p_order.status = 'paid' then
+    return ('noop', p_order.id, 'order is already paid')::public.webhook_result;
+  end if;
+  if not (p_order.status = 'pending' and p_order.seats_held_until > p_now) then
+    v_short := private.order_seats_unavailable(p_order.id, p_now);
+    if v_short is not null then
+      return ('capacity_conflict', p_order.id,
+        format('paid after its hold ended and tier %s has no seats left: refund it', v_short))::public.webhook_result;
+    end if;
+  end if;
+
+  if p_type = 'checkout.session.completed'
+     and coalesce(p_session ->> 'payment_status', '') not in ('paid', 'no_payment_required') then
+    -- A delayed payment method: the money is not there yet. Keep the seats held until the async
+    -- event decides (Stripe settles those within days).
+    if p_order.status = 'pending' then
+      update public.orders o
+      set hold_expires_at = greatest(o.hold_expires_at, p_now + interval '14 days'),
+          seats_held_until = greatest(o.seats_held_until, p_now + interval '14 days'),
+          session_completed_at = coalesce(o.session_completed_at, p_now),
+          stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, p_session ->> 'id')
+      where o.id = p_order.id;
+    end if;
+    return ('awaiting_payment', p_order.id, null)::public.webhook_result;
+  end if;
+
+  update public.orders o
+  set status = 'paid',
+      paid_at = p_now,
+      session_completed_at = coalesce(o.session_completed_at, p_now),
+      stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, p_session ->> 'id')
+  where o.id = p_order.id;
+  return ('paid', p_order.id, null)::public.webhook_result;
+end;
+$$;
+
+-- Applies one checkout.session.* event to its order, after cross-checking that the session
+-- describes it. Raises only on unexpected errors.
+create or replace function private.apply_checkout_session_event(
   p_type text,
   p_session jsonb,
   p_now timestamptz default now()
@@ -62,10 +175,8 @@ set search_path = ''
 as $$
 declare
   v_reference text := coalesce(p_session ->> 'client_reference_id', p_session -> 'metadata' ->> 'order_id');
-  v_session_id text := p_session ->> 'id';
   v_order public.orders;
-  v_holding boolean;
-  v_short uuid;
+  v_mismatch text;
 begin
   if p_type not in ('checkout.session.completed', 'checkout.session.async_payment_succeeded',
                     'checkout.session.async_payment_failed', 'checkout.session.expired') then
@@ -82,87 +193,21 @@ begin
     return ('unmatched', null, format('order %s does not exist', v_reference))::public.webhook_result;
   end if;
   perform 1 from public.stripe_idempotency_keys k
-  where k.operation_type = 'checkout:create' and k.operation_id = v_order.checkout_operation_id
+  where k.operation_type = private.checkout_operation() and k.operation_id = v_order.checkout_operation_id
   for update;
   select o.* into v_order from public.orders o where o.id = v_order.id for update;
 
-  -- Cross-checks: the event must describe this order's session, amount and currency.
-  if p_session -> 'metadata' ->> 'order_id' is not null and p_session -> 'metadata' ->> 'order_id' <> v_reference then
-    return ('mismatch', v_order.id, 'metadata.order_id differs from client_reference_id')::public.webhook_result;
+  v_mismatch := private.session_mismatch(v_order, p_session);
+  if v_mismatch is not null then
+    return ('mismatch', v_order.id, v_mismatch)::public.webhook_result;
   end if;
-  if v_order.stripe_checkout_session_id is not null and v_order.stripe_checkout_session_id is distinct from v_session_id then
-    return ('mismatch', v_order.id,
-      format('session %s is not the order''s session %s', v_session_id, v_order.stripe_checkout_session_id))::public.webhook_result;
-  end if;
-  if (p_session ->> 'amount_total') is distinct from v_order.amount_total::text
-     or lower(p_session ->> 'currency') is distinct from v_order.currency then
-    return ('mismatch', v_order.id,
-      format('session amount %s %s differs from the order''s %s %s', p_session ->> 'amount_total',
-             p_session ->> 'currency', v_order.amount_total, v_order.currency))::public.webhook_result;
-  end if;
-
   if p_type in ('checkout.session.async_payment_failed', 'checkout.session.expired') then
-    if v_order.status <> 'pending' then
-      return ('noop', v_order.id, format('order is already %s', v_order.status))::public.webhook_result;
-    end if;
-    update public.orders o
-    set status = case when p_type = 'checkout.session.expired' then 'expired' else 'cancelled' end,
-        stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, v_session_id)
-    where o.id = v_order.id
-    returning o.* into v_order;
-    -- Mark the operation's stored response as dead: claim_checkout sees the order ended and
-    -- answers the storefront's next retry with a fresh session, never this link.
-    update public.stripe_idempotency_keys k
-    set metadata = k.metadata || jsonb_build_object('session_ended', p_type, 'session_ended_at', p_now),
-        updated_at = p_now
-    where k.operation_type = 'checkout:create'
-      and k.operation_id = v_order.checkout_operation_id
-      and k.metadata ->> 'order_id' = v_order.id::text;
-    return (v_order.status, v_order.id, null)::public.webhook_result;
+    return private.end_checkout_order(v_order, p_type, p_session ->> 'id', p_now);
   end if;
-
-  -- completed or async_payment_succeeded
-  if v_order.status = 'paid' then
-    return ('noop', v_order.id, 'order is already paid')::public.webhook_result;
-  end if;
-
-  -- Does the order still hold its seats? If it was expired or cancelled, or its hold simply ran
-  -- out before this event arrived, the seats may have been sold again: take them back only if
-  -- they are still free, otherwise record the conflict (nothing is oversold).
-  v_holding := v_order.status = 'pending' and v_order.seats_held_until > p_now;
-  if not v_holding then
-    v_short := public.order_seats_unavailable(v_order.id, p_now);
-    if v_short is not null then
-      return ('capacity_conflict', v_order.id,
-        format('paid after its hold ended and tier %s has no seats left: refund it', v_short))::public.webhook_result;
-    end if;
-  end if;
-
-  if p_type = 'checkout.session.completed'
-     and coalesce(p_session ->> 'payment_status', '') not in ('paid', 'no_payment_required') then
-    -- A delayed payment method: the session is complete, the money is not there yet. Keep the
-    -- seats held until the async event decides (Stripe settles those within days).
-    if v_order.status = 'pending' then
-      update public.orders o
-      set hold_expires_at = greatest(o.hold_expires_at, p_now + interval '14 days'),
-          seats_held_until = greatest(o.seats_held_until, p_now + interval '14 days'),
-          session_completed_at = coalesce(o.session_completed_at, p_now),
-          stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, v_session_id)
-      where o.id = v_order.id;
-    end if;
-    return ('awaiting_payment', v_order.id, null)::public.webhook_result;
-  end if;
-
-  update public.orders o
-  set status = 'paid',
-      paid_at = p_now,
-      session_completed_at = coalesce(o.session_completed_at, p_now),
-      stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, v_session_id)
-  where o.id = v_order.id;
-  return ('paid', v_order.id, null)::public.webhook_result;
+  return private.pay_checkout_order(v_order, p_type, p_session, p_now);
 end;
 $$;
-comment on function public.apply_checkout_session_event(text, jsonb, timestamptz) is
+comment on function private.apply_checkout_session_event(text, jsonb, timestamptz) is
   'Moves an order forward for a checkout.session.* event, after cross-checking session, amount and currency.';
 
 -- Applies what a retrieved Checkout Session says (a retry or reconciliation asked Stripe):
@@ -177,8 +222,8 @@ set search_path = ''
 as $$
 begin
   return case p_session ->> 'status'
-    when 'complete' then public.apply_checkout_session_event('checkout.session.completed', p_session, p_now)
-    when 'expired' then public.apply_checkout_session_event('checkout.session.expired', p_session, p_now)
+    when 'complete' then private.apply_checkout_session_event('checkout.session.completed', p_session, p_now)
+    when 'expired' then private.apply_checkout_session_event('checkout.session.expired', p_session, p_now)
     else ('noop', null, format('the session is %s', coalesce(p_session ->> 'status', 'unknown')))::public.webhook_result
   end;
 end;
@@ -219,7 +264,7 @@ begin
 
   begin
     if p_type like 'checkout.session.%' then
-      v_result := public.apply_checkout_session_event(p_type, p_payload -> 'data' -> 'object', p_now);
+      v_result := private.apply_checkout_session_event(p_type, p_payload -> 'data' -> 'object', p_now);
     else
       v_result := ('ignored', null, null)::public.webhook_result;
     end if;
@@ -276,14 +321,14 @@ begin
   for v_row in
     select k.* from public.stripe_idempotency_keys k
     where k.status = 'in_progress'
-      and k.operation_type = 'checkout:create'
+      and k.operation_type = private.checkout_operation()
       and k.lease_expires_at < p_now - make_interval(secs => p_stale_seconds)
       and k.operation_id <> all (coalesce(p_exclude, '{}'))
     order by k.lease_expires_at
     limit p_limit
     for update skip locked
   loop
-    perform public.arm_stripe_idempotency_attempt(v_row.id, null, gen_random_uuid(),
+    perform private.arm_stripe_idempotency_attempt(v_row.id, null, gen_random_uuid(),
       p_now + make_interval(secs => p_lease_seconds), p_now);
     -- Counted, so that an attempt Stripe never answers for is given up after a bound.
     update public.stripe_idempotency_keys k
@@ -299,7 +344,7 @@ begin
     v_claim.lease_expires_at := v_row.lease_expires_at;
     v_claim.attempt := v_row.attempt;
     v_claim.reconcile_attempts := v_row.reconcile_attempts;
-    return next public.checkout_claim_order(v_claim, (v_row.metadata ->> 'order_id')::uuid);
+    return next private.checkout_claim_order(v_claim, v_row.order_id);
   end loop;
 end;
 $$;
@@ -307,16 +352,12 @@ comment on function public.claim_stuck_checkouts(integer, integer, integer, time
   'Takes over checkout attempts whose lease expired more than p_stale_seconds ago, for reconciliation.';
 
 revoke execute on function
-  public.order_seats_unavailable(uuid, timestamptz),
-  public.apply_checkout_session_event(text, jsonb, timestamptz),
   public.settle_checkout_session(jsonb, timestamptz),
   public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz),
   public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[])
 from public, anon, authenticated;
 
 grant execute on function
-  public.order_seats_unavailable(uuid, timestamptz),
-  public.apply_checkout_session_event(text, jsonb, timestamptz),
   public.settle_checkout_session(jsonb, timestamptz),
   public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz),
   public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[])

@@ -117,7 +117,7 @@ export async function checkInvariants(
   const oversold = await h.sql<{ id: string }[]>`
     select t.id from events.ticket_tiers t
     where t.event_id = ${h.event.id} and t.capacity is not null
-      and public.tier_seats_taken(t.id) > t.capacity`;
+      and private.tier_seats_taken(t.id) > t.capacity`;
   tally.oversoldTiers += oversold.length;
 
   // Let every lease run out, reconcile, and check nothing of this case is still in flight.

@@ -25,7 +25,7 @@ select fk_ok('events', 'ticket_tiers', 'event_id', 'events', 'events', 'id');
 select columns_are('public', 'stripe_idempotency_keys', array[
   'id', 'operation_type', 'operation_id', 'stripe_idempotency_key', 'request_fingerprint', 'status',
   'lease_token', 'lease_expires_at', 'attempt', 'reconcile_attempts', 'stripe_resource_id', 'response_status',
-  'response_body', 'metadata', 'last_error', 'created_at', 'updated_at', 'expires_at'
+  'response_body', 'order_id', 'metadata', 'last_error', 'created_at', 'updated_at', 'expires_at'
 ], 'stripe_idempotency_keys has the contracted columns');
 select col_is_unique('public', 'stripe_idempotency_keys', array['operation_type', 'operation_id'],
   'one row per logical operation');
@@ -45,7 +45,7 @@ select is(
   0, 'RLS is enabled on every table');
 
 select function_returns('public', 'claim_stripe_idempotency',
-  array['text', 'text', 'text', 'text', 'uuid', 'integer', 'jsonb', 'timestamp with time zone'],
+  array['text', 'text', 'text', 'text', 'uuid', 'integer', 'jsonb', 'timestamp with time zone', 'uuid'],
   'stripe_idempotency_claim');
 select function_returns('public', 'check_stripe_idempotency', array['text', 'text'], 'setof record');
 select function_returns('public', 'record_stripe_idempotency',
@@ -60,7 +60,7 @@ select function_returns('public', 'cleanup_expired_idempotency_keys',
 select is(
   (select array_agg(p.proname::text order by p.proname) from pg_proc p
    join pg_namespace n on n.oid = p.pronamespace
-   where n.nspname in ('public', 'events')
+   where n.nspname in ('public', 'events', 'private')
      and p.prokind = 'f'
      and not exists (select 1 from pg_depend d where d.objid = p.oid and d.deptype = 'e')
      and coalesce(array_to_string(p.proconfig, ','), '') not like '%search_path=""%'),
@@ -70,7 +70,7 @@ select is(
 select ok(
   (select bool_and(p.proargnames @> array['p_now']) from pg_proc p
    join pg_namespace n on n.oid = p.pronamespace
-   where n.nspname = 'public' and p.proname in (
+   where n.nspname in ('public', 'private') and p.proname in (
      'claim_stripe_idempotency', 'record_stripe_idempotency', 'release_stripe_idempotency',
      'cleanup_expired_idempotency_keys', 'tier_seats_taken')),
   'time-dependent functions take p_now');

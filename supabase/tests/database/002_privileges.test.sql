@@ -1,7 +1,7 @@
 -- Privileges: anon and authenticated can neither read nor write the service tables nor call the
 -- idempotency functions; service_role can.
 begin;
-select plan(26);
+select plan(29);
 
 set local role anon;
 select throws_ok('select * from public.stripe_idempotency_keys', '42501', null, 'anon cannot read idempotency keys');
@@ -14,10 +14,12 @@ select throws_ok(
   $$select public.claim_stripe_idempotency('checkout:create', 'op-anon-000000001', 'checkout:create:op-anon-000000001:9b2f3b8e-8f6e-4c1e-9a3e-1f2d3c4b5a69', repeat('a', 64), gen_random_uuid())$$,
   '42501', null, 'anon cannot claim');
 select throws_ok($$select * from public.check_stripe_idempotency('checkout:create', 'x')$$, '42501', null, 'anon cannot check');
+select throws_ok($$select private.tier_seats_taken(gen_random_uuid())$$, '42501', null,
+  'anon cannot reach the private schema''s internals');
 select throws_ok($$select public.record_stripe_idempotency('checkout:create', 'x', gen_random_uuid(), 'cs_1', 201, '{}')$$, '42501', null, 'anon cannot record');
 select throws_ok($$select public.release_stripe_idempotency('checkout:create', 'x', gen_random_uuid(), true)$$, '42501', null, 'anon cannot release');
 select throws_ok('select public.cleanup_expired_idempotency_keys()', '42501', null, 'anon cannot run cleanup');
-select throws_ok($$select public.tier_seats_taken(gen_random_uuid())$$, '42501', null, 'anon cannot call capacity helpers');
+select throws_ok($$select private.tier_seats_taken(gen_random_uuid())$$, '42501', null, 'anon cannot call capacity helpers');
 reset role;
 
 set local role authenticated;
@@ -72,5 +74,14 @@ select is((select count(*)::int from public.stripe_idempotency_keys where operat
 select lives_ok('select public.cleanup_expired_idempotency_keys()', 'service_role can run cleanup');
 reset role;
 
+reset role;
+select ok(not has_schema_privilege('anon', 'private', 'usage')
+          and not has_schema_privilege('authenticated', 'private', 'usage')
+          and has_schema_privilege('service_role', 'private', 'usage'),
+  'only service_role may use the private schema');
+set local role authenticated;
+select throws_ok($$select private.checkout_operation()$$, '42501', null,
+  'authenticated cannot reach the private schema''s internals');
+reset role;
 select * from finish();
 rollback;

@@ -31,7 +31,7 @@ create function pg_temp.writes() returns bigint language sql as $$
        + (select count(*) from public.stripe_idempotency_keys)
 $$;
 create function pg_temp.floor_taken(p_at int) returns bigint language sql as $$
-  select public.tier_seats_taken('70000000-0000-4000-8000-000000000001',
+  select private.tier_seats_taken('70000000-0000-4000-8000-000000000001',
                                  '2030-01-01 12:00:00+00'::timestamptz + make_interval(secs => p_at))
 $$;
 
@@ -50,8 +50,8 @@ select row_eq(
     from public.orders o join c1 on c1.order_id = o.id$$,
   row('pending'::text, 'buyer@example.com'::text, null::uuid, 5997, 'http://shop.test/ok'::text, 'http://shop.test/cancel'::text),
   'a pending guest order exists and keeps its redirect URLs');
-select is((select metadata ->> 'order_id' from public.stripe_idempotency_keys where operation_id = 'op-checkout-0000001'),
-  (select order_id::text from c1), 'the operation knows its order');
+select is((select order_id from public.stripe_idempotency_keys where operation_id = 'op-checkout-0000001'),
+  (select order_id from c1), 'the operation knows its order');
 select is(pg_temp.floor_taken(0), 2::bigint, 'the pending order holds its seats');
 select is(pg_temp.floor_taken(1920), 2::bigint, 'and still holds them at expires_at, until Stripe says the session ended');
 select is(pg_temp.floor_taken(1920 + 3600), 0::bigint, 'without word from Stripe the hold ends with its grace');
@@ -188,7 +188,7 @@ create function pg_temp.hold(p_email text, p_address inet, p_user uuid default n
           '2030-06-01 12:30:00+00', '2030-06-01 13:30:00+00', '2030-06-01 12:00:00+00')
 $$;
 create function pg_temp.limits(p_email text, p_address inet, p_user uuid default null) returns void language sql as $$
-  select public.enforce_pending_hold_limits(p_user, p_email, p_address, 2, 3, 1800, '2030-06-01 12:01:00+00')
+  select private.enforce_pending_hold_limits(p_user, p_email, p_address, 2, 3, 1800, '2030-06-01 12:01:00+00')
 $$;
 select pg_temp.hold('victim@example.com', '192.0.2.1'), pg_temp.hold('victim@example.com', '192.0.2.1');
 select throws_ok($$select pg_temp.limits('victim@example.com', '192.0.2.1')$$,

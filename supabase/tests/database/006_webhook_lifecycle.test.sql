@@ -7,27 +7,27 @@ select plan(94);
 -- Structure
 select has_function('public', 'process_stripe_webhook_event',
   array['text', 'text', 'boolean', 'jsonb', 'timestamp with time zone'], 'process_stripe_webhook_event exists');
-select has_function('public', 'apply_checkout_session_event',
+select has_function('private', 'apply_checkout_session_event',
   array['text', 'jsonb', 'timestamp with time zone'], 'apply_checkout_session_event exists');
 select has_function('public', 'claim_stuck_checkouts',
   array['integer', 'integer', 'integer', 'timestamp with time zone', 'text[]'], 'claim_stuck_checkouts exists');
 select function_returns('public', 'process_stripe_webhook_event',
   array['text', 'text', 'boolean', 'jsonb', 'timestamp with time zone'], 'webhook_result');
-select function_returns('public', 'apply_checkout_session_event',
+select function_returns('private', 'apply_checkout_session_event',
   array['text', 'jsonb', 'timestamp with time zone'], 'webhook_result');
 select function_returns('public', 'claim_stuck_checkouts',
   array['integer', 'integer', 'integer', 'timestamp with time zone', 'text[]'], 'setof checkout_claim');
 select is(
   (select array_agg(p.proname::text order by p.proname) from pg_proc p
    where p.oid in ('public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz)'::regprocedure,
-                   'public.apply_checkout_session_event(text, jsonb, timestamptz)'::regprocedure,
+                   'private.apply_checkout_session_event(text, jsonb, timestamptz)'::regprocedure,
                    'public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[])'::regprocedure)
      and p.proconfig = array['search_path=""']),
   array['apply_checkout_session_event', 'claim_stuck_checkouts', 'process_stripe_webhook_event'],
   'the three functions set search_path = ''''');
 select ok(
   has_function_privilege('service_role', 'public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz)', 'execute')
-  and has_function_privilege('service_role', 'public.apply_checkout_session_event(text, jsonb, timestamptz)', 'execute')
+  and has_function_privilege('service_role', 'private.apply_checkout_session_event(text, jsonb, timestamptz)', 'execute')
   and has_function_privilege('service_role', 'public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[])', 'execute'),
   'service_role may call the three functions');
 
@@ -35,7 +35,7 @@ select ok(
 set local role anon;
 select throws_ok($$select public.process_stripe_webhook_event('evt_anon_1', 'checkout.session.completed', false, '{}')$$,
   '42501', null, 'anon cannot process webhook events');
-select throws_ok($$select public.apply_checkout_session_event('checkout.session.completed', '{}')$$,
+select throws_ok($$select private.apply_checkout_session_event('checkout.session.completed', '{}')$$,
   '42501', null, 'anon cannot apply checkout session events');
 select throws_ok($$select * from public.claim_stuck_checkouts()$$,
   '42501', null, 'anon cannot claim stuck checkouts');
@@ -43,7 +43,7 @@ reset role;
 set local role authenticated;
 select throws_ok($$select public.process_stripe_webhook_event('evt_auth_1', 'checkout.session.completed', false, '{}')$$,
   '42501', null, 'authenticated cannot process webhook events');
-select throws_ok($$select public.apply_checkout_session_event('checkout.session.completed', '{}')$$,
+select throws_ok($$select private.apply_checkout_session_event('checkout.session.completed', '{}')$$,
   '42501', null, 'authenticated cannot apply checkout session events');
 select throws_ok($$select * from public.claim_stuck_checkouts()$$,
   '42501', null, 'authenticated cannot claim stuck checkouts');
@@ -68,7 +68,7 @@ create function pg_temp.s(p_at int) returns timestamptz language sql immutable a
   select '2001-01-01 00:00:00+00'::timestamptz + make_interval(secs => p_at)
 $$;
 create function pg_temp.taken(p_tier int, p_at int) returns bigint language sql as $$
-  select public.tier_seats_taken(pg_temp.tier(p_tier), pg_temp.t(p_at))
+  select private.tier_seats_taken(pg_temp.tier(p_tier), pg_temp.t(p_at))
 $$;
 
 -- A checkout (hold 1800 s, lease 60 s) of p_qty seats of one tier, recorded with p_session if given.
@@ -250,7 +250,7 @@ select is((pg_temp.deliver('evt_wh_ignored_1', 'payment_intent.created', '{"id":
   'duplicate', 'and its redelivery is a duplicate');
 select row_eq($$select count(*)::int, min(processed_at), max(last_error) from public.stripe_webhook_events where stripe_event_id = 'evt_wh_ignored_1'$$,
   row(1, pg_temp.t(100), null::text), 'the ignored event is stored once, processed, without error');
-select is((public.apply_checkout_session_event('checkout.session.created', pg_temp.session('checked'), pg_temp.t(100))).outcome,
+select is((private.apply_checkout_session_event('checkout.session.created', pg_temp.session('checked'), pg_temp.t(100))).outcome,
   'ignored', 'an unknown checkout.session type is ignored');
 
 -- a failure inside processing stays retryable. The 'retry' order has no recorded session; an event
