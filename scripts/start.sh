@@ -4,7 +4,9 @@
 # 1. installs what it needs: the npm tools of package.json (Deno, Supabase CLI) and, as root,
 #    Debian's postgresql-15 and postgresql-15-cron when missing;
 # 2. unless DATABASE_URL is set, starts a local PostgreSQL 15 whose data is kept in .local/postgres
-#    (ignored by git) across restarts, on 127.0.0.1:${DB_PORT:-54322};
+#    (ignored by git) across restarts, on 127.0.0.1:${DB_PORT:-54322}; as root, when the postgres
+#    user cannot reach the checkout (root's home, a `mktemp -d` folder), the data is kept in
+#    postgres's home instead, one folder per checkout, and .local/postgres links to it;
 # 3. gives it what hosted Supabase has (scripts/bootstrap-supabase.sql) and applies the migrations
 #    and the seed with `supabase db push --include-seed` (a no-op when nothing changed);
 # 4. runs scripts/start.ts: the functions at http://127.0.0.1:${PORT:-54321}/functions/v1/<name>,
@@ -21,7 +23,7 @@ source "$ROOT/scripts/lib/postgres.sh"
 DENO="$ROOT/node_modules/.bin/deno"
 SUPABASE="$ROOT/node_modules/.bin/supabase"
 LOCAL_DIR="$ROOT/.local"
-PG_DIR="$LOCAL_DIR/postgres"
+PG_DIR="" # chosen by choose_pg_dir
 DB_PORT="${DB_PORT:-54322}"
 OWN_CLUSTER=""  # set once this script has started the local cluster
 SERVICES_PID="" # the start.ts job
@@ -72,8 +74,42 @@ check_ports_free() {
   done
 }
 
+# initdb and the server run as postgres (as_postgres), which must reach the data directory along
+# its whole path. A checkout it cannot reach keeps its cluster in postgres's home instead, in a
+# folder named after the checkout's path (so data persists across runs), linked from
+# .local/postgres: without that link (.local/ deleted to start afresh) the folder is stale.
+choose_pg_dir() {
+  local link="$LOCAL_DIR/postgres" home name hash
+  if [[ "$(id -u)" -ne 0 ]] || { [[ ! -L "$link" ]] && as_postgres test -x "$LOCAL_DIR"; }; then
+    PG_DIR="$link"
+    return
+  fi
+  if [[ -L "$link" ]]; then
+    PG_DIR="$(readlink "$link")"
+    return
+  fi
+  [[ ! -e "$link" ]] ||
+    fail "the postgres user cannot reach $link; delete it to start afresh in postgres's home"
+  home="$(getent passwd postgres | cut -d: -f6)"
+  [[ -n "$home" && -d "$home" ]] || fail "the postgres user has no home folder for the cluster"
+  name="$(printf '%s' "${ROOT##*/}" | tr -c 'A-Za-z0-9._-' '_')"
+  hash="$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)"
+  PG_DIR="$home/npm-start/$name-$hash"
+  if [[ -e "$PG_DIR" ]]; then
+    log "removing a stale cluster of this checkout in $PG_DIR (.local/postgres was gone)"
+    if pg_running "$PG_DIR/data"; then pg_stop "$PG_DIR/data" immediate || true; fi
+    rm -rf "$PG_DIR"
+  fi
+  # Only postgres and root may look inside, as with a cluster under .local/.
+  mkdir -p "$PG_DIR"
+  chown postgres "$home/npm-start" "$PG_DIR" && chmod 0700 "$home/npm-start" "$PG_DIR" ||
+    fail "cannot prepare $PG_DIR for the postgres user"
+  ln -s "$PG_DIR" "$link"
+}
+
 start_local_postgres() {
   install_debian_packages "${PG_SERVER_PACKAGES[@]}" || fail "cannot install PostgreSQL"
+  choose_pg_dir
   if [[ ! -f "$PG_DIR/data/PG_VERSION" ]]; then
     log "creating the local PostgreSQL cluster in ${PG_DIR#"$ROOT/"}/data"
     rm -rf "$PG_DIR/data"

@@ -1,7 +1,9 @@
 -- Exactly-once Stripe calls: one row per logical Stripe operation, and the protocol around it.
 -- Objects: public.stripe_idempotency_keys; type public.stripe_idempotency_claim; functions
 --          claim_stripe_idempotency (with stripe_idempotency_settled), check_stripe_idempotency,
---          record_stripe_idempotency, release_stripe_idempotency, cleanup_expired_idempotency_keys.
+--          record_stripe_idempotency, release_stripe_idempotency, cleanup_expired_idempotency_keys
+--          (with cleanup_expired_idempotency_keys_batch); procedure
+--          run_cleanup_expired_idempotency_keys (pg_cron's, committing per batch).
 -- Protocol: claim (one statement: insert, or lock and classify the existing row) → call Stripe
 --          with the returned key → record (only the lease holder) or release (key kept when
 --          Stripe gave no answer, burnt when it did).
@@ -433,9 +435,48 @@ $$;
 comment on function public.release_stripe_idempotency(text, text, uuid, boolean, text, timestamptz) is
   'Ends a failed attempt: key burnt (failed, next claim gets a new key) when Stripe answered, kept (lease ended) when not.';
 
--- Deletes expired rows in batches of p_batch_size until none is left; never a row whose lease is
+-- One batch of the cleanup: deletes up to p_batch_size expired rows, never a row whose lease is
 -- live. SKIP LOCKED keeps it out of the way of claims that hold a row right now (those rows wait
 -- for the next run). Returns how many rows it deleted.
+create or replace function public.cleanup_expired_idempotency_keys_batch(
+  p_batch_size integer default 10000,
+  p_now timestamptz default now()
+)
+returns bigint
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_deleted bigint;
+begin
+  if p_batch_size is null or p_batch_size < 1 then
+    raise exception using errcode = '22023',
+      message = format('Cannot clean up idempotency keys: batch size %s is not positive', p_batch_size);
+  end if;
+
+  with doomed as (
+    select k.id
+    from public.stripe_idempotency_keys k
+    where k.expires_at <= p_now
+      and not (k.status = 'in_progress' and k.lease_expires_at > p_now)
+    order by k.expires_at
+    limit p_batch_size
+    for update skip locked
+  )
+  delete from public.stripe_idempotency_keys k
+  using doomed
+  where k.id = doomed.id;
+
+  get diagnostics v_deleted = row_count;
+  return v_deleted;
+end;
+$$;
+comment on function public.cleanup_expired_idempotency_keys_batch(integer, timestamptz) is
+  'Deletes up to p_batch_size expired idempotency rows (never a live lease) and returns how many.';
+
+-- Batch after batch until none is left, all in the caller's transaction (a function cannot
+-- commit); returns how many rows it deleted. pg_cron calls the procedure below instead.
 create or replace function public.cleanup_expired_idempotency_keys(
   p_batch_size integer default 10000,
   p_now timestamptz default now()
@@ -449,42 +490,47 @@ declare
   v_deleted bigint := 0;
   v_batch bigint;
 begin
-  if p_batch_size is null or p_batch_size < 1 then
-    raise exception using errcode = '22023',
-      message = format('Cannot clean up idempotency keys: batch size %s is not positive', p_batch_size);
-  end if;
-
   loop
-    with doomed as (
-      select k.id
-      from public.stripe_idempotency_keys k
-      where k.expires_at <= p_now
-        and not (k.status = 'in_progress' and k.lease_expires_at > p_now)
-      order by k.expires_at
-      limit p_batch_size
-      for update skip locked
-    )
-    delete from public.stripe_idempotency_keys k
-    using doomed
-    where k.id = doomed.id;
-
-    get diagnostics v_batch = row_count;
+    v_batch := public.cleanup_expired_idempotency_keys_batch(p_batch_size, p_now);
     v_deleted := v_deleted + v_batch;
     exit when v_batch < p_batch_size;
   end loop;
-
   return v_deleted;
 end;
 $$;
 comment on function public.cleanup_expired_idempotency_keys(integer, timestamptz) is
-  'Deletes expired idempotency rows in batches (never a live lease) and returns how many; run by pg_cron.';
+  'Deletes every expired idempotency row in batches, in one transaction, and returns how many.';
+
+-- What pg_cron runs: the same batches, each committed on its own, so that one run never holds
+-- one transaction (its row locks, its WAL, the vacuum horizon) across a whole backlog. It must
+-- be called at top level (`call`, not inside begin … commit). No `set search_path` clause: a
+-- procedure with one cannot commit; it names only schema-qualified objects, and the function
+-- it calls pins its own search_path.
+create or replace procedure public.run_cleanup_expired_idempotency_keys(
+  p_batch_size integer default 10000,
+  p_now timestamptz default now()
+)
+language plpgsql
+as $$
+begin
+  loop
+    exit when public.cleanup_expired_idempotency_keys_batch(p_batch_size, p_now) < p_batch_size;
+    commit;
+  end loop;
+end;
+$$;
+comment on procedure public.run_cleanup_expired_idempotency_keys(integer, timestamptz) is
+  'pg_cron: deletes every expired idempotency row, committing after each batch (call it at top level).';
 
 revoke execute on function
   public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz, uuid),
   public.check_stripe_idempotency(text, text),
   public.record_stripe_idempotency(text, text, uuid, text, integer, jsonb, jsonb, timestamptz),
   public.release_stripe_idempotency(text, text, uuid, boolean, text, timestamptz),
+  public.cleanup_expired_idempotency_keys_batch(integer, timestamptz),
   public.cleanup_expired_idempotency_keys(integer, timestamptz)
+from public, anon, authenticated;
+revoke execute on procedure public.run_cleanup_expired_idempotency_keys(integer, timestamptz)
 from public, anon, authenticated;
 
 grant execute on function
@@ -492,5 +538,8 @@ grant execute on function
   public.check_stripe_idempotency(text, text),
   public.record_stripe_idempotency(text, text, uuid, text, integer, jsonb, jsonb, timestamptz),
   public.release_stripe_idempotency(text, text, uuid, boolean, text, timestamptz),
+  public.cleanup_expired_idempotency_keys_batch(integer, timestamptz),
   public.cleanup_expired_idempotency_keys(integer, timestamptz)
+to service_role;
+grant execute on procedure public.run_cleanup_expired_idempotency_keys(integer, timestamptz)
 to service_role;

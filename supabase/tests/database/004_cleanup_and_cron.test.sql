@@ -1,6 +1,7 @@
--- Cleanup deletes expired rows in batches, keeps live rows and attempts in flight; cron runs it.
+-- Cleanup deletes expired rows in batches, keeps live rows and attempts in flight; cron runs it
+-- through a procedure that commits after each batch.
 begin;
-select plan(11);
+select plan(15);
 
 create function pg_temp.row(p_id text, p_status text, p_expires timestamptz, p_lease timestamptz)
 returns void language sql as $$
@@ -46,20 +47,32 @@ select is(
     gen_random_uuid(), 60, '{}', '2030-01-03 00:00+00')),
   'created', 'after cleanup the operation id can be claimed anew');
 
+-- One batch deletes at most its size; the procedure pg_cron calls commits after each full batch,
+-- which a transaction block (as here) refuses.
+select pg_temp.row('batch-' || i, 'completed', '2030-01-04 00:00+00', null) from generate_series(1, 10) i;
+select is(public.cleanup_expired_idempotency_keys_batch(4, '2030-01-05 00:00+00'), 4::bigint,
+  'one batch deletes at most its size');
+select throws_ok($$call public.run_cleanup_expired_idempotency_keys(4, '2030-01-05 00:00+00')$$, '2D000', null,
+  'the cron procedure commits after a full batch');
+select lives_ok($$call public.run_cleanup_expired_idempotency_keys(10000, '2030-01-05 00:00+00')$$,
+  'a run that fits one batch needs no commit');
+select is((select count(*)::int from public.stripe_idempotency_keys where operation_id like 'batch-%'), 0,
+  'the procedure deleted the rest');
+
 -- pg_cron: the cleanup job exists exactly once, every 15 minutes, and the run log is purged.
 select is((select count(*)::int from cron.job where jobname = 'cleanup-expired-idempotency-keys'), 1,
   'the cleanup job exists once');
 select row_eq(
   $$select schedule, command from cron.job where jobname = 'cleanup-expired-idempotency-keys'$$,
-  row('*/15 * * * *'::text, 'select public.cleanup_expired_idempotency_keys()'::text),
-  'it runs the cleanup function every 15 minutes');
+  row('*/15 * * * *'::text, 'call public.run_cleanup_expired_idempotency_keys()'::text),
+  'it runs the committing cleanup procedure every 15 minutes');
 select is((select count(*)::int from cron.job where jobname = 'purge-cron-job-run-details'
             and command like '%delete from cron.job_run_details%'), 1,
   'the cron run log is purged by its own job');
 -- Re-running the migration's schedule call replaces the job instead of adding one.
 do $do$ begin
   perform cron.schedule('cleanup-expired-idempotency-keys', '*/15 * * * *',
-    $$select public.cleanup_expired_idempotency_keys()$$);
+    $$call public.run_cleanup_expired_idempotency_keys()$$);
 end $do$;
 select is((select count(*)::int from cron.job where jobname = 'cleanup-expired-idempotency-keys'), 1,
   'scheduling the job again does not duplicate it');
