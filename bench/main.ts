@@ -118,6 +118,7 @@ async function codeVersion(root: string): Promise<string> {
       "--",
       "supabase",
       "tests/support",
+      "local",
     ], { cwd: root })).split("\n").map((line) => line.slice(3).trim()).filter(Boolean);
     return dirty.length ? `${commit} + uncommitted changes in ${dirty.join(", ")}` : commit;
   } catch {

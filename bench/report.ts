@@ -188,7 +188,7 @@ export function renderReport(r: Results): string {
     `Written by \`${r.command}\` (bench/bench.sh → bench/main.ts) on ${r.date.slice(0, 10)} in ` +
       `${int(r.totalSeconds)} s. Every figure below comes from that one run, against a throwaway ` +
       "PostgreSQL 15 with fsync on and the local Stripe-compatible server " +
-      "(tests/support/stripe_server.ts) answering at once. Rerun the command to reproduce the " +
+      "(local/stripe/) answering at once. Rerun the command to reproduce the " +
       "file; the raw results are in `.bench-artifacts/results.json`." +
       (r.quick
         ? " **Quick scale (BENCH_SCALE=quick): smoke figures, not the reference run.**"

@@ -1,5 +1,5 @@
 /**
- * The local Stripe-compatible server (tests/support/stripe_server.ts) in its own process, with a
+ * The local Stripe-compatible server (local/stripe/) in its own process, with a
  * small control endpoint so bench/main.ts can read how many sessions it really created.
  *
  * Prints one JSON line on stdout: {"url": <Stripe API base>, "control": <control base>}.
@@ -7,7 +7,7 @@
  *
  * Run: deno run -A bench/stripe.ts
  */
-import { startStripeServer } from "../tests/support/stripe_server.ts";
+import { startStripeServer } from "../local/stripe/mod.ts";
 
 const stripe = await startStripeServer();
 const control = Deno.serve(

@@ -243,7 +243,7 @@ deno_targets() { # what `deno check` should see
   for f in "$ROOT"/supabase/functions/*/index.ts; do [[ -f "$f" ]] && echo "${f#"$ROOT/"}"; done
   if find "$ROOT/tests" -name '*.ts' 2>/dev/null | grep -q .; then echo tests/; fi
   local d
-  for d in scripts storefront; do
+  for d in scripts storefront local; do
     if find "$ROOT/$d" -name '*.ts' 2>/dev/null | grep -q .; then echo "$d/"; fi
   done
 }
@@ -278,12 +278,13 @@ count_deno_tests() { # count_deno_tests SUITE LOGFILE RC — adds `deno test`'s 
 
 step_deno_test() {
   local logfile="$ARTIFACTS/deno-test.log" rc=0
-  if ! find "$ROOT/tests" -name '*_test.ts' 2>/dev/null | grep -q .; then
-    echo "no *_test.ts files under tests/"; return 0
+  if ! find "$ROOT/tests" "$ROOT/local" -name '*_test.ts' -o -name '*.test.ts' 2>/dev/null |
+    grep -q .; then
+    echo "no *_test.ts or *.test.ts files under tests/ or local/"; return 0
   fi
-  # tests/browser/ is the next step's.
+  # tests/browser/ is the next step's; local/ holds the tools' own tests (local/stripe/).
   DATABASE_URL="$DB_URL" run_logged "$logfile" "$DENO" test --allow-all --ignore=tests/browser \
-    tests/ || rc=$?
+    tests/ local/ || rc=$?
   count_deno_tests deno-test "$logfile" "$rc"
 }
 

@@ -14,7 +14,7 @@ import {
   createWebhookForwarder,
   startStripeServer,
   type WebhookDelivery,
-} from "./support/stripe_server.ts";
+} from "../local/stripe/mod.ts";
 
 const WEBHOOK_SECRET = "whsec_local_dev_test";
 const stripeSdk = new Stripe("sk_test_local");

@@ -56,7 +56,7 @@ async function portAcceptsConnections(port: number): Promise<boolean> {
 function watchOutput(child: Deno.ChildProcess) {
   let text = "";
   const waiters: { pattern: RegExp; resolve: () => void }[] = [];
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
+  const pump = async (stream: ReadableStream<Uint8Array<ArrayBuffer>>) => {
     for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
       text += chunk;
       for (const waiter of waiters.filter((w) => w.pattern.test(text))) {

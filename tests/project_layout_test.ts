@@ -66,3 +66,35 @@ Deno.test("only index.ts files read the environment", async () => {
     assert.doesNotMatch(source, /Deno\.env\.\w+\(/, `${entry.name} reads the environment`);
   }
 });
+
+/** Files below `dir` (relative to the repository root), skipping node_modules and dot folders. */
+async function repoFiles(dir: URL, prefix = ""): Promise<string[]> {
+  const files: string[] = [];
+  for await (const entry of Deno.readDir(dir)) {
+    if (entry.name === "node_modules" || entry.name.startsWith(".")) continue;
+    const path = `${prefix}${entry.name}`;
+    if (entry.isDirectory) {
+      files.push(...await repoFiles(new URL(`${entry.name}/`, dir), `${path}/`));
+    } else if (entry.isFile) files.push(path);
+  }
+  return files;
+}
+
+Deno.test("every Deno test file sits in a folder that npm test's deno test runs", async () => {
+  const repo = new URL("../", import.meta.url);
+  const pipeline = await Deno.readTextFile(new URL("scripts/test.sh", repo));
+  const command = /"\$DENO" test --allow-all --ignore=tests\/browser \\\n([^|]+)\|\|/.exec(
+    pipeline,
+  );
+  assert.ok(command, "scripts/test.sh runs deno test --allow-all --ignore=tests/browser <folders>");
+  const folders = command[1]!.trim().split(/\s+/);
+  const files = (await repoFiles(repo)).filter((path) => path.endsWith(".ts"));
+  // deno test discovers only *_test.ts, *.test.ts and test.ts: `foo-test.ts` is silently skipped.
+  assert.deepEqual(files.filter((path) => path.endsWith("-test.ts")), []);
+  const tests = files.filter((path) => /(?:_test|\.test)\.ts$|(?:^|\/)test\.ts$/.test(path));
+  assert.ok(tests.includes("local/stripe/stripe-server.test.ts"));
+  for (const path of tests) {
+    if (path.startsWith("tests/browser/")) continue; // the pipeline's browser step
+    assert.ok(folders.some((folder) => path.startsWith(folder)), `${path} is outside ${folders}`);
+  }
+});

@@ -17,7 +17,7 @@ import {
   retryUntilFinal,
   saveFigures,
 } from "./support/reliability.ts";
-import type { Fault } from "./support/stripe_server.ts";
+import type { Fault } from "../local/stripe/mod.ts";
 
 const LEASE_SECONDS = 1;
 const SESSIONS = "/v1/checkout/sessions";

@@ -16,7 +16,7 @@ import {
   retryUntilFinal,
   saveFigures,
 } from "./support/reliability.ts";
-import type { CheckoutSession, Fault } from "./support/stripe_server.ts";
+import type { CheckoutSession, Fault } from "../local/stripe/mod.ts";
 
 const LEASE_SECONDS = 1;
 const RUNS = 20;

@@ -8,7 +8,7 @@ import { type CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
 import { createSql, processWebhookEvent } from "../supabase/functions/_shared/db.ts";
 import { checkoutRequest, type Harness, newKey, startHarness } from "./support/checkout_harness.ts";
 import { databaseUrl } from "./support/database.ts";
-import type { CheckoutSession } from "./support/stripe_server.ts";
+import type { CheckoutSession } from "../local/stripe/mod.ts";
 
 type Tier = "floor" | "balcony" | "last";
 

@@ -11,7 +11,7 @@ import {
   createWebhookForwarder,
   startStripeServer,
   type StripeServer,
-} from "../../tests/support/stripe_server.ts";
+} from "../../local/stripe/mod.ts";
 import { startStorefrontServer, type StorefrontServer } from "../storefront_server.ts";
 import { apiKey, DEMO_EVENT_ID } from "./local.ts";
 

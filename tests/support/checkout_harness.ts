@@ -12,7 +12,7 @@ import type { ClientAddressConfig } from "../../supabase/functions/_shared/clien
 import type { HoldLimits, Sql } from "../../supabase/functions/_shared/db.ts";
 import { createStripeClient, type Stripe } from "../../supabase/functions/_shared/stripe.ts";
 import { openPool } from "./database.ts";
-import { startStripeServer, type StripeServer } from "./stripe_server.ts";
+import { startStripeServer, type StripeServer } from "../../local/stripe/mod.ts";
 import { TEST_JWT_SECRET } from "./tokens.ts";
 
 export const SITE_URL = "http://shop.test";

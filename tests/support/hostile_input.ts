@@ -8,6 +8,7 @@
  * must be answered 4xx. The oracle also says which error codes the contract allows for it.
  */
 import fc from "fast-check";
+import { hmacSha256 } from "../../local/stripe/mod.ts";
 import { ALLOWED_ORIGIN } from "./checkout_harness.ts";
 import { TEST_JWT_SECRET } from "./tokens.ts";
 import { TEST_WEBHOOK_SECRET } from "./webhooks.ts";
@@ -563,24 +564,13 @@ function decodeSegment(part: string): unknown {
   }
 }
 
-async function hmac(secret: string, data: Uint8Array<ArrayBuffer>): Promise<Uint8Array> {
-  const key = await crypto.subtle.importKey(
-    "raw",
-    encoder.encode(secret),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
-  );
-  return new Uint8Array(await crypto.subtle.sign("HMAC", key, data));
-}
-
 /** The Authorization value a JWT spec stands for. */
 export async function buildJwt(jwt: JwtSpec): Promise<string> {
   const head = segment(jwt.header);
   let payload = segment(jwt.claims);
   const signature = jwt.signWith === null
     ? jwt.signature
-    : base64Url(await hmac(jwt.signWith, encoder.encode(`${head}.${payload}`)));
+    : base64Url(await hmacSha256(jwt.signWith, encoder.encode(`${head}.${payload}`)));
   if (jwt.tamper !== undefined) payload = segment(jwt.tamper);
   return `${jwt.scheme}${head}.${payload}.${signature}${jwt.suffix}`;
 }
@@ -1520,7 +1510,7 @@ export async function stripeSignature(
     const data = new Uint8Array(prefix.length + body.length);
     data.set(prefix);
     data.set(body, prefix.length);
-    return hmac(secret, data);
+    return hmacSha256(secret, data);
   };
   const mac = hex(await signed(format === "other-body" ? encoder.encode("{}") : payload));
   switch (format) {

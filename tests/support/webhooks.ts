@@ -1,6 +1,6 @@
 /** Signed Stripe webhook deliveries for tests, made the way Stripe signs them. */
 import Stripe from "stripe";
-import type { CheckoutSession } from "./stripe_server.ts";
+import { type CheckoutSession, WEBHOOK_API_VERSION } from "../../local/stripe/mod.ts";
 
 /** The signing secret the tests configure stripe-webhook with. */
 export const TEST_WEBHOOK_SECRET = "whsec_test_secret_for_local_runs_only";
@@ -17,7 +17,7 @@ export function sessionEvent(
   return JSON.stringify({
     id,
     object: "event",
-    api_version: "2026-10-28.endive",
+    api_version: WEBHOOK_API_VERSION,
     created: Math.floor(Date.now() / 1000),
     livemode: false,
     pending_webhooks: 1,

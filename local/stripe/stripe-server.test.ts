@@ -9,7 +9,7 @@ import {
   startStripeServer,
   type StripeServer,
   type StripeServerOptions,
-} from "./support/stripe_server.ts";
+} from "./mod.ts";
 
 const NOW_SECONDS = () => Math.floor(Date.now() / 1000);
 

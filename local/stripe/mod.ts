@@ -1,0 +1,24 @@
+/**
+ * The local Stripe-compatible server's public API: what `npm start`, the bench and the tests
+ * import. README.md maps the modules behind it.
+ */
+export type { Fault, FaultFilter, FaultTarget } from "./faults.ts";
+export { decodeStripeForm, FormDecodeError, type FormObject, type FormValue } from "./form.ts";
+export type { CheckoutMode, PriceFixture, UiMode } from "./params.ts";
+export {
+  type RequestRecord,
+  startStripeServer,
+  type StripeServer,
+  type StripeServerOptions,
+} from "./server.ts";
+export type { CheckoutSession } from "./session-object.ts";
+export type { CheckoutEventType } from "./sessions.ts";
+export {
+  checkoutSessionEvent,
+  createWebhookForwarder,
+  hmacSha256,
+  stripeSignatureHeader,
+  WEBHOOK_API_VERSION,
+  type WebhookDelivery,
+  type WebhookForwarderOptions,
+} from "./webhooks.ts";
