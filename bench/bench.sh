@@ -12,9 +12,9 @@ set -euo pipefail
 export RUST_BACKTRACE=0 NO_COLOR=1 DO_NOT_TRACK=1 SUPABASE_TELEMETRY_DISABLED=1
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib/postgres.sh
+source "$ROOT/scripts/lib/postgres.sh" # PG_SERVER_PACKAGES, pg_init, pg_start_on_free_port …
 ARTIFACTS="$ROOT/.bench-artifacts"
-PG_BIN=/usr/lib/postgresql/15/bin
-PG_PACKAGES=(postgresql-15 postgresql-15-cron)
 DENO="$ROOT/node_modules/.bin/deno"
 SUPABASE="$ROOT/node_modules/.bin/supabase"
 BENCH_DIR=""
@@ -27,26 +27,12 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   if [[ -n "$JOB_PID" ]]; then kill -TERM -- "-$JOB_PID" 2>/dev/null || true; fi
-  if [[ -n "$BENCH_DIR" && -d "$BENCH_DIR" ]]; then
-    if [[ -f "$BENCH_DIR/data/postmaster.pid" ]]; then
-      as_postgres "$PG_BIN/pg_ctl" -D "$BENCH_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
-    fi
-    rm -rf "$BENCH_DIR"
-  fi
+  pg_discard "$BENCH_DIR"
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'echo; log "interrupted"; exit 130' INT
 trap 'echo; log "terminated"; exit 143' TERM
-
-as_postgres() { # initdb/pg_ctl refuse to run as root
-  if [[ "$(id -u)" -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
-free_port() {
-  node -e 'const s = require("net").createServer();
-    s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'
-}
 
 node_tools() {
   if [[ ! -x "$DENO" || ! -x "$SUPABASE" || ! -d "$ROOT/node_modules/autocannon" ]]; then
@@ -55,53 +41,23 @@ node_tools() {
   fi
 }
 
-debian_packages() {
-  local missing=() p
-  for p in "${PG_PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-      missing+=("$p")
-    fi
-  done
-  [[ ${#missing[@]} -eq 0 ]] && return 0
-  if [[ "$(id -u)" -ne 0 ]]; then
-    echo "ERROR: missing Debian packages: ${missing[*]} (install them as root)" >&2
-    return 1
-  fi
-  log "installing ${missing[*]}"
-  apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-}
-
 # Production-like durability: fsync, synchronous_commit and full_page_writes stay on (the
 # defaults). shared_buffers 256MB holds the cleanup benchmark's 1.1M-row table; autovacuum
-# stays on. Statement counting needs pg_stat_statements preloaded.
+# stays on. Statement counting needs pg_stat_statements preloaded (beside pg_cron).
+BENCH_SERVER_OPTIONS="-c shared_preload_libraries=pg_cron,pg_stat_statements \
+  -c pg_stat_statements.max=5000 \
+  -c fsync=on -c synchronous_commit=on -c full_page_writes=on \
+  -c shared_buffers=256MB -c max_connections=300 -c max_wal_size=4GB \
+  -c track_io_timing=on -c track_wal_io_timing=on"
+
 start_cluster() {
-  local port attempt
+  local port
   BENCH_DIR="$(mktemp -d -t pgbench-checkout.XXXXXX)"
-  if [[ "$(id -u)" -eq 0 ]]; then chown postgres "$BENCH_DIR"; fi
-  if ! as_postgres "$PG_BIN/initdb" -D "$BENCH_DIR/data" -U postgres --auth=trust -E UTF8 \
-    --locale=C.UTF-8 >"$BENCH_DIR/initdb.log" 2>&1; then
-    rm -rf "$BENCH_DIR/data"
-    as_postgres "$PG_BIN/initdb" -D "$BENCH_DIR/data" -U postgres --auth=trust -E UTF8 \
-      --locale=C >"$BENCH_DIR/initdb.log" 2>&1 || { cat "$BENCH_DIR/initdb.log"; return 1; }
-  fi
-  for attempt in 1 2 3; do
-    port="$(free_port)"
-    if as_postgres "$PG_BIN/pg_ctl" -D "$BENCH_DIR/data" -l "$BENCH_DIR/postgres.log" -w -t 30 \
-      start -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$BENCH_DIR \
-        -c shared_preload_libraries=pg_cron,pg_stat_statements -c cron.database_name=postgres \
-        -c pg_stat_statements.max=5000 \
-        -c fsync=on -c synchronous_commit=on -c full_page_writes=on \
-        -c shared_buffers=256MB -c max_connections=300 -c max_wal_size=4GB \
-        -c track_io_timing=on -c track_wal_io_timing=on" >/dev/null; then
-      DB_URL="postgresql://postgres:postgres@127.0.0.1:$port/postgres?sslmode=disable"
-      echo "cluster $BENCH_DIR on 127.0.0.1:$port"
-      return 0
-    fi
-    echo "server failed to start (attempt $attempt)" >&2
-    cat "$BENCH_DIR/postgres.log" >&2 || true
-  done
-  return 1
+  pg_init "$BENCH_DIR/data" "$BENCH_DIR/initdb.log" || return 1
+  port="$(pg_start_on_free_port "$BENCH_DIR/data" "$BENCH_DIR/postgres.log" "$BENCH_DIR" \
+    "$BENCH_SERVER_OPTIONS")" || return 1
+  DB_URL="$(pg_url "$port")"
+  echo "cluster $BENCH_DIR on 127.0.0.1:$port"
 }
 
 main() {
@@ -111,11 +67,11 @@ main() {
   log "node tools"
   node_tools
   log "debian packages"
-  debian_packages
+  install_debian_packages "${PG_SERVER_PACKAGES[@]}"
   log "start throwaway cluster (fsync on)"
   start_cluster
   log "bootstrap Supabase roles/schemas"
-  psql "$DB_URL" -v ON_ERROR_STOP=1 -q -f "$ROOT/scripts/bootstrap-supabase.sql"
+  pg_bootstrap "$DB_URL" "$ROOT"
   log "supabase db push --include-seed"
   "$SUPABASE" db push --db-url "$DB_URL" --include-seed --yes </dev/null >"$ARTIFACTS/db-push.log" 2>&1 ||
     { cat "$ARTIFACTS/db-push.log"; return 1; }

@@ -39,19 +39,13 @@ export interface CleanupRun {
   indexScans: number;
 }
 
-/** The cleanup benchmark. */
-export interface CleanupResult {
+/** The cleanup benchmark: its own fields describe the large run, beside concurrent claims. */
+export interface CleanupResult extends CleanupRun {
   /** One cron run's worth at 100 checkouts/s (15 minutes), alone. */
   cadence: CleanupRun & { rows: number };
   expiredRows: number;
   liveRows: number;
   fillSeconds: number;
-  deleted: number;
-  seconds: number;
-  rowsPerSecond: number;
-  walBytes: number;
-  indexEntriesRead: number;
-  indexScans: number;
   expiredLeft: number;
   liveBefore: number;
   liveAfter: number;

@@ -2,6 +2,7 @@
  * Helpers for bench/main.ts: latency statistics, a seeded random source, child processes,
  * CPU accounting from /proc, and the HTTP client the Deno-side load uses.
  */
+import { terminate } from "../scripts/lib/process.ts";
 
 /** Percentiles of a latency sample, in milliseconds. */
 export interface LatencySummary {
@@ -176,7 +177,7 @@ export async function spawnChild(
     resolveReady = resolve;
     rejectReady = reject;
   });
-  const watch = async (stream: ReadableStream<Uint8Array>, keep: boolean) => {
+  const watch = async (stream: ReadableStream<Uint8Array<ArrayBuffer>>, keep: boolean) => {
     let buffer = "";
     for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
       buffer += chunk;
@@ -217,20 +218,8 @@ export async function spawnChild(
     stderrTail,
     stop() {
       stopping ??= (async () => {
-        try {
-          process.kill("SIGTERM");
-        } catch {
-          // already gone
-        }
-        const timer = setTimeout(() => {
-          try {
-            process.kill("SIGKILL");
-          } catch {
-            // already gone
-          }
-        }, 5_000);
+        await terminate(process);
         await exited;
-        clearTimeout(timer);
         await drained.catch(() => {});
       })();
       return stopping;

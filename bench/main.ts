@@ -23,46 +23,34 @@ import { type Machine, renderReport, type Results } from "./report.ts";
 
 const QUICK = Deno.env.get("BENCH_SCALE") === "quick";
 
+/** A phase size: `full` for the reference run, `quick` for BENCH_SCALE=quick. */
+function scale<T>(full: T, quick: T): T {
+  return QUICK ? quick : full;
+}
+
 /** Sizes of every phase; the full run targets ~10 minutes on 2 cores. */
-const PLAN = QUICK
-  ? {
-    replay: {
-      concurrencies: [1, 16, 64],
-      secondsPerPoint: 2,
-      warmupSeconds: 1,
-      spreadKeys: 50,
-      spreadFrom: 16,
-    },
-    dbOnly: { clients: [1, 16], seconds: 2 },
-    roundTrips: { requests: 50 },
-    fresh: { requests: 100, warmup: 20 },
-    storm: { concurrent: 200, rounds: 2 },
-    mixed: { operations: 300, workers: 32, seed: 6 },
-    cleanup: { cadence: 9_000, expired: 100_000, live: 10_000, workers: 8, baselineSeconds: 3 },
-    size: { checkouts: 2_000, perSecond: 100 },
-  }
-  : {
-    replay: {
-      concurrencies: [1, 16, 64],
-      secondsPerPoint: 10,
-      warmupSeconds: 3,
-      spreadKeys: 200,
-      spreadFrom: 16,
-    },
-    dbOnly: { clients: [1, 16], seconds: 5 },
-    roundTrips: { requests: 200 },
-    fresh: { requests: 500, warmup: 50 },
-    storm: { concurrent: 200, rounds: 5 },
-    mixed: { operations: 2_000, workers: 32, seed: 6 },
-    cleanup: {
-      cadence: 90_000,
-      expired: 1_000_000,
-      live: 100_000,
-      workers: 8,
-      baselineSeconds: 10,
-    },
-    size: { checkouts: 20_000, perSecond: 100 },
-  };
+const PLAN = {
+  replay: {
+    concurrencies: [1, 16, 64],
+    secondsPerPoint: scale(10, 2),
+    warmupSeconds: scale(3, 1),
+    spreadKeys: scale(200, 50),
+    spreadFrom: 16,
+  },
+  dbOnly: { clients: [1, 16], seconds: scale(5, 2) },
+  roundTrips: { requests: scale(200, 50) },
+  fresh: { requests: scale(500, 100), warmup: scale(50, 20) },
+  storm: { concurrent: 200, rounds: scale(5, 2) },
+  mixed: { operations: scale(2_000, 300), workers: 32, seed: 6 },
+  cleanup: {
+    cadence: scale(90_000, 9_000),
+    expired: scale(1_000_000, 100_000),
+    live: scale(100_000, 10_000),
+    workers: 8,
+    baselineSeconds: scale(10, 3),
+  },
+  size: { checkouts: scale(20_000, 2_000), perSecond: 100 },
+};
 
 function env(name: string): string {
   const value = Deno.env.get(name);
@@ -212,22 +200,19 @@ async function startServices(
       STRIPE_API_BASE: urls.url,
       SITE_URL: "https://shop.example",
     };
-    const guest = await spawnChild("guest-checkout", {
-      command: deno,
-      args: ["run", "--allow-all", `${root}/bench/server.ts`, "guest"],
-      env: functionEnv,
-      cwd: root,
-      ready: /^listening (\d+)$/,
-      stdoutFile: logFile,
-    });
+    // bench/server.ts in its two modes; it prints `listening <port>` once it serves.
+    const server = (name: string, mode: "guest" | "baseline", stdoutFile?: string) =>
+      spawnChild(name, {
+        command: deno,
+        args: ["run", "--allow-all", `${root}/bench/server.ts`, mode],
+        env: functionEnv,
+        cwd: root,
+        ready: /^listening (\d+)$/,
+        stdoutFile,
+      });
+    const guest = await server("guest-checkout", "guest", logFile);
     started.push(guest.child);
-    const baseline = await spawnChild("baseline", {
-      command: deno,
-      args: ["run", "--allow-all", `${root}/bench/server.ts`, "baseline"],
-      env: functionEnv,
-      cwd: root,
-      ready: /^listening (\d+)$/,
-    });
+    const baseline = await server("baseline", "baseline");
     started.push(baseline.child);
     return {
       stripeUrl: urls.url,

@@ -2,7 +2,15 @@
  * Renders BENCHMARKS.md from one run's results. Every figure, verdict and explanation is computed
  * from the results, so `npm run bench` reproduces the whole file.
  */
-import type { CleanupResult, DbOnlyResult, PgbenchPoint, SizeResult } from "./db_phases.ts";
+import type {
+  ClaimLoad,
+  CleanupResult,
+  CleanupRun,
+  DbOnlyResult,
+  PgbenchPoint,
+  RelationSize,
+  SizeResult,
+} from "./db_phases.ts";
 import type {
   FreshResult,
   LoadPoint,
@@ -58,6 +66,15 @@ const int = (value: number) => fmt(value, 0);
 const mib = (bytes: number) => `${fmt(bytes / 1024 / 1024, 1)} MiB`;
 const gib = (bytes: number) => `${fmt(bytes / 1024 / 1024 / 1024, 2)} GiB`;
 const met = (ok: boolean) => (ok ? "**met**" : "**not met**");
+/** How far a ratio is above its upper limit: `1.08× over`. */
+const over = (ratio: number, limit: number) => `${x(ratio / limit)} over`;
+/** How far a ratio is below its lower goal: `1.80× short`. */
+const short = (ratio: number, goal: number) => `${x(goal / ratio)} short`;
+
+/** A verdict cell: met / not met, and why not when `miss` says so. */
+function verdict(ok: boolean, miss: string | false): string {
+  return met(ok) + (miss ? `: ${miss}` : "");
+}
 
 function table(header: string[], rows: string[][]): string {
   return [
@@ -76,8 +93,28 @@ function lat(summary: LatencySummary): string[] {
   return [ms(summary.p50), ms(summary.p99), ms(summary.max)];
 }
 
+/** `key: value, …` of a count per answer. */
+function counts(record: Record<string, number>, format: (value: number) => string = int): string {
+  return Object.entries(record).map(([k, v]) => `${k}: ${format(v)}`).join(", ");
+}
+
+/** Cores other processes used during a measurement, and how often it was measured again. */
+function otherCoresCell(point: { otherCores: number; retries: number }): string {
+  const { otherCores, retries } = point;
+  return fmt(otherCores, 2) + (retries ? ` (${retries} re-run${retries > 1 ? "s" : ""})` : "");
+}
+
+/** The paragraph under a section on how much other processes used the machine. */
+function otherNote(cores: number, retries = 0, when = "meanwhile"): string {
+  const again = retries ? ` (measured ${retries + 1} times: earlier runs were disturbed)` : "";
+  return cores > DISTURBED_CORES
+    ? `**Other processes used ${fmt(cores, 2)} cores ${when}${again}: these figures are ` +
+      "disturbed by someone else's work on the machine.**"
+    : `Other processes used ${fmt(cores, 2)} cores ${when}${again}.`;
+}
+
 // ---------------------------------------------------------------------------------------------
-// Derived figures
+// Derived figures and goals
 // ---------------------------------------------------------------------------------------------
 
 interface ReplayVerdict {
@@ -126,8 +163,576 @@ function pass(results: Results, kind: RoundTripPass["kind"]): RoundTripPass {
   return results.roundTrips.passes.find((p) => p.kind === kind)!;
 }
 
+/** Goal 2: one statement per replay, two per fresh checkout. */
+function statementsMet(p: RoundTripPass, target: number): boolean {
+  return Math.abs(p.statementsPerRequest - target) < 0.01;
+}
+
 function pgbench(r: Results, statement: PgbenchPoint["statement"], clients: number) {
   return r.dbOnly.points.find((p) => p.statement === statement && p.clients === clients);
+}
+
+function stormMet(storm: StormResult): boolean {
+  return storm.rounds.every((round) => round.sessionsCreated === 1 && round.consistent);
+}
+
+function mixedMet(mx: MixedResult): boolean {
+  return mx.sessionsCreated === mx.succeeded && mx.splitOperations === 0 &&
+    mx.tiers.every((t) => !t.oversold && t.seatsTaken === t.seatsSold);
+}
+
+/** Claim p99 during the cleanup over claim p99 without it (goal ≤ 2). */
+function cleanupRatio(c: CleanupResult): number {
+  return c.claimsDuring.latency.p99 / c.claimsWithout.latency.p99;
+}
+
+function cleanupMet(c: CleanupResult): boolean {
+  return cleanupRatio(c) <= 2 && c.liveBefore === c.liveAfter && c.expiredLeft === 0 &&
+    c.deleted === c.expiredRows;
+}
+
+/** Index entries the cleanup read per row it deleted. */
+function entriesPerRow(run: CleanupRun): number {
+  return run.indexEntriesRead / Math.max(1, run.deleted);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------------
+
+/** One section of BENCHMARKS.md: its blocks (headings, paragraphs, tables) in order. */
+type Section = (r: Results) => string[];
+
+/** The sections of BENCHMARKS.md, in order. */
+const SECTIONS: Section[] = [
+  title,
+  summary,
+  commandAndMachine,
+  replaySection,
+  statementsSection,
+  freshSection,
+  stormSection,
+  mixedSection,
+  cleanupSection,
+  sizeSection,
+  limitsSection,
+];
+
+/** The whole report: every section's blocks, a blank line between blocks. */
+export function renderReport(r: Results): string {
+  return SECTIONS.flatMap((section) => section(r)).map((block) => `${block}\n`).join("\n");
+}
+
+function title(r: Results): string[] {
+  return [
+    "# Benchmarks\n" +
+    `Written by \`${r.command}\` (bench/bench.sh → bench/main.ts) on ${r.date.slice(0, 10)} in ` +
+    `${int(r.totalSeconds)} s. Every figure below comes from that one run, against a throwaway ` +
+    "PostgreSQL 15 with fsync on and the local Stripe-compatible server " +
+    "(local/stripe/) answering at once. Rerun the command to reproduce the " +
+    "file; the raw results are in `.bench-artifacts/results.json`." +
+    (r.quick ? " **Quick scale (BENCH_SCALE=quick): smoke figures, not the reference run.**" : ""),
+  ];
+}
+
+// ------------------------------------------------------------------------------------ summary
+
+function summary(r: Results): string[] {
+  const f = r.fresh;
+  const replayPass = pass(r, "replay");
+  const freshPass = pass(r, "fresh");
+  return [
+    "## Summary",
+    table(["goal", "result", "verdict"], [
+      ...replaySummaryRows(replayVerdicts(r.replay)),
+      [
+        "2. statements per replay = 1",
+        fmt(replayPass.statementsPerRequest, 2),
+        met(statementsMet(replayPass, 1)),
+      ],
+      [
+        "2. statements per fresh checkout = 2",
+        fmt(freshPass.statementsPerRequest, 2),
+        met(statementsMet(freshPass, 2)),
+      ],
+      [
+        "3. fresh checkout vs the Stripe call alone",
+        `p50 ${ms(f.freshE2e.p50)} ms vs ${ms(f.stripeAlone.p50)} ms ` +
+        `(+${ms(f.freshE2e.p50 - f.stripeAlone.p50)} ms)`,
+        "measured (no goal)",
+      ],
+      [
+        `4. storm of ${r.storm.concurrent} → 1 session`,
+        `${r.storm.rounds.map((round) => round.sessionsCreated).join(", ")} session(s) in ` +
+        `${r.storm.rounds.length} storms; p99 ${ms(r.storm.latency.p99)} ms`,
+        met(stormMet(r.storm)),
+      ],
+      mixedSummaryRow(r.mixed),
+      cleanupSummaryRow(r.cleanup),
+      [
+        "7. bytes per idempotency row, with indexes",
+        `${int(r.size.asWritten.bytesPerRow)} B (compact ${int(r.size.compact.bytesPerRow)} B); ` +
+        `${gib(r.size.projectedBytes.asWritten)} at ${int(r.size.perDay / 86_400)}/s for 24 h`,
+        "measured (no goal)",
+      ],
+    ]),
+    sharedMachineNote(r),
+  ];
+}
+
+function replaySummaryRows(verdicts: ReplayVerdict[]): string[][] {
+  const worstRps = verdicts.reduce((a, b) => (b.throughputRatio < a.throughputRatio ? b : a));
+  const worstP99 = verdicts.reduce((a, b) => (b.p99Ratio > a.p99Ratio ? b : a));
+  return [
+    [
+      "1. replay throughput ≥ 0.5× baseline",
+      verdicts.map((v) => `c${v.concurrency} ${x(v.throughputRatio)}`).join(", "),
+      verdict(
+        verdicts.every((v) => v.throughputRatio >= 0.5),
+        worstRps.throughputRatio < 0.5 &&
+          `worst c${worstRps.concurrency}, ${short(worstRps.throughputRatio, 0.5)}`,
+      ),
+    ],
+    [
+      "1. replay p99 ≤ 3× baseline p99",
+      verdicts.map((v) => `c${v.concurrency} ${x(v.p99Ratio)}`).join(", "),
+      verdict(
+        verdicts.every((v) => v.p99Ratio <= 3),
+        worstP99.p99Ratio > 3 && `worst c${worstP99.concurrency}, ${over(worstP99.p99Ratio, 3)}`,
+      ),
+    ],
+  ];
+}
+
+function mixedSummaryRow(mx: MixedResult): string[] {
+  return [
+    "5. mixed: sessions = successful operations, nothing oversold",
+    `${int(mx.sessionsCreated)} sessions / ${int(mx.succeeded)} succeeded; ` +
+    mx.tiers.map((t) => `${t.name} ${int(t.seatsTaken)}/${int(t.capacity)}`).join(", ") +
+    `; ${fmt(mx.operationsPerSecond, 0)} operations/s`,
+    met(mixedMet(mx)),
+  ];
+}
+
+function cleanupSummaryRow(c: CleanupResult): string[] {
+  const ratio = cleanupRatio(c);
+  return [
+    "6. claim p99 during cleanup ≤ 2× without; live rows untouched",
+    `${x(ratio)}; ${int(c.expiredRows)} rows in ${fmt(c.seconds, 1)} s ` +
+    `(${int(c.rowsPerSecond)} rows/s; cron-sized ${int(c.cadence.rowsPerSecond)} rows/s); ` +
+    `live ${int(c.liveBefore)} → ${int(c.liveAfter)}`,
+    verdict(cleanupMet(c), ratio > 2 && over(ratio, 2)),
+  ];
+}
+
+function sharedMachineNote(r: Results): string {
+  const others = [
+    ...r.replay.points.map((p) => p.otherCores),
+    ...r.dbOnly.points.map((p) => p.otherCores),
+    r.fresh.otherCores,
+    r.storm.otherCores,
+    r.mixed.otherCores,
+    r.cleanup.otherCores.without,
+    r.cleanup.otherCores.during,
+  ];
+  const remeasured = r.replay.points.reduce((n, p) => n + p.retries, 0) +
+    r.dbOnly.points.reduce((n, p) => n + p.retries, 0) + r.fresh.retries;
+  return `The machine is shared: processes outside the bench used at most ` +
+    `${fmt(Math.max(...others), 2)} of its ${r.machine.nproc} cores during any measurement ` +
+    `(each section says how much); measurements disturbed beyond ${DISTURBED_CORES} cores were ` +
+    `re-run ${remeasured} time(s), keeping the least disturbed run.`;
+}
+
+// ------------------------------------------------------------------------ command and machine
+
+function commandAndMachine(r: Results): string[] {
+  const m = r.machine;
+  return [
+    "## Command and machine",
+    "```sh\nnpm run bench\n```",
+    table(["", ""], [
+      ["code measured", m.code.replace(/^(\w+)/, "`$1`")],
+      ["CPU", `${m.cpuModel}, nproc ${m.nproc}`],
+      ["memory", `${fmt(m.memoryGiB, 1)} GiB`],
+      ["kernel", m.kernel],
+      ["PostgreSQL", m.postgres.split(" on ")[0] ?? m.postgres],
+      ["Deno", m.deno],
+      ["Node / autocannon", `${m.node} / ${m.autocannon}`],
+      ["Postgres settings", m.postgresSettings.map((v) => `\`${v}\``).join(", ")],
+      [
+        "disk (cluster's file system)",
+        `8 kB overwrite + fdatasync: p50 ${int(m.fsyncMicros.p50)} µs, ` +
+        `p99 ${int(m.fsyncMicros.p99)} µs`,
+      ],
+      ["other processes' CPU just before the run", `${pct(m.busyBeforeStart)} of all cores`],
+      [
+        "pg_cron jobs paused during the run",
+        r.cronJobsPaused.map((j) => `\`${j}\``).join(", ") || "none",
+      ],
+    ]),
+    processesNote(m),
+  ];
+}
+
+function processesNote(m: Machine): string {
+  return "Processes: the guest-checkout function (bench/server.ts `guest`: `checkoutHandlerFromEnv`, " +
+    "exactly as its index.ts composes it: pool of 5, prepared statements, one JSON log line per " +
+    "request, here to a file), the baseline (bench/server.ts `baseline`), the Stripe-compatible " +
+    "server (bench/stripe.ts) and the load generator (autocannon under Node; Deno's fetch in " +
+    "bench/main.ts for phases 3–5) each run in a process of their own, but all of them and " +
+    `Postgres share ${m.nproc} cores: whatever the load generator burns is taken from the ` +
+    "servers it measures. Its CPU per request is in the tables, to show how much.";
+}
+
+// ---------------------------------------------------------------------------------- 1. replay
+
+function replaySection(r: Results): string[] {
+  const verdicts = replayVerdicts(r.replay);
+  return [
+    "## 1. Replay path vs baseline",
+    replayMethod(r.replay),
+    replayPointsTable(r.replay.points),
+    replayVerdictsTable(verdicts),
+    "### The same statements without HTTP (pgbench)",
+    `pgbench, ${r.dbOnly.seconds} s per point, prepared statements: the replay's one statement ` +
+    "(`claim_checkout` with the completed operation's arguments) and the baseline's select, " +
+    "straight against Postgres.",
+    pgbenchTable(r.dbOnly.points),
+    "### Where the time goes",
+    ...whereTheTimeGoes(r, verdicts),
+  ];
+}
+
+function replayMethod(replay: ReplayResult): string {
+  return `autocannon, ${replay.secondsPerPoint} s per server and concurrency, as two halves in the ` +
+    "order baseline, replay, replay, baseline (ABBA, so drift hits both alike), after a " +
+    "warm-up. **replay**: `POST /functions/v1/guest-checkout` with one completed operation's " +
+    "Idempotency-Key and body every time. **baseline**: a bare `Deno.serve` handler doing one " +
+    "primary-key select of that operation's stored response " +
+    "(`select response_status, response_body from stripe_idempotency_keys where id = $1`) with " +
+    "the same postgres.js client and pool size. **replay-spread** (diagnostic, not a goal): " +
+    `replays cycling through ${replay.spreadKeys} completed operations, to separate the cost ` +
+    "of one hot row from the cost of a replay. CPU per request comes from /proc. Other " +
+    "processes: cores used meanwhile by everything outside the bench (the machine is shared); " +
+    `a half during which they used more than ${DISTURBED_CORES} cores is run again (up to ` +
+    "3 times, 12 re-runs at most in all) and the least disturbed run is kept. Backend time " +
+    "is a 20 Hz sample of pg_stat_activity (share of active backends per wait event; CPU means " +
+    "no wait).";
+}
+
+function replayPointsTable(points: LoadPoint[]): string {
+  return table(
+    [
+      "c",
+      "target",
+      "req/s",
+      "p50 ms",
+      "p99 ms",
+      "max ms",
+      "non-201",
+      "CPU ms/req: server",
+      "Postgres",
+      "autocannon",
+      "other processes (cores)",
+      "active backends",
+      "backend time",
+    ],
+    points.map((p) => [
+      String(p.concurrency),
+      p.target,
+      int(p.rps),
+      ...lat(p.latency),
+      int(p.unexpected + p.errors),
+      fmt(p.cpuPerRequest.server, 3),
+      fmt(p.cpuPerRequest.postgres, 3),
+      fmt(p.cpuPerRequest.loadgen, 3),
+      otherCoresCell(p),
+      fmt(p.activeBackends, 1),
+      topWaits(p),
+    ]),
+  );
+}
+
+function replayVerdictsTable(verdicts: ReplayVerdict[]): string {
+  return table(
+    [
+      "c",
+      "throughput replay / baseline (goal ≥ 0.5)",
+      "p99 replay / baseline (goal ≤ 3)",
+      "verdict",
+      "replay-spread / baseline",
+    ],
+    verdicts.map((v) => [
+      String(v.concurrency),
+      x(v.throughputRatio),
+      x(v.p99Ratio),
+      met(v.ok),
+      v.spread
+        ? `${x(v.spread.rps / v.baseline.rps)} throughput, ` +
+          `${x(v.spread.latency.p99 / v.baseline.latency.p99)} p99`
+        : "–",
+    ]),
+  );
+}
+
+function pgbenchTable(points: PgbenchPoint[]): string {
+  return table(
+    [
+      "statement",
+      "clients",
+      "tps",
+      "p50 ms",
+      "p99 ms",
+      "max ms",
+      "CPU ms/txn: Postgres",
+      "pgbench",
+      "other processes (cores)",
+    ],
+    points.map((p) => [
+      p.statement,
+      String(p.clients),
+      int(p.tps),
+      ...lat(p.latency),
+      fmt(p.postgresCpuMs, 3),
+      fmt(p.pgbenchCpuMs, 3),
+      otherCoresCell(p),
+    ]),
+  );
+}
+
+// ------------------------------------------------------------- 1. replay: where the time goes
+
+/** The CPU a replay and a baseline request cost at the highest concurrency, and the budget. */
+interface CpuBudget {
+  replay: number;
+  baseline: number;
+  /** 0.5× the baseline's throughput on a saturated machine: twice the baseline's CPU. */
+  budget: number;
+}
+
+function cpuBudget(v: ReplayVerdict): CpuBudget {
+  const baseline = cpuTotal(v.baseline);
+  return { replay: cpuTotal(v.replay), baseline, budget: 2 * baseline };
+}
+
+/** Does a replay write WAL (and so wait for a flush)? */
+function replayWrites(r: Results): boolean {
+  return pass(r, "replay").walRecordsPerRequest >= 0.5;
+}
+
+function whereTheTimeGoes(r: Results, verdicts: ReplayVerdict[]): string[] {
+  const bullets = [
+    cpuBullet(r, verdicts),
+    postgresBullet(r),
+    hotRowBullet(r, verdicts),
+    ownCodeBullet(r, verdicts),
+    closingBullet(r, verdicts),
+  ].filter((bullet) => bullet !== undefined);
+  return [replayGoals(verdicts), bullets.join("\n")];
+}
+
+function replayGoals(verdicts: ReplayVerdict[]): string {
+  const failing = verdicts.filter((v) => !v.ok);
+  if (failing.length === 0) return "All replay goals are met at every concurrency.";
+  const parts = failing.map((v) => {
+    const misses: string[] = [];
+    if (v.throughputRatio < 0.5) {
+      misses.push(
+        `throughput ${x(v.throughputRatio)} the baseline's (${
+          short(v.throughputRatio, 0.5)
+        } of 0.5×)`,
+      );
+    }
+    if (v.p99Ratio > 3) misses.push(`p99 ${x(v.p99Ratio)} (${over(v.p99Ratio, 3)} 3×)`);
+    return `c${v.concurrency}: ${misses.join(", ")}`;
+  });
+  return `Goals not met: ${parts.join("; ")}.`;
+}
+
+function cpuBullet(r: Results, verdicts: ReplayVerdict[]): string {
+  const hi = verdicts[verdicts.length - 1]!;
+  const cpu = cpuBudget(hi);
+  const rc = hi.replay.cpuPerRequest;
+  const bc = hi.baseline.cpuPerRequest;
+  // On a saturated machine throughput follows CPU per request, so 0.5× the baseline's
+  // throughput needs a replay to cost at most about twice the baseline's CPU.
+  return `- **CPU.** At c${hi.concurrency} a replay costs ${ms(cpu.replay)} ms of CPU across the ` +
+    `processes (function ${ms(rc.server)}, Postgres ${ms(rc.postgres)}, autocannon ` +
+    `${ms(rc.loadgen)}) against ${ms(cpu.baseline)} ms for the baseline (${ms(bc.server)}, ` +
+    `${ms(bc.postgres)}, ${ms(bc.loadgen)}): ${x(cpu.replay / cpu.baseline)}. On ` +
+    `${r.machine.nproc} shared cores throughput follows CPU per request (1 / ` +
+    `${fmt(cpu.replay / cpu.baseline, 2)} = ${x(cpu.baseline / cpu.replay)}; measured ` +
+    `${x(hi.throughputRatio)}), so 0.5× needs a replay to cost at most about twice the ` +
+    `baseline's CPU: ${ms(cpu.budget)} ms instead of ${ms(cpu.replay)} ms.`;
+}
+
+function postgresBullet(r: Results): string {
+  const parts = [
+    pgbenchComparison(r),
+    replayWrites(r) ? replayWritesNote(r) : replayReadsNote(r),
+    replanNote(r),
+  ].filter((part) => part !== undefined);
+  return `- **Postgres.** ${parts.join(" ")}`;
+}
+
+function pgbenchComparison(r: Results): string | undefined {
+  const replay = pgbench(r, "replay claim_checkout", 1);
+  const base = pgbench(r, "baseline select", 1);
+  if (!replay || !base) return undefined;
+  return `Without HTTP, the replay statement runs at ${int(replay.tps)} tps on one connection ` +
+    `(p50 ${ms(replay.latency.p50)} ms, ${fmt(replay.postgresCpuMs, 3)} ms of CPU) ` +
+    `against ${int(base.tps)} tps for the baseline's select (p50 ` +
+    `${ms(base.latency.p50)} ms, ${fmt(base.postgresCpuMs, 3)} ms): ` +
+    `${x(replay.latency.p50 / base.latency.p50)} slower.`;
+}
+
+/** The statements that ran inside the replay's `claim_checkout`. */
+function nestedReplayStatements(r: Results): StatementCount[] {
+  return pass(r, "replay").nested.filter((row) => row.callsPerRequest > 0);
+}
+
+function rowLocks(r: Results): StatementCount[] {
+  return nestedReplayStatements(r).filter((row) => /for update/i.test(row.query));
+}
+
+function replayWritesNote(r: Results): string {
+  const replayPass = pass(r, "replay");
+  const locks = rowLocks(r);
+  const insert = nestedReplayStatements(r).find((row) =>
+    /^insert into public\.stripe_idempotency_keys/i.test(row.query)
+  );
+  return "A replay is not a read: `claim_checkout` " +
+    (insert ? `first tries the insert (${ms(insert.msPerRequest)} ms), then ` : "") +
+    `takes ${locks.length} row lock(s) with \`select … for update\` ` +
+    `(${locks.map((l) => code(l.query, 60)).join(", ")}) before it answers. Locks need a ` +
+    `transaction id and write WAL (${fmt(replayPass.walRecordsPerRequest, 1)} records, ` +
+    `${int(replayPass.walBytesPerRequest)} bytes per replay), so every replay commits with a ` +
+    "WAL flush (synchronous_commit = on; this disk's fdatasync: p50 " +
+    `${int(r.machine.fsyncMicros.p50)} µs, p99 ${int(r.machine.fsyncMicros.p99)} µs).`;
+}
+
+function replayReadsNote(r: Results): string {
+  const replayPass = pass(r, "replay");
+  const locks = rowLocks(r);
+  const inner = nestedReplayStatements(r).reduce(
+    (t, row) => t + row.msPerRequest + row.planMsPerRequest,
+    0,
+  );
+  const top = replayPass.statements[0];
+  return `The replay is a plain read: it writes no WAL (${
+    fmt(replayPass.walRecordsPerRequest, 2)
+  } ` +
+    `records per replay) and takes ${
+      locks.length ? `${locks.length} row lock(s)` : "no row lock"
+    }, ` +
+    "so it waits for no flush. What it still pays for is PL/pgSQL: " +
+    (top ? `the statement runs ${ms(top.msPerRequest)} ms inside Postgres, ` : "") +
+    `of which the SQL statements inside it account for ${ms(inner)} ms; the rest is function ` +
+    "calls (each with its own `set search_path`), composite values and the JSON it returns.";
+}
+
+function replanNote(r: Results): string | undefined {
+  const replanned = nestedReplayStatements(r).filter((row) =>
+    row.plansPerRequest >= 0.9 * row.callsPerRequest
+  );
+  if (!replanned.length) return undefined;
+  return `${replanned.map((row) => code(row.query, 50)).join(", ")} ` +
+    `${replanned.length > 1 ? "are" : "is"} planned again on every call (plans = calls), ` +
+    `${ms(replanned.reduce((t, row) => t + row.planMsPerRequest, 0))} ms per replay.`;
+}
+
+function lockShare(point: LoadPoint): number {
+  return Object.entries(point.waits)
+    .filter(([wait]) => wait.startsWith("Lock:"))
+    .reduce((t, [, share]) => t + share, 0);
+}
+
+function hotRowBullet(r: Results, verdicts: ReplayVerdict[]): string | undefined {
+  const spreadPoints = verdicts.filter((v) => v.spread);
+  if (!spreadPoints.length) return undefined;
+  const described = spreadPoints.map((v) =>
+    `c${v.concurrency}: ${pct(lockShare(v.replay))} of active-backend samples wait on a ` +
+    `lock; spread over ${r.replay.spreadKeys} operations, ${x(v.spread!.rps / v.replay.rps)} ` +
+    `the throughput, p99 ${ms(v.spread!.latency.p99)} ms instead of ` +
+    `${ms(v.replay.latency.p99)} ms`
+  );
+  const queued = spreadPoints.some((v) => lockShare(v.replay) > 0.2);
+  return (queued
+    ? "- **One hot row.** Replays of one key queue on that row's lock, each holding it until " +
+      "its commit is flushed, so the single-key test (the goal's) is the worst case: "
+    : "- **One hot row.** Replays of one key do not queue on each other: ") +
+    `${described.join("; ")}.`;
+}
+
+function ownCodeBullet(r: Results, verdicts: ReplayVerdict[]): string {
+  const f = r.fresh;
+  const lo = verdicts[0]!;
+  const hi = verdicts[verdicts.length - 1]!;
+  return `- **The function's own code.** Replaying one request at a time, the function spends ` +
+    `${ms(f.replayHandlerMs.p50)} ms (p50, its log line), ${ms(f.replayHandlerDbMs.p50)} ms of ` +
+    `it waiting for the database; its process burns ${ms(lo.replay.cpuPerRequest.server)} ms of ` +
+    `CPU per replay at c${lo.concurrency} and ${ms(hi.replay.cpuPerRequest.server)} ms at ` +
+    `c${hi.concurrency}, against the bare baseline's ${ms(lo.baseline.cpuPerRequest.server)} ` +
+    `and ${ms(hi.baseline.cpuPerRequest.server)} ms (validation with zod, the request ` +
+    "fingerprint, a statement with many parameters and a wide row to decode, the canonical " +
+    "JSON answer, the CORS headers and the JSON log line).";
+}
+
+function closingBullet(r: Results, verdicts: ReplayVerdict[]): string | undefined {
+  if (verdicts.every((v) => v.ok)) return undefined;
+  if (replayWrites(r)) {
+    return "- **What would close most of the gap** (for the owners of `claim_checkout`; not " +
+      "measured here): answer a replay of a completed operation from a plain indexed read, " +
+      "without the insert attempt and without row locks, and fall through to the locking " +
+      "claim only when that read finds no completed row. Such a replay writes no WAL, waits " +
+      "for no flush and queues on no lock; the function's own CPU would then dominate.";
+  }
+  const hi = verdicts[verdicts.length - 1]!;
+  const cpu = cpuBudget(hi);
+  const rc = hi.replay.cpuPerRequest;
+  const bc = hi.baseline.cpuPerRequest;
+  return `- **What is left.** The replay already avoids locks and WAL. Meeting 0.5× on this ` +
+    `machine would take the whole replay down to about ${ms(cpu.budget)} ms of CPU, from ` +
+    `${ms(cpu.replay)} ms now. The function's handler (${ms(rc.server)} ms, ` +
+    `${x(rc.server / Math.max(1e-6, bc.server))} the bare handler's) and the PL/pgSQL ` +
+    `call (${ms(rc.postgres)} ms of Postgres CPU, ` +
+    `${x(rc.postgres / Math.max(1e-6, bc.postgres))} the select's) both weigh; a replay is ` +
+    "validated, fingerprinted and logged like any request, by design. The p99 follows: with " +
+    "the CPU saturated, requests queue for it.";
+}
+
+// ------------------------------------------------------------------------------ 2. statements
+
+function statementsSection(r: Results): string[] {
+  const replayPass = pass(r, "replay");
+  const freshPass = pass(r, "fresh");
+  const bothMet = statementsMet(replayPass, 1) && statementsMet(freshPass, 2);
+  return [
+    "## 2. Database statements per request",
+    "Counted with pg_stat_statements: reset, then " +
+    `${replayPass.requests} sequential requests of each kind against warm servers. The ` +
+    "functions connect as `postgres`; the bench's own bookkeeping connects as another role " +
+    "and is excluded by user. WAL is what those statements wrote (pg_stat_statements' " +
+    "wal_records/wal_bytes; the commit record is not included).",
+    table(
+      ["request", "statements/req (target)", "WAL records/req", "WAL bytes/req", "statements"],
+      [replayPass, freshPass, pass(r, "baseline")].map((p) => [
+        p.kind,
+        `**${fmt(p.statementsPerRequest, 2)}** (${p.kind === "fresh" ? 2 : 1})`,
+        fmt(p.walRecordsPerRequest, 1),
+        int(p.walBytesPerRequest),
+        p.statements.map((st) => `${fmt(st.callsPerRequest, 2)} × ${code(st.query, 70)}`)
+          .join("<br>"),
+      ]),
+    ),
+    `Both targets are ${met(bothMet)}: one round trip per replay, two per fresh checkout ` +
+    "(claim with order creation, then record). What runs inside them, from a second pass with " +
+    "`pg_stat_statements.track = all` and `track_planning = on` (top 10 by time):",
+    "Replay (`claim_checkout`):",
+    nestedTable(replayPass.nested),
+    "Fresh checkout (`claim_checkout` + `record_checkout`):",
+    nestedTable(freshPass.nested),
+  ];
 }
 
 function nestedTable(rows: StatementCount[]): string {
@@ -154,745 +759,283 @@ function nestedTable(rows: StatementCount[]): string {
   );
 }
 
-// ---------------------------------------------------------------------------------------------
-// Report
-// ---------------------------------------------------------------------------------------------
+// ----------------------------------------------------------------------------------- 3. fresh
 
-/** The whole report. */
-export function renderReport(r: Results): string {
-  const out: string[] = [];
-  const push = (...lines: string[]) => out.push(...lines, "");
-  const verdicts = replayVerdicts(r.replay);
-  const replayPass = pass(r, "replay");
-  const freshPass = pass(r, "fresh");
-  const baselinePass = pass(r, "baseline");
-  const stormOk = r.storm.rounds.every((round) => round.sessionsCreated === 1 && round.consistent);
-  const mx = r.mixed;
-  const mixedOk = mx.sessionsCreated === mx.succeeded && mx.splitOperations === 0 &&
-    mx.tiers.every((t) => !t.oversold && t.seatsTaken === t.seatsSold);
-  const c = r.cleanup;
-  const cleanupRatio = c.claimsDuring.latency.p99 / c.claimsWithout.latency.p99;
-  const cleanupOk = cleanupRatio <= 2 && c.liveBefore === c.liveAfter && c.expiredLeft === 0 &&
-    c.deleted === c.expiredRows;
+function freshSection(r: Results): string[] {
   const f = r.fresh;
-  const overhead = f.freshE2e.p50 - f.stripeAlone.p50;
-  const s = r.size;
-  const worstThroughput = verdicts.reduce((
-    a,
-    b,
-  ) => (b.throughputRatio < a.throughputRatio ? b : a));
-  const worstP99 = verdicts.reduce((a, b) => (b.p99Ratio > a.p99Ratio ? b : a));
-
-  push(
-    "# Benchmarks",
-    `Written by \`${r.command}\` (bench/bench.sh → bench/main.ts) on ${r.date.slice(0, 10)} in ` +
-      `${int(r.totalSeconds)} s. Every figure below comes from that one run, against a throwaway ` +
-      "PostgreSQL 15 with fsync on and the local Stripe-compatible server " +
-      "(local/stripe/) answering at once. Rerun the command to reproduce the " +
-      "file; the raw results are in `.bench-artifacts/results.json`." +
-      (r.quick
-        ? " **Quick scale (BENCH_SCALE=quick): smoke figures, not the reference run.**"
-        : ""),
-  );
-
-  // ------------------------------------------------------------------ summary
-  push("## Summary");
-  push(table(["goal", "result", "verdict"], [
-    [
-      "1. replay throughput ≥ 0.5× baseline",
-      verdicts.map((v) => `c${v.concurrency} ${x(v.throughputRatio)}`).join(", "),
-      met(verdicts.every((v) => v.throughputRatio >= 0.5)) +
-      (worstThroughput.throughputRatio < 0.5
-        ? `: worst c${worstThroughput.concurrency}, ${
-          x(0.5 / worstThroughput.throughputRatio)
-        } short`
-        : ""),
-    ],
-    [
-      "1. replay p99 ≤ 3× baseline p99",
-      verdicts.map((v) => `c${v.concurrency} ${x(v.p99Ratio)}`).join(", "),
-      met(verdicts.every((v) => v.p99Ratio <= 3)) +
-      (worstP99.p99Ratio > 3
-        ? `: worst c${worstP99.concurrency}, ${x(worstP99.p99Ratio / 3)} over`
-        : ""),
-    ],
-    [
-      "2. statements per replay = 1",
-      fmt(replayPass.statementsPerRequest, 2),
-      met(Math.abs(replayPass.statementsPerRequest - 1) < 0.01),
-    ],
-    [
-      "2. statements per fresh checkout = 2",
-      fmt(freshPass.statementsPerRequest, 2),
-      met(Math.abs(freshPass.statementsPerRequest - 2) < 0.01),
-    ],
-    [
-      "3. fresh checkout vs the Stripe call alone",
-      `p50 ${ms(f.freshE2e.p50)} ms vs ${ms(f.stripeAlone.p50)} ms (+${ms(overhead)} ms)`,
-      "measured (no goal)",
-    ],
-    [
-      `4. storm of ${r.storm.concurrent} → 1 session`,
-      `${r.storm.rounds.map((round) => round.sessionsCreated).join(", ")} session(s) in ` +
-      `${r.storm.rounds.length} storms; p99 ${ms(r.storm.latency.p99)} ms`,
-      met(stormOk),
-    ],
-    [
-      "5. mixed: sessions = successful operations, nothing oversold",
-      `${int(mx.sessionsCreated)} sessions / ${int(mx.succeeded)} succeeded; ` +
-      mx.tiers.map((t) => `${t.name} ${int(t.seatsTaken)}/${int(t.capacity)}`).join(", ") +
-      `; ${fmt(mx.operationsPerSecond, 0)} operations/s`,
-      met(mixedOk),
-    ],
-    [
-      "6. claim p99 during cleanup ≤ 2× without; live rows untouched",
-      `${x(cleanupRatio)}; ${int(c.expiredRows)} rows in ${fmt(c.seconds, 1)} s (${
-        int(c.rowsPerSecond)
-      } rows/s; ` +
-      `cron-sized ${int(c.cadence.rowsPerSecond)} rows/s); live ${int(c.liveBefore)} → ` +
-      int(c.liveAfter),
-      met(cleanupOk) + (cleanupRatio > 2 ? `: ${x(cleanupRatio / 2)} over` : ""),
-    ],
-    [
-      "7. bytes per idempotency row, with indexes",
-      `${int(s.asWritten.bytesPerRow)} B (compact ${int(s.compact.bytesPerRow)} B); ` +
-      `${gib(s.projectedBytes.asWritten)} at ${int(s.perDay / 86_400)}/s for 24 h`,
-      "measured (no goal)",
-    ],
-  ]));
-
-  const others = [
-    ...r.replay.points.map((p) => p.otherCores),
-    ...r.dbOnly.points.map((p) => p.otherCores),
-    f.otherCores,
-    r.storm.otherCores,
-    mx.otherCores,
-    c.otherCores.without,
-    c.otherCores.during,
-  ];
-  const remeasured = r.replay.points.reduce((n, p) => n + p.retries, 0) +
-    r.dbOnly.points.reduce((n, p) => n + p.retries, 0) + f.retries;
-  push(
-    `The machine is shared: processes outside the bench used at most ${
-      fmt(Math.max(...others), 2)
-    } ` +
-      `of its ${r.machine.nproc} cores during any measurement (each section says how much); ` +
-      `measurements disturbed beyond ${DISTURBED_CORES} cores were re-run ${remeasured} ` +
-      "time(s), keeping the least disturbed run.",
-  );
-
-  // ------------------------------------------------------------------ machine
-  const m = r.machine;
-  push("## Command and machine");
-  push("```sh\nnpm run bench\n```");
-  push(table(["", ""], [
-    ["code measured", m.code.replace(/^(\w+)/, "`$1`")],
-    ["CPU", `${m.cpuModel}, nproc ${m.nproc}`],
-    ["memory", `${fmt(m.memoryGiB, 1)} GiB`],
-    ["kernel", m.kernel],
-    ["PostgreSQL", m.postgres.split(" on ")[0] ?? m.postgres],
-    ["Deno", m.deno],
-    ["Node / autocannon", `${m.node} / ${m.autocannon}`],
-    ["Postgres settings", m.postgresSettings.map((v) => `\`${v}\``).join(", ")],
-    [
-      "disk (cluster's file system)",
-      `8 kB overwrite + fdatasync: p50 ${int(m.fsyncMicros.p50)} µs, p99 ${
-        int(m.fsyncMicros.p99)
-      } µs`,
-    ],
-    ["other processes' CPU just before the run", `${pct(m.busyBeforeStart)} of all cores`],
-    [
-      "pg_cron jobs paused during the run",
-      r.cronJobsPaused.map((j) => `\`${j}\``).join(", ") || "none",
-    ],
-  ]));
-  push(
-    "Processes: the guest-checkout function (bench/server.ts `guest`: `checkoutHandlerFromEnv`, " +
-      "exactly as its index.ts composes it: pool of 5, prepared statements, one JSON log line per " +
-      "request, here to a file), the baseline (bench/server.ts `baseline`), the Stripe-compatible " +
-      "server (bench/stripe.ts) and the load generator (autocannon under Node; Deno's fetch in " +
-      "bench/main.ts for phases 3–5) each run in a process of their own, but all of them and " +
-      `Postgres share ${m.nproc} cores: whatever the load generator burns is taken from the ` +
-      "servers it measures. Its CPU per request is in the tables, to show how much.",
-  );
-
-  // ------------------------------------------------------------------ 1. replay
-  push("## 1. Replay path vs baseline");
-  push(
-    `autocannon, ${r.replay.secondsPerPoint} s per server and concurrency, as two halves in the ` +
-      "order baseline, replay, replay, baseline (ABBA, so drift hits both alike), after a " +
-      "warm-up. **replay**: `POST /functions/v1/guest-checkout` with one completed operation's " +
-      "Idempotency-Key and body every time. **baseline**: a bare `Deno.serve` handler doing one " +
-      "primary-key select of that operation's stored response " +
-      "(`select response_status, response_body from stripe_idempotency_keys where id = $1`) with " +
-      "the same postgres.js client and pool size. **replay-spread** (diagnostic, not a goal): " +
-      `replays cycling through ${r.replay.spreadKeys} completed operations, to separate the cost ` +
-      "of one hot row from the cost of a replay. CPU per request comes from /proc. Other " +
-      "processes: cores used meanwhile by everything outside the bench (the machine is shared); " +
-      `a half during which they used more than ${DISTURBED_CORES} cores is run again (up to ` +
-      "3 times, 12 re-runs at most in all) and the least disturbed run is kept. Backend time " +
-      "is a 20 Hz sample of pg_stat_activity (share of active backends per wait event; CPU means " +
-      "no wait).",
-  );
-  push(table(
-    [
-      "c",
-      "target",
-      "req/s",
-      "p50 ms",
-      "p99 ms",
-      "max ms",
-      "non-201",
-      "CPU ms/req: server",
-      "Postgres",
-      "autocannon",
-      "other processes (cores)",
-      "active backends",
-      "backend time",
-    ],
-    r.replay.points.map((p) => [
-      String(p.concurrency),
-      p.target,
-      int(p.rps),
-      ...lat(p.latency),
-      int(p.unexpected + p.errors),
-      fmt(p.cpuPerRequest.server, 3),
-      fmt(p.cpuPerRequest.postgres, 3),
-      fmt(p.cpuPerRequest.loadgen, 3),
-      fmt(p.otherCores, 2) + (p.retries ? ` (${p.retries} re-run${p.retries > 1 ? "s" : ""})` : ""),
-      fmt(p.activeBackends, 1),
-      topWaits(p),
-    ]),
-  ));
-  push(table(
-    [
-      "c",
-      "throughput replay / baseline (goal ≥ 0.5)",
-      "p99 replay / baseline (goal ≤ 3)",
-      "verdict",
-      "replay-spread / baseline",
-    ],
-    verdicts.map((v) => [
-      String(v.concurrency),
-      x(v.throughputRatio),
-      x(v.p99Ratio),
-      met(v.ok),
-      v.spread
-        ? `${x(v.spread.rps / v.baseline.rps)} throughput, ${
-          x(v.spread.latency.p99 / v.baseline.latency.p99)
-        } p99`
-        : "–",
-    ]),
-  ));
-  push("### The same statements without HTTP (pgbench)");
-  push(
-    `pgbench, ${r.dbOnly.seconds} s per point, prepared statements: the replay's one statement ` +
-      "(`claim_checkout` with the completed operation's arguments) and the baseline's select, " +
-      "straight against Postgres.",
-  );
-  push(table(
-    [
-      "statement",
-      "clients",
-      "tps",
-      "p50 ms",
-      "p99 ms",
-      "max ms",
-      "CPU ms/txn: Postgres",
-      "pgbench",
-      "other processes (cores)",
-    ],
-    r.dbOnly.points.map((p) => [
-      p.statement,
-      String(p.clients),
-      int(p.tps),
-      ...lat(p.latency),
-      fmt(p.postgresCpuMs, 3),
-      fmt(p.pgbenchCpuMs, 3),
-      fmt(p.otherCores, 2) + (p.retries ? ` (${p.retries} re-run${p.retries > 1 ? "s" : ""})` : ""),
-    ]),
-  ));
-  push("### Where the time goes");
-  out.push(...replayAnalysis(r, verdicts));
-  out.push("");
-
-  // ------------------------------------------------------------------ 2. round trips
-  push("## 2. Database statements per request");
-  push(
-    "Counted with pg_stat_statements: reset, then " +
-      `${replayPass.requests} sequential requests of each kind against warm servers. The ` +
-      "functions connect as `postgres`; the bench's own bookkeeping connects as another role " +
-      "and is excluded by user. WAL is what those statements wrote (pg_stat_statements' " +
-      "wal_records/wal_bytes; the commit record is not included).",
-  );
-  push(table(
-    ["request", "statements/req (target)", "WAL records/req", "WAL bytes/req", "statements"],
-    [replayPass, freshPass, baselinePass].map((p) => [
-      p.kind,
-      `**${fmt(p.statementsPerRequest, 2)}** (${p.kind === "fresh" ? 2 : 1})`,
-      fmt(p.walRecordsPerRequest, 1),
-      int(p.walBytesPerRequest),
-      p.statements.map((st) => `${fmt(st.callsPerRequest, 2)} × ${code(st.query, 70)}`).join(
-        "<br>",
-      ),
-    ]),
-  ));
-  push(
-    `Both targets are ${
-      met(
-        Math.abs(replayPass.statementsPerRequest - 1) < 0.01 &&
-          Math.abs(freshPass.statementsPerRequest - 2) < 0.01,
-      )
-    }: one round trip per replay, two per fresh checkout (claim with order creation, then ` +
-      "record). What runs inside them, from a second pass with `pg_stat_statements.track = all` " +
-      "and `track_planning = on` (top 10 by time):",
-  );
-  push("Replay (`claim_checkout`):");
-  push(nestedTable(replayPass.nested));
-  push("Fresh checkout (`claim_checkout` + `record_checkout`):");
-  push(nestedTable(freshPass.nested));
-
-  // ------------------------------------------------------------------ 3. fresh
-  push("## 3. Fresh path vs the Stripe call alone");
-  push(
+  return [
+    "## 3. Fresh path vs the Stripe call alone",
     `${int(f.requests)} new checkouts (distinct keys), one at a time from a Deno client after a ` +
-      "warm-up; then as many `stripe.checkout.sessions.create` calls made directly with the " +
-      "client the function uses (`createStripeClient`, same options, parameters from " +
-      "`checkoutSessionParams`, distinct idempotency keys). The Stripe here is the local server " +
-      "answering at once, so the Stripe figure is the SDK plus loopback HTTP, not Stripe's real " +
-      "latency (hundreds of ms, which would dwarf everything else).",
-  );
-  push(table(["", "p50 ms", "p99 ms", "max ms"], [
-    ["fresh checkout, end to end (client)", ...lat(f.freshE2e)],
-    ["— the function's own total (its log line's `ms`)", ...lat(f.handlerMs)],
-    ["— of which the Stripe call (`stripe_ms`)", ...lat(f.handlerStripeMs)],
-    ["— of which the database: claim + record (`db_ms`)", ...lat(f.handlerDbMs)],
-    ["**Stripe call alone** (same client, direct)", ...lat(f.stripeAlone)],
-    ["replay, end to end, same client", ...lat(f.replayE2e)],
-    ["— the function's own total (`ms`)", ...lat(f.replayHandlerMs)],
-    ["— of which the database (`db_ms`)", ...lat(f.replayHandlerDbMs)],
-  ]));
-  push(otherNote(f.otherCores, f.retries));
-  const rest = Math.max(0, f.handlerMs.p50 - f.handlerDbMs.p50 - f.handlerStripeMs.p50);
-  push(
-    `A new checkout costs ${ms(f.freshE2e.p50)} ms at the median against ${
-      ms(f.stripeAlone.p50)
-    } ` +
-      `ms for the Stripe call alone: the function adds ${ms(overhead)} ms ` +
-      `(${x(f.freshE2e.p50 / f.stripeAlone.p50)}). Inside it, the two database statements take ` +
-      `${ms(f.handlerDbMs.p50)} ms (two commits, each with a WAL flush), the Stripe call ` +
-      `${ms(f.handlerStripeMs.p50)} ms, and everything else (validation, fingerprint, JSON, ` +
-      `logging) about ${ms(rest)} ms. Against Stripe's real latency the overhead is the ` +
-      `${ms(f.handlerDbMs.p50 + rest)} ms of database and code.`,
-  );
-
-  // ------------------------------------------------------------------ 4. storm
-  push("## 4. Storm");
-  push(
-    `${r.storm.concurrent} identical requests (same key, same body) sent at once from a Deno ` +
-      `client, ${r.storm.rounds.length} times with a new key each; then one more request, which ` +
-      "must replay the same bytes. 409 is `idempotency_key_in_use` (the first request still " +
-      "holds the lease).",
-  );
-  push(table(
-    [
-      "storm",
-      "sessions created",
-      "201 created",
-      "201 replayed",
-      "409 in use",
-      "other",
-      "same bytes",
-      "p50 ms",
-      "p99 ms",
-      "max ms",
-    ],
-    r.storm.rounds.map((round, i) => [
-      String(i + 1),
-      `**${round.sessionsCreated}**`,
-      String(round.created),
-      String(round.replayed),
-      String(round.inUse),
-      Object.entries(round.other).map(([k, v]) => `${k}: ${v}`).join(", ") || "0",
-      round.consistent ? "yes" : "**no**",
-      ...lat(round.latency),
+    "warm-up; then as many `stripe.checkout.sessions.create` calls made directly with the " +
+    "client the function uses (`createStripeClient`, same options, parameters from " +
+    "`checkoutSessionParams`, distinct idempotency keys). The Stripe here is the local server " +
+    "answering at once, so the Stripe figure is the SDK plus loopback HTTP, not Stripe's real " +
+    "latency (hundreds of ms, which would dwarf everything else).",
+    table(["", "p50 ms", "p99 ms", "max ms"], [
+      ["fresh checkout, end to end (client)", ...lat(f.freshE2e)],
+      ["— the function's own total (its log line's `ms`)", ...lat(f.handlerMs)],
+      ["— of which the Stripe call (`stripe_ms`)", ...lat(f.handlerStripeMs)],
+      ["— of which the database: claim + record (`db_ms`)", ...lat(f.handlerDbMs)],
+      ["**Stripe call alone** (same client, direct)", ...lat(f.stripeAlone)],
+      ["replay, end to end, same client", ...lat(f.replayE2e)],
+      ["— the function's own total (`ms`)", ...lat(f.replayHandlerMs)],
+      ["— of which the database (`db_ms`)", ...lat(f.replayHandlerDbMs)],
     ]),
-  ));
-  push(
-    `All ${int(r.storm.latency.n)} answers: p50 ${ms(r.storm.latency.p50)} ms, p99 ` +
-      `${ms(r.storm.latency.p99)} ms. One session per storm: ${met(stormOk)}. A 409 is a claim ` +
-      "that reached the database while the first request still held the lease: the function's " +
-      "5 pooled connections take the 200 claims in turn, and the first request's record " +
-      "statement, issued after its Stripe call, waits in the same queue; claims that run after " +
-      "the record replay. The latencies are that queue.",
-  );
+    otherNote(f.otherCores, f.retries),
+    freshOverheadNote(f),
+  ];
+}
 
-  push(otherNote(r.storm.otherCores));
+function freshOverheadNote(f: FreshResult): string {
+  const overhead = f.freshE2e.p50 - f.stripeAlone.p50;
+  const rest = Math.max(0, f.handlerMs.p50 - f.handlerDbMs.p50 - f.handlerStripeMs.p50);
+  return `A new checkout costs ${ms(f.freshE2e.p50)} ms at the median against ` +
+    `${ms(f.stripeAlone.p50)} ms for the Stripe call alone: the function adds ` +
+    `${ms(overhead)} ms (${x(f.freshE2e.p50 / f.stripeAlone.p50)}). Inside it, the two ` +
+    `database statements take ${ms(f.handlerDbMs.p50)} ms (two commits, each with a WAL ` +
+    `flush), the Stripe call ${ms(f.handlerStripeMs.p50)} ms, and everything else ` +
+    `(validation, fingerprint, JSON, logging) about ${ms(rest)} ms. Against Stripe's real ` +
+    `latency the overhead is the ${ms(f.handlerDbMs.p50 + rest)} ms of database and code.`;
+}
 
-  // ------------------------------------------------------------------ 5. mixed
-  push("## 5. Mixed load");
-  push(
+// ----------------------------------------------------------------------------------- 4. storm
+
+function stormSection(r: Results): string[] {
+  const storm = r.storm;
+  return [
+    "## 4. Storm",
+    `${storm.concurrent} identical requests (same key, same body) sent at once from a Deno ` +
+    `client, ${storm.rounds.length} times with a new key each; then one more request, which ` +
+    "must replay the same bytes. 409 is `idempotency_key_in_use` (the first request still " +
+    "holds the lease).",
+    table(
+      [
+        "storm",
+        "sessions created",
+        "201 created",
+        "201 replayed",
+        "409 in use",
+        "other",
+        "same bytes",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+      ],
+      storm.rounds.map((round, i) => [
+        String(i + 1),
+        `**${round.sessionsCreated}**`,
+        String(round.created),
+        String(round.replayed),
+        String(round.inUse),
+        counts(round.other, String) || "0",
+        round.consistent ? "yes" : "**no**",
+        ...lat(round.latency),
+      ]),
+    ),
+    `All ${int(storm.latency.n)} answers: p50 ${ms(storm.latency.p50)} ms, p99 ` +
+    `${ms(storm.latency.p99)} ms. One session per storm: ${met(stormMet(storm))}. A 409 is a ` +
+    "claim that reached the database while the first request still held the lease: the " +
+    "function's 5 pooled connections take the 200 claims in turn, and the first request's " +
+    "record statement, issued after its Stripe call, waits in the same queue; claims that run " +
+    "after the record replay. The latencies are that queue.",
+    otherNote(storm.otherCores),
+  ];
+}
+
+// ----------------------------------------------------------------------------------- 5. mixed
+
+function mixedSection(r: Results): string[] {
+  const mx = r.mixed;
+  return [
+    "## 5. Mixed load",
     `${int(mx.operations)} distinct guest checkouts (fixed seed) from ${mx.workers} concurrent ` +
-      `clients: ${pct(mx.retriedShare, 1)} retried after their answer (a lost response), ` +
-      `${pct(mx.doubleShare, 1)} sent twice at once (a double click); a 409 ` +
-      "`idempotency_key_in_use` is retried with the same key after 100 ms (Retry-After says 1 s; " +
-      "shortened to keep the run bounded). Orders draw from two capacity-limited tiers, Floor and " +
-      "Balcony, drawn so that demand exceeds their capacity over the full run, and an unlimited " +
-      "one; some orders take both " +
-      "limited tiers. Each client has its own email and X-Forwarded-For address, so the " +
-      "hold-flooding limits (at their defaults) do not interfere.",
-  );
-  push(table(["", ""], [
+    `clients: ${pct(mx.retriedShare, 1)} retried after their answer (a lost response), ` +
+    `${pct(mx.doubleShare, 1)} sent twice at once (a double click); a 409 ` +
+    "`idempotency_key_in_use` is retried with the same key after 100 ms (Retry-After says 1 s; " +
+    "shortened to keep the run bounded). Orders draw from two capacity-limited tiers, Floor and " +
+    "Balcony, drawn so that demand exceeds their capacity over the full run, and an unlimited " +
+    "one; some orders take both limited tiers. Each client has its own email and " +
+    "X-Forwarded-For address, so the hold-flooding limits (at their defaults) do not interfere.",
+    mixedTable(mx),
+    otherNote(mx.otherCores),
+  ];
+}
+
+function mixedTable(mx: MixedResult): string {
+  return table(["", ""], [
     ["HTTP requests", int(mx.httpRequests)],
     ["duration", `${fmt(mx.seconds, 1)} s`],
     [
       "throughput",
-      `**${fmt(mx.operationsPerSecond, 1)} operations/s**, ${
-        fmt(mx.requestsPerSecond, 1)
-      } requests/s`,
+      `**${fmt(mx.operationsPerSecond, 1)} operations/s**, ` +
+      `${fmt(mx.requestsPerSecond, 1)} requests/s`,
     ],
     [
       "latency, all requests",
       `p50 ${ms(mx.latency.p50)} ms, p99 ${ms(mx.latency.p99)} ms, max ${ms(mx.latency.max)} ms`,
     ],
-    [
-      "final answer per operation",
-      Object.entries(mx.finals).map(([k, v]) => `${k}: ${int(v)}`).join(", "),
-    ],
-    ["all answers", Object.entries(mx.answers).map(([k, v]) => `${k}: ${int(v)}`).join(", ")],
+    ["final answer per operation", counts(mx.finals)],
+    ["all answers", counts(mx.answers)],
     ["operations that succeeded (got a 201)", int(mx.succeeded)],
     ["Stripe sessions created", `**${int(mx.sessionsCreated)}** (must equal the line above)`],
     ["orders holding a session", int(mx.ordersWithSession)],
     ["operations answered with two different sessions", `${int(mx.splitOperations)} (must be 0)`],
     ...mx.tiers.map((t) => [
       `tier ${t.name}: seats taken (tier_seats_taken) / sold to 201s / capacity`,
-      `${int(t.seatsTaken)} / ${int(t.seatsSold)} / ${int(t.capacity)}${
-        t.oversold ? " **OVERSOLD**" : ""
-      }`,
+      `${int(t.seatsTaken)} / ${int(t.seatsSold)} / ${int(t.capacity)}` +
+      (t.oversold ? " **OVERSOLD**" : ""),
     ]),
-    ["verdict", met(mixedOk)],
-  ]));
+    ["verdict", met(mixedMet(mx))],
+  ]);
+}
 
-  push(otherNote(mx.otherCores));
+// --------------------------------------------------------------------------------- 6. cleanup
 
-  // ------------------------------------------------------------------ 6. cleanup
-  push("## 6. Cleanup");
+function cleanupSection(r: Results): string[] {
+  const c = r.cleanup;
+  return [
+    "## 6. Cleanup",
+    cleanupMethod(c),
+    cleanupRunsTable(c),
+    table(["claims", "count", "claims/s", "p50 ms", "p99 ms", "max ms"], [
+      claimRow("without cleanup", c.claimsWithout),
+      claimRow("during cleanup", c.claimsDuring),
+    ]),
+    cleanupVerdict(c),
+    otherNote(
+      Math.max(c.otherCores.without, c.otherCores.during),
+      0,
+      `during the claims (${fmt(c.otherCores.without, 2)} without, ` +
+        `${fmt(c.otherCores.during, 2)} during the cleanup)`,
+    ),
+    cleanupBacklogNote(c),
+  ];
+}
+
+function cleanupMethod(c: CleanupResult): string {
+  return `First a cron-sized run on its own: ${int(c.cadence.rows)} expired rows (the 15-minute ` +
+    "job's share at 100 checkouts/s is 90,000), bulk-inserted, vacuumed, then " +
+    "`select public.cleanup_expired_idempotency_keys()`. " +
+    `Then ${int(c.expiredRows)} expired and ${int(c.liveRows)} live completed rows ` +
+    `bulk-inserted with generate_series (${fmt(c.fillSeconds, 1)} s; keys ` +
+    "`checkout:create:<id>:<uuid>`, 64-hex fingerprints, a 201 body and metadata as the function " +
+    "stores them), then `vacuum analyze` and a checkpoint: table " +
+    `${mib(c.tableBytesBefore)} with its indexes. ${c.claimWorkers} connections claim fresh ` +
+    "operations (`claim_stripe_idempotency` through `claimOperation`) for " +
+    `${fmt(c.claimsWithout.seconds, 0)} s alone, and again while ` +
+    "`select public.cleanup_expired_idempotency_keys()` (default batch 10,000) runs to completion.";
+}
+
+function cleanupRunsTable(c: CleanupResult): string {
   const cad = c.cadence;
-  push(
-    `First a cron-sized run on its own: ${int(cad.rows)} expired rows (the 15-minute job's ` +
-      "share at 100 checkouts/s is 90,000), bulk-inserted, vacuumed, then `select public.cleanup_expired_idempotency_keys()`. " +
-      `Then ${int(c.expiredRows)} expired and ${int(c.liveRows)} live completed rows ` +
-      `bulk-inserted with generate_series (${fmt(c.fillSeconds, 1)} s; keys ` +
-      "`checkout:create:<id>:<uuid>`, 64-hex fingerprints, a 201 body and metadata as the function " +
-      "stores them), then `vacuum analyze` and a checkpoint: table " +
-      `${mib(c.tableBytesBefore)} with its indexes. ${c.claimWorkers} connections claim fresh ` +
-      "operations (`claim_stripe_idempotency` through `claimOperation`) for " +
-      `${fmt(c.claimsWithout.seconds, 0)} s alone, and again while ` +
-      "`select public.cleanup_expired_idempotency_keys()` (default batch 10,000) runs to completion.",
-  );
-  push(table(["", "cron-sized run, alone", `${int(c.expiredRows)}-row run, with claims`], [
+  return table(["", "cron-sized run, alone", `${int(c.expiredRows)}-row run, with claims`], [
     [
       "rows deleted",
       `${int(cad.deleted)} (expected ${int(cad.rows)})`,
-      `${int(c.deleted)} (expected ${int(c.expiredRows)}; expired rows left: ${
-        int(c.expiredLeft)
-      })`,
+      `${int(c.deleted)} (expected ${int(c.expiredRows)}; expired rows left: ` +
+      `${int(c.expiredLeft)})`,
     ],
     ["time", `**${fmt(cad.seconds, 2)} s**`, `**${fmt(c.seconds, 2)} s**`],
     ["rate", `**${int(cad.rowsPerSecond)} rows/s**`, `**${int(c.rowsPerSecond)} rows/s**`],
     ["WAL written", mib(cad.walBytes), mib(c.walBytes)],
     [
       "expires_at index entries read (idx_tup_read) per deleted row",
-      fmt(cad.indexEntriesRead / Math.max(1, cad.deleted), 1),
-      fmt(c.indexEntriesRead / Math.max(1, c.deleted), 1),
+      fmt(entriesPerRow(cad), 1),
+      fmt(entriesPerRow(c), 1),
     ],
     ["live rows before → after", "–", `${int(c.liveBefore)} → ${int(c.liveAfter)}`],
-  ]));
-  push(table(["claims", "count", "claims/s", "p50 ms", "p99 ms", "max ms"], [
-    [
-      "without cleanup",
-      int(c.claimsWithout.claims),
-      int(c.claimsWithout.claimsPerSecond),
-      ...lat(c.claimsWithout.latency),
-    ],
-    [
-      "during cleanup",
-      int(c.claimsDuring.claims),
-      int(c.claimsDuring.claimsPerSecond),
-      ...lat(c.claimsDuring.latency),
-    ],
-  ]));
-  const perRow = c.indexEntriesRead / Math.max(1, c.deleted);
-  const cadPerRow = cad.indexEntriesRead / Math.max(1, cad.deleted);
-  push(
-    `Claim p99 during cleanup is ${x(cleanupRatio)} the p99 without (goal ≤ 2×): ` +
-      `${met(cleanupRatio <= 2)}` +
-      (cleanupRatio > 2 ? `, ${x(cleanupRatio / 2)} over` : "") +
-      `; claim throughput went from ${int(c.claimsWithout.claimsPerSecond)}/s to ` +
-      `${int(c.claimsDuring.claimsPerSecond)}/s while the cleanup ran, and the live rows were ` +
-      `${c.liveBefore === c.liveAfter ? "untouched" : "**changed**"}.`,
-  );
-  push(
-    otherNote(Math.max(c.otherCores.without, c.otherCores.during)).replace(
-      "meanwhile",
-      `during the claims (${fmt(c.otherCores.without, 2)} without, ${
-        fmt(c.otherCores.during, 2)
-      } during the cleanup)`,
-    ),
-  );
-  push(
-    `The rate falls with the backlog: ${int(cad.rowsPerSecond)} rows/s for a cron-sized run, ` +
-      `${int(c.rowsPerSecond)} rows/s for ${int(c.expiredRows)} rows. The function is one ` +
-      "statement, so all its batches run in one transaction: nothing is committed until the " +
-      "last batch (a failure anywhere undoes all of it), and the rows an earlier batch deleted " +
-      "stay in the `expires_at` index until that transaction ends." +
-      (perRow > 2 * Math.max(1, cadPerRow) || perRow > 5
-        ? ` Every batch walks the index from its start past all of them, so the index returned ` +
-          `${fmt(perRow, 1)} entries per deleted row in the ${int(c.expiredRows)}-row run against ${
-            fmt(cadPerRow, 1)
-          } ` +
-          "in the cron-sized one: the work per deleted row grows with the backlog. Committing " +
-          "between batches (a procedure that commits after each, say) would keep it linear."
-        : "") +
-      ` The 15-minute job at 100 checkouts/s deletes about 90,000 rows per run; the ` +
-      `${int(cad.rows)}-row run took ${fmt(cad.seconds, 2)} s here.`,
-  );
+  ]);
+}
 
-  // ------------------------------------------------------------------ 7. size
-  push("## 7. Size");
-  push(
+function claimRow(label: string, load: ClaimLoad): string[] {
+  return [label, int(load.claims), int(load.claimsPerSecond), ...lat(load.latency)];
+}
+
+function cleanupVerdict(c: CleanupResult): string {
+  const ratio = cleanupRatio(c);
+  return `Claim p99 during cleanup is ${x(ratio)} the p99 without (goal ≤ 2×): ` +
+    `${met(ratio <= 2)}` + (ratio > 2 ? `, ${over(ratio, 2)}` : "") +
+    `; claim throughput went from ${int(c.claimsWithout.claimsPerSecond)}/s to ` +
+    `${int(c.claimsDuring.claimsPerSecond)}/s while the cleanup ran, and the live rows were ` +
+    `${c.liveBefore === c.liveAfter ? "untouched" : "**changed**"}.`;
+}
+
+function cleanupBacklogNote(c: CleanupResult): string {
+  const cad = c.cadence;
+  const perRow = entriesPerRow(c);
+  const cadPerRow = entriesPerRow(cad);
+  const growing = perRow > 2 * Math.max(1, cadPerRow) || perRow > 5;
+  return `The rate falls with the backlog: ${int(cad.rowsPerSecond)} rows/s for a cron-sized ` +
+    `run, ${int(c.rowsPerSecond)} rows/s for ${int(c.expiredRows)} rows. The function is one ` +
+    "statement, so all its batches run in one transaction: nothing is committed until the " +
+    "last batch (a failure anywhere undoes all of it), and the rows an earlier batch deleted " +
+    "stay in the `expires_at` index until that transaction ends." +
+    (growing
+      ? ` Every batch walks the index from its start past all of them, so the index returned ` +
+        `${fmt(perRow, 1)} entries per deleted row in the ${int(c.expiredRows)}-row run ` +
+        `against ${fmt(cadPerRow, 1)} in the cron-sized one: the work per deleted row grows ` +
+        "with the backlog. Committing between batches (a procedure that commits after each, " +
+        "say) would keep it linear."
+      : "") +
+    ` The 15-minute job at 100 checkouts/s deletes about 90,000 rows per run; the ` +
+    `${int(cad.rows)}-row run took ${fmt(cad.seconds, 2)} s here.`;
+}
+
+// ------------------------------------------------------------------------------------ 7. size
+
+function sizeSection(r: Results): string[] {
+  const s = r.size;
+  return [
+    "## 7. Size",
     `${int(s.checkouts)} completed guest checkouts made through the real SQL path ` +
-      "(`claim_checkout`, then `record_checkout`, as the function calls them, in " +
-      `${fmt(s.fillSeconds, 1)} s) into emptied tables, then \`vacuum analyze\`. Values are ` +
-      `production-shaped: storefront key \`sf-<uuid>\` (Stripe key ${
-        fmt(s.averageRowText.key, 0)
-      } ` +
-      "characters), 64-hex fingerprint, `cs_live_` + 58-character session id, and a " +
-      "hosted-Checkout URL with a 120-character fragment (stored response body " +
-      `${fmt(s.averageRowText.responseBody, 0)} characters). "As written" is the table the ` +
-      "checkouts left (each row inserted by the claim, then rewritten by the record: the old " +
-      'version\'s space is free for later rows but still counted); "compact" is the same rows ' +
-      "copied into a fresh table.",
-  );
-  push(table(["table", "rows", "heap", "TOAST", "indexes", "total", "bytes/row"], [
-    [
-      "as written",
-      int(s.asWritten.rows),
-      mib(s.asWritten.heapBytes),
-      mib(s.asWritten.toastBytes),
-      mib(s.asWritten.indexBytes),
-      mib(s.asWritten.totalBytes),
-      `**${int(s.asWritten.bytesPerRow)}**`,
-    ],
-    [
-      "compact copy",
-      int(s.compact.rows),
-      mib(s.compact.heapBytes),
-      mib(s.compact.toastBytes),
-      mib(s.compact.indexBytes),
-      mib(s.compact.totalBytes),
-      int(s.compact.bytesPerRow),
-    ],
-  ]));
-  push(
-    `At ${int(s.perDay / 86_400)} checkouts/s kept 24 hours (${
-      fmt(s.perDay / 1e6, 2)
-    }M rows) the ` +
-      `table holds **${gib(s.projectedBytes.asWritten)}** as written ` +
-      `(${gib(s.projectedBytes.compact)} compact); steady state with autovacuum lies between ` +
-      "the two. The as-written figure depends on when page pruning and autovacuum reclaimed the " +
-      "old row versions during the fill, so it varies from run to run; the compact one does not. " +
-      "Rows live at least 24 hours and the cleanup job runs every 15 minutes, so the " +
-      "table peaks about 1% above that. Orders and order items add a further " +
-      `${int(s.ordersBytesPerCheckout)} bytes per checkout (kept, not cleaned up).`,
-  );
+    "(`claim_checkout`, then `record_checkout`, as the function calls them, in " +
+    `${fmt(s.fillSeconds, 1)} s) into emptied tables, then \`vacuum analyze\`. Values are ` +
+    "production-shaped: storefront key `sf-<uuid>` (Stripe key " +
+    `${fmt(s.averageRowText.key, 0)} characters), 64-hex fingerprint, \`cs_live_\` + ` +
+    "58-character session id, and a hosted-Checkout URL with a 120-character fragment (stored " +
+    `response body ${fmt(s.averageRowText.responseBody, 0)} characters). "As written" is the ` +
+    "table the checkouts left (each row inserted by the claim, then rewritten by the record: " +
+    'the old version\'s space is free for later rows but still counted); "compact" is the ' +
+    "same rows copied into a fresh table.",
+    table(["table", "rows", "heap", "TOAST", "indexes", "total", "bytes/row"], [
+      sizeRow("as written", s.asWritten, `**${int(s.asWritten.bytesPerRow)}**`),
+      sizeRow("compact copy", s.compact, int(s.compact.bytesPerRow)),
+    ]),
+    `At ${int(s.perDay / 86_400)} checkouts/s kept 24 hours (${fmt(s.perDay / 1e6, 2)}M rows) ` +
+    `the table holds **${gib(s.projectedBytes.asWritten)}** as written ` +
+    `(${gib(s.projectedBytes.compact)} compact); steady state with autovacuum lies between ` +
+    "the two. The as-written figure depends on when page pruning and autovacuum reclaimed the " +
+    "old row versions during the fill, so it varies from run to run; the compact one does not. " +
+    "Rows live at least 24 hours and the cleanup job runs every 15 minutes, so the " +
+    "table peaks about 1% above that. Orders and order items add a further " +
+    `${int(s.ordersBytesPerCheckout)} bytes per checkout (kept, not cleaned up).`,
+  ];
+}
 
-  // ------------------------------------------------------------------ limits
-  push("## What this run cannot tell");
-  push(
-    "- Stripe's real latency and rate limits: the local server answers in about a millisecond.\n" +
+function sizeRow(label: string, size: RelationSize, bytesPerRow: string): string[] {
+  return [
+    label,
+    int(size.rows),
+    ...[size.heapBytes, size.toastBytes, size.indexBytes, size.totalBytes].map(mib),
+    bytesPerRow,
+  ];
+}
+
+// ---------------------------------------------------------------------------------- limits
+
+function limitsSection(r: Results): string[] {
+  return [
+    "## What this run cannot tell",
+    [
+      "- Stripe's real latency and rate limits: the local server answers in about a millisecond.",
       "- Supabase's edge runtime and its gateway (JWT check, routing), and the network between " +
       "function and database: here everything is on loopback. The transaction pooler (port " +
-      "6543, prepared statements off) is not in the path.\n" +
-      `- Scaling beyond ${m.nproc} cores: servers, Postgres and load generator share them, so ` +
-      "throughput figures are ceilings of this machine, and the ratios compare servers that pay " +
-      "the same load-generator tax.\n" +
+      "6543, prepared statements off) is not in the path.",
+      `- Scaling beyond ${r.machine.nproc} cores: servers, Postgres and load generator share ` +
+      "them, so throughput figures are ceilings of this machine, and the ratios compare servers " +
+      "that pay the same load-generator tax.",
       "- The disk: its fdatasync latency (above) sets the price of every commit; a production " +
       "volume may be faster or slower.",
-  );
-  return out.join("\n");
-}
-
-function replayAnalysis(r: Results, verdicts: ReplayVerdict[]): string[] {
-  const lines: string[] = [];
-  const replayPass = pass(r, "replay");
-  const failing = verdicts.filter((v) => !v.ok);
-  const hi = verdicts[verdicts.length - 1]!;
-  const lo = verdicts[0]!;
-  if (failing.length === 0) {
-    lines.push("All replay goals are met at every concurrency.", "");
-  } else {
-    const parts = failing.map((v) => {
-      const misses: string[] = [];
-      if (v.throughputRatio < 0.5) {
-        misses.push(
-          `throughput ${x(v.throughputRatio)} the baseline's (${
-            x(0.5 / v.throughputRatio)
-          } short ` +
-            "of 0.5×)",
-        );
-      }
-      if (v.p99Ratio > 3) {
-        misses.push(`p99 ${x(v.p99Ratio)} (${x(v.p99Ratio / 3)} over 3×)`);
-      }
-      return `c${v.concurrency}: ${misses.join(", ")}`;
-    });
-    lines.push(`Goals not met: ${parts.join("; ")}.`, "");
-  }
-
-  // CPU budget.
-  const cores = r.machine.nproc;
-  const replayCpu = cpuTotal(hi.replay);
-  const baseCpu = cpuTotal(hi.baseline);
-  // On a saturated machine throughput follows CPU per request, so 0.5× the baseline's
-  // throughput needs a replay to cost at most about twice the baseline's CPU.
-  const budget = 2 * baseCpu;
-  const rc = hi.replay.cpuPerRequest;
-  const bc = hi.baseline.cpuPerRequest;
-  lines.push(
-    `- **CPU.** At c${hi.concurrency} a replay costs ${ms(replayCpu)} ms of CPU across the ` +
-      `processes (function ${ms(rc.server)}, Postgres ${ms(rc.postgres)}, autocannon ` +
-      `${ms(rc.loadgen)}) against ${ms(baseCpu)} ms for the baseline (${ms(bc.server)}, ` +
-      `${ms(bc.postgres)}, ${ms(bc.loadgen)}): ${x(replayCpu / baseCpu)}. On ${cores} shared ` +
-      `cores throughput follows CPU per request (1 / ${fmt(replayCpu / baseCpu, 2)} = ` +
-      `${x(baseCpu / replayCpu)}; measured ${x(hi.throughputRatio)}), so 0.5× needs a replay ` +
-      `to cost at most about twice the baseline's CPU: ${ms(budget)} ms instead of ` +
-      `${ms(replayCpu)} ms.`,
-  );
-
-  // Postgres.
-  const dbReplay1 = pgbench(r, "replay claim_checkout", 1);
-  const dbBase1 = pgbench(r, "baseline select", 1);
-  const nested = replayPass.nested.filter((row) => row.callsPerRequest > 0);
-  const insert = nested.find((row) =>
-    /^insert into public\.stripe_idempotency_keys/i.test(row.query)
-  );
-  const locks = nested.filter((row) => /for update/i.test(row.query));
-  const replanned = nested.filter((row) => row.plansPerRequest >= 0.9 * row.callsPerRequest);
-  const writes = replayPass.walRecordsPerRequest >= 0.5;
-  const inner = nested.reduce((t, row) => t + row.msPerRequest + row.planMsPerRequest, 0);
-  const top = replayPass.statements[0];
-  const parts: string[] = [];
-  if (dbReplay1 && dbBase1) {
-    parts.push(
-      `Without HTTP, the replay statement runs at ${int(dbReplay1.tps)} tps on one connection ` +
-        `(p50 ${ms(dbReplay1.latency.p50)} ms, ${fmt(dbReplay1.postgresCpuMs, 3)} ms of CPU) ` +
-        `against ${int(dbBase1.tps)} tps for the baseline's select (p50 ` +
-        `${ms(dbBase1.latency.p50)} ms, ${fmt(dbBase1.postgresCpuMs, 3)} ms): ` +
-        `${x(dbReplay1.latency.p50 / dbBase1.latency.p50)} slower.`,
-    );
-  }
-  if (writes) {
-    parts.push(
-      "A replay is not a read: `claim_checkout` " +
-        (insert ? `first tries the insert (${ms(insert.msPerRequest)} ms), then ` : "") +
-        `takes ${locks.length} row lock(s) with \`select … for update\` ` +
-        `(${locks.map((l) => code(l.query, 60)).join(", ")}) before it answers. Locks need a ` +
-        `transaction id and write WAL (${fmt(replayPass.walRecordsPerRequest, 1)} records, ` +
-        `${int(replayPass.walBytesPerRequest)} bytes per replay), so every replay commits with a ` +
-        "WAL flush (synchronous_commit = on; this disk's fdatasync: p50 " +
-        `${int(r.machine.fsyncMicros.p50)} µs, p99 ${int(r.machine.fsyncMicros.p99)} µs).`,
-    );
-  } else {
-    parts.push(
-      `The replay is a plain read: it writes no WAL (${fmt(replayPass.walRecordsPerRequest, 2)} ` +
-        `records per replay) and takes ${
-          locks.length ? `${locks.length} row lock(s)` : "no row lock"
-        }, ` +
-        "so it waits for no flush. What it still pays for is PL/pgSQL: " +
-        (top ? `the statement runs ${ms(top.msPerRequest)} ms inside Postgres, ` : "") +
-        `of which the SQL statements inside it account for ${ms(inner)} ms; the rest is function ` +
-        "calls (each with its own `set search_path`), composite values and the JSON it returns.",
-    );
-  }
-  if (replanned.length) {
-    parts.push(
-      `${replanned.map((row) => code(row.query, 50)).join(", ")} ${
-        replanned.length > 1 ? "are" : "is"
-      } planned again on every call (plans = calls), ` +
-        `${ms(replanned.reduce((t, row) => t + row.planMsPerRequest, 0))} ms per replay.`,
-    );
-  }
-  lines.push(`- **Postgres.** ${parts.join(" ")}`);
-
-  // One hot row.
-  const lockShareOf = (point: LoadPoint) =>
-    Object.entries(point.waits)
-      .filter(([wait]) => wait.startsWith("Lock:"))
-      .reduce((t, [, share]) => t + share, 0);
-  const spreadPoints = verdicts.filter((v) => v.spread);
-  if (spreadPoints.length) {
-    const described = spreadPoints.map((v) =>
-      `c${v.concurrency}: ${pct(lockShareOf(v.replay))} of active-backend samples wait on a ` +
-      `lock; spread over ${r.replay.spreadKeys} operations, ${x(v.spread!.rps / v.replay.rps)} ` +
-      `the throughput, p99 ${ms(v.spread!.latency.p99)} ms instead of ${
-        ms(v.replay.latency.p99)
-      } ms`
-    );
-    const queued = spreadPoints.some((v) => lockShareOf(v.replay) > 0.2);
-    lines.push(
-      (queued
-        ? "- **One hot row.** Replays of one key queue on that row's lock, each holding it until " +
-          "its commit is flushed, so the single-key test (the goal's) is the worst case: "
-        : "- **One hot row.** Replays of one key do not queue on each other: ") +
-        `${described.join("; ")}.`,
-    );
-  }
-
-  // Deno.
-  const f = r.fresh;
-  lines.push(
-    `- **The function's own code.** Replaying one request at a time, the function spends ` +
-      `${ms(f.replayHandlerMs.p50)} ms (p50, its log line), ${
-        ms(f.replayHandlerDbMs.p50)
-      } ms of it ` +
-      `waiting for the database; its process burns ${ms(lo.replay.cpuPerRequest.server)} ms of ` +
-      `CPU per replay at c${lo.concurrency} and ${ms(hi.replay.cpuPerRequest.server)} ms at ` +
-      `c${hi.concurrency}, against the bare baseline's ${
-        ms(lo.baseline.cpuPerRequest.server)
-      } and ` +
-      `${ms(hi.baseline.cpuPerRequest.server)} ms (validation with zod, the request fingerprint, ` +
-      "a statement with many parameters and a wide row to decode, the canonical JSON answer, " +
-      "the CORS headers and the JSON log line).",
-  );
-
-  // What would close the gap.
-  if (failing.length) {
-    lines.push(
-      writes
-        ? "- **What would close most of the gap** (for the owners of `claim_checkout`; not " +
-          "measured here): answer a replay of a completed operation from a plain indexed read, " +
-          "without the insert attempt and without row locks, and fall through to the locking " +
-          "claim only when that read finds no completed row. Such a replay writes no WAL, waits " +
-          "for no flush and queues on no lock; the function's own CPU would then dominate."
-        : `- **What is left.** The replay already avoids locks and WAL. Meeting 0.5× on this ` +
-          `machine would take the whole replay down to about ${ms(budget)} ms of CPU, from ` +
-          `${ms(replayCpu)} ms now. The function's handler (${ms(rc.server)} ms, ` +
-          `${x(rc.server / Math.max(1e-6, bc.server))} the bare handler's) and the PL/pgSQL ` +
-          `call (${ms(rc.postgres)} ms of Postgres CPU, ${
-            x(rc.postgres / Math.max(1e-6, bc.postgres))
-          } ` +
-          "the select's) both weigh; a replay is validated, fingerprinted and logged like any " +
-          "request, by design. The p99 follows: with the CPU saturated, requests queue for it.",
-    );
-  }
-  return lines;
-}
-
-function otherNote(cores: number, retries = 0): string {
-  const again = retries ? ` (measured ${retries + 1} times: earlier runs were disturbed)` : "";
-  return cores > DISTURBED_CORES
-    ? `**Other processes used ${fmt(cores, 2)} cores meanwhile${again}: these figures are ` +
-      "disturbed by someone else's work on the machine.**"
-    : `Other processes used ${fmt(cores, 2)} cores meanwhile${again}.`;
+    ].join("\n"),
+  ];
 }

@@ -18,8 +18,7 @@ source "$ROOT/scripts/lib/postgres.sh"
 DIR="${DEV_DB_DIR:-/tmp/scx-dev-db-$(id -u)}"
 
 stop() {
-  if [[ -d "$DIR/data" ]]; then pg_stop "$DIR/data" immediate 2>/dev/null || true; fi
-  rm -rf "$DIR"
+  pg_discard "$DIR"
 }
 
 reset() {

@@ -16,7 +16,7 @@ export RUST_BACKTRACE=0 NO_COLOR=1 DO_NOT_TRACK=1 SUPABASE_TELEMETRY_DISABLED=1
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ARTIFACTS="$ROOT/.test-artifacts"
 # shellcheck source=scripts/lib/postgres.sh
-source "$ROOT/scripts/lib/postgres.sh" # PG_BIN, PG_PACKAGES, as_postgres, pg_init, pg_start …
+source "$ROOT/scripts/lib/postgres.sh" # PG_PACKAGES, pg_init, pg_start_on_free_port, pg_discard …
 # Schemas that are Supabase's or Postgres's, not ours: never linted.
 NOT_OUR_SCHEMAS="'information_schema','extensions','auth','supabase_migrations','cron'"
 
@@ -104,10 +104,7 @@ cleanup() {
   trap - EXIT
   trap '' INT TERM
   if [[ -n "$JOB_PID" ]]; then kill -TERM -- "-$JOB_PID" 2>/dev/null || true; fi
-  if [[ -n "$CLUSTER_DIR" && -d "$CLUSTER_DIR" ]]; then
-    pg_stop "$CLUSTER_DIR/data" immediate 2>/dev/null || true
-    rm -rf "$CLUSTER_DIR"
-  fi
+  pg_discard "$CLUSTER_DIR"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -140,22 +137,14 @@ step_debian_packages() {
 }
 
 step_start_cluster() {
-  local port attempt
+  local port
   CLUSTER_DIR="$(mktemp -d -t pgtest.XXXXXX)"
   pg_init "$CLUSTER_DIR/data" "$CLUSTER_DIR/initdb.log" || return 1
-  # The port is free when asked but could be taken before postgres binds it: retry.
-  for attempt in 1 2 3; do
-    port="$(free_port)"
-    if pg_start "$CLUSTER_DIR/data" "$CLUSTER_DIR/log" "$port" "$CLUSTER_DIR" \
-      "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"; then
-      DB_URL="$(pg_url "$port")"
-      echo "cluster $CLUSTER_DIR on 127.0.0.1:$port"
-      return 0
-    fi
-    echo "server failed to start (attempt $attempt); log:" >&2
-    cat "$CLUSTER_DIR/log" >&2 || true
-  done
-  return 1
+  port="$(pg_start_on_free_port "$CLUSTER_DIR/data" "$CLUSTER_DIR/log" "$CLUSTER_DIR" \
+    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")" ||
+    return 1
+  DB_URL="$(pg_url "$port")"
+  echo "cluster $CLUSTER_DIR on 127.0.0.1:$port"
 }
 
 step_bootstrap() {

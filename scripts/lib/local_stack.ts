@@ -14,6 +14,7 @@ import {
 } from "../../local/stripe/mod.ts";
 import { startStorefrontServer, type StorefrontServer } from "../storefront_server.ts";
 import { apiKey, DEMO_EVENT_ID } from "./local.ts";
+import { terminate } from "./process.ts";
 
 /** Where Stripe is: the local server this stack starts, or one given (real Stripe, stripe-mock). */
 export type StripeSetting =
@@ -158,20 +159,7 @@ async function spawnFunctionsHost(
     stderr: "inherit",
   }).spawn();
   const stop = async () => {
-    try {
-      child.kill("SIGTERM");
-    } catch {
-      // Already gone.
-    }
-    const timer = setTimeout(() => {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // Already gone.
-      }
-    }, 5_000);
-    await child.status;
-    clearTimeout(timer);
+    await terminate(child);
   };
   const failed: string[] = [];
   const lines = child.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(splitLines());

@@ -1,5 +1,6 @@
-# scripts/lib/postgres.sh — sourced by scripts/test.sh (throwaway cluster) and scripts/start.sh
-# (the local cluster kept under .local/). Plain functions, no side effects when sourced.
+# scripts/lib/postgres.sh — sourced by scripts/test.sh and bench/bench.sh (throwaway clusters),
+# scripts/start.sh (the local cluster kept under .local/) and scripts/dev-db.sh. Plain functions,
+# no side effects when sourced.
 #
 # A cluster is Debian's PostgreSQL 15 with pg_cron preloaded (the migrations schedule jobs),
 # listening on 127.0.0.1 only, with trust authentication: local and CI use only.
@@ -72,15 +73,39 @@ pg_running() { # pg_running DATA_DIR — true when a postmaster serves DATA_DIR
 
 pg_start() { # pg_start DATA_DIR LOGFILE PORT SOCKET_DIR [EXTRA_SERVER_OPTIONS]
   # An empty SOCKET_DIR means TCP only (pg_ctl -w watches postmaster.pid, not a socket).
+  # EXTRA_SERVER_OPTIONS come last, so a `-c name=value` there overrides the one set here
+  # (the bench preloads pg_stat_statements too).
   local data="$1" logfile="$2" port="$3" sockets="${4:-}" extra="${5:-}"
   as_postgres "$PG_BIN/pg_ctl" -D "$data" -l "$logfile" -w -t 30 start \
     -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories='$sockets' \
         -c shared_preload_libraries=pg_cron -c cron.database_name=postgres $extra" >/dev/null
 }
 
+pg_start_on_free_port() { # pg_start_on_free_port DATA_DIR LOGFILE SOCKET_DIR [EXTRA]
+  # pg_start on a free port; prints the port. The port is free when asked but could be taken
+  # before postgres binds it: retry.
+  local data="$1" logfile="$2" sockets="$3" extra="${4:-}" port attempt
+  for attempt in 1 2 3; do
+    port="$(free_port)" || return 1
+    if pg_start "$data" "$logfile" "$port" "$sockets" "$extra"; then
+      printf '%s\n' "$port"
+      return 0
+    fi
+    echo "server failed to start (attempt $attempt); log:" >&2
+    cat "$logfile" >&2 || true
+  done
+  return 1
+}
+
 pg_stop() { # pg_stop DATA_DIR [MODE] — MODE fast (default, clean) or immediate (throwaway)
   [[ -f "$1/postmaster.pid" ]] || return 0
   as_postgres "$PG_BIN/pg_ctl" -D "$1" -m "${2:-fast}" -w -t 60 stop >/dev/null
+}
+
+pg_discard() { # pg_discard CLUSTER_DIR — stop a throwaway cluster (its data/) at once, delete it
+  [[ -n "${1:-}" && -d "$1" ]] || return 0
+  pg_stop "$1/data" immediate 2>/dev/null || true
+  rm -rf "$1"
 }
 
 pg_bootstrap() { # pg_bootstrap URL ROOT — what hosted Supabase has (idempotent; local/CI only)
