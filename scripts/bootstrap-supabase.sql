@@ -81,27 +81,28 @@ alter table auth.users owner to supabase_admin;
 
 -- Same logic as Supabase's auth.uid()/role()/jwt(): prefer the JSON claims
 -- in request.jwt.claims, fall back to the older per-claim settings.
-create or replace function auth.uid()
-returns uuid
-language sql stable
-set search_path = ''
-as $$
-  select coalesce(
-    nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
-    (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
-  )::uuid
-$$;
-
-create or replace function auth.role()
+create or replace function auth.stand_in_claim(p_name text)
 returns text
 language sql stable
 set search_path = ''
 as $$
   select coalesce(
-    nullif(pg_catalog.current_setting('request.jwt.claim.role', true), ''),
-    (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'role')
-  )::text
+    nullif(pg_catalog.current_setting('request.jwt.claim.' || p_name, true), ''),
+    (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> p_name)
+  )
 $$;
+
+create or replace function auth.uid()
+returns uuid
+language sql stable
+set search_path = ''
+as $$ select auth.stand_in_claim('sub')::uuid $$;
+
+create or replace function auth.role()
+returns text
+language sql stable
+set search_path = ''
+as $$ select auth.stand_in_claim('role') $$;
 
 create or replace function auth.jwt()
 returns jsonb
@@ -120,12 +121,13 @@ as $$
   )
 $$;
 
+alter function auth.stand_in_claim(text) owner to supabase_admin;
 alter function auth.uid() owner to supabase_admin;
 alter function auth.role() owner to supabase_admin;
 alter function auth.jwt() owner to supabase_admin;
 
 grant usage on schema auth to anon, authenticated, service_role;
-grant execute on function auth.uid(), auth.role(), auth.jwt()
+grant execute on function auth.stand_in_claim(text), auth.uid(), auth.role(), auth.jwt()
   to anon, authenticated, service_role;
 
 -- --------------------------------------------------------------- public

@@ -121,6 +121,21 @@ $$;
 comment on function private.arm_stripe_idempotency_attempt(bigint, text, uuid, timestamptz, timestamptz) is
   'Internal: hands an existing operation to a new attempt (new lease; new key, or the same one).';
 
+-- What a claim tells its caller about a row: the outcome, the key, the stored response, and the
+-- lease only when the caller now holds it.
+create or replace function private.claim_of(p_outcome text, p_row public.stripe_idempotency_keys)
+returns public.stripe_idempotency_claim
+language sql
+immutable
+set search_path = ''
+as $$
+  select row(p_outcome, p_row.stripe_idempotency_key,
+             case when p_outcome in ('created', 'takeover', 'retry') then p_row.lease_token end,
+             case when p_outcome in ('created', 'takeover', 'retry', 'conflict') then p_row.lease_expires_at end,
+             p_row.attempt, p_row.stripe_resource_id, p_row.response_status, p_row.response_body,
+             p_row.metadata, p_row.order_id)::public.stripe_idempotency_claim;
+$$;
+
 -- The outcomes an existing row decides by itself: mismatch, replay, or conflict (a live lease).
 -- Null outcome when the row must be taken over or retried, which only the row lock may do.
 create or replace function private.stripe_idempotency_settled(
@@ -129,31 +144,18 @@ create or replace function private.stripe_idempotency_settled(
   p_now timestamptz
 )
 returns public.stripe_idempotency_claim
-language plpgsql
+language sql
 immutable
 set search_path = ''
 as $$
-declare
-  v_result public.stripe_idempotency_claim;
-begin
-  if p_row.request_fingerprint is distinct from p_request_fingerprint then
-    v_result.outcome := 'mismatch';
-  elsif p_row.status = 'completed' then
-    v_result.outcome := 'replay';
-    v_result.stripe_idempotency_key := p_row.stripe_idempotency_key;
-    v_result.attempt := p_row.attempt;
-    v_result.stripe_resource_id := p_row.stripe_resource_id;
-    v_result.response_status := p_row.response_status;
-    v_result.response_body := p_row.response_body;
-    v_result.metadata := p_row.metadata;
-    v_result.order_id := p_row.order_id;
-  elsif p_row.status = 'in_progress' and p_row.lease_expires_at > p_now then
-    v_result.outcome := 'conflict';
-    v_result.lease_expires_at := p_row.lease_expires_at;
-    v_result.attempt := p_row.attempt;
-  end if;
-  return v_result;
-end;
+  select case
+    when p_row.request_fingerprint is distinct from p_request_fingerprint
+      then row('mismatch', null, null, null, null, null, null, null, null, null)::public.stripe_idempotency_claim
+    when p_row.status = 'completed' then private.claim_of('replay', p_row)
+    when p_row.status = 'in_progress' and p_row.lease_expires_at > p_now then
+      row('conflict', null, null, p_row.lease_expires_at, p_row.attempt, null, null, null, null, null)::public.stripe_idempotency_claim
+    else row(null, null, null, null, null, null, null, null, null, null)::public.stripe_idempotency_claim
+  end;
 $$;
 comment on function private.stripe_idempotency_settled(public.stripe_idempotency_keys, text, timestamptz) is
   'Internal to claim_stripe_idempotency: mismatch | replay | conflict decided from a row, or a null outcome.';
@@ -258,13 +260,7 @@ begin
     exit;
   end loop;
 
-  v_result.stripe_idempotency_key := v_row.stripe_idempotency_key;
-  v_result.lease_token := v_row.lease_token;
-  v_result.lease_expires_at := v_row.lease_expires_at;
-  v_result.attempt := v_row.attempt;
-  v_result.metadata := v_row.metadata;
-  v_result.order_id := v_row.order_id;
-  return v_result;
+  return private.claim_of(v_result.outcome, v_row);
 end;
 $$;
 comment on function public.claim_stripe_idempotency(text, text, text, text, uuid, integer, jsonb, timestamptz, uuid) is

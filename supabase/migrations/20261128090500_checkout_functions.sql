@@ -163,8 +163,7 @@ begin
       raise exception using errcode = 'CK005',
         message = format('Cannot create checkout: tier %s is not on sale now', v_tier.name), detail = v_tier.id::text;
     end if;
-    if v_tier.capacity is not null
-       and private.tier_seats_taken(v_tier.id, p_now) + v_item.quantity > v_tier.capacity then
+    if private.tier_lacks_room(v_tier.id, v_tier.capacity, v_item.quantity, p_now) then
       raise exception using errcode = 'CK003',
         message = format('Cannot create checkout: tier %s is sold out', v_tier.name), detail = v_tier.id::text;
     end if;
@@ -195,6 +194,41 @@ as $$
           p_claim.reconcile_attempts)::public.checkout_claim
   from public.orders o
   where o.id = p_order_id;
+$$;
+
+-- A checkout_claim for an attempt (fields of the order filled later by checkout_claim_order).
+create or replace function private.checkout_claim_of(
+  p_outcome text,
+  p_operation_id text,
+  p_stripe_idempotency_key text,
+  p_lease_token uuid,
+  p_lease_expires_at timestamptz,
+  p_attempt integer,
+  p_reconcile_attempts integer default null
+)
+returns public.checkout_claim
+language sql
+immutable
+set search_path = ''
+as $$
+  select row(p_outcome, p_stripe_idempotency_key, p_lease_token, p_lease_expires_at, p_attempt,
+             null, null, null, null, null, null, null, null, null, null, null, p_operation_id, null,
+             p_reconcile_attempts)::public.checkout_claim;
+$$;
+
+-- Whether a tier (locked by the caller) lacks room for p_quantity more seats now.
+create or replace function private.tier_lacks_room(
+  p_tier_id uuid,
+  p_capacity integer,
+  p_quantity integer,
+  p_now timestamptz
+)
+returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+  select p_capacity is not null and private.tier_seats_taken(p_tier_id, p_now) + p_quantity > p_capacity;
 $$;
 
 -- The operation's order that Stripe said was paid, or whose payment is under way (a delayed
@@ -354,12 +388,8 @@ begin
 
   v_armed := private.arm_stripe_idempotency_attempt(v_row_id, p_stripe_idempotency_key, p_lease_token,
     p_now + make_interval(secs => p_lease_seconds), p_now);
-  v_result.outcome := 'renew';
-  v_result.stripe_idempotency_key := v_armed.stripe_idempotency_key;
-  v_result.lease_token := v_armed.lease_token;
-  v_result.lease_expires_at := v_armed.lease_expires_at;
-  v_result.attempt := v_armed.attempt;
-  return v_result;
+  return private.checkout_claim_of('renew', p_operation_id, v_armed.stripe_idempotency_key,
+    v_armed.lease_token, v_armed.lease_expires_at, v_armed.attempt);
 end;
 $$;
 comment on function private.renew_checkout_operation(text, uuid, text, uuid, integer, timestamptz) is
@@ -511,12 +541,8 @@ begin
   v_claim := public.claim_stripe_idempotency(private.checkout_operation(), p_operation_id,
     p_stripe_idempotency_key, p_request_fingerprint, p_lease_token, p_lease_seconds,
     jsonb_build_object('event_id', p_event_id), p_now, v_order_id);
-  v_result.operation_id := p_operation_id;
-  v_result.outcome := v_claim.outcome;
-  v_result.stripe_idempotency_key := v_claim.stripe_idempotency_key;
-  v_result.lease_token := v_claim.lease_token;
-  v_result.lease_expires_at := v_claim.lease_expires_at;
-  v_result.attempt := v_claim.attempt;
+  v_result := private.checkout_claim_of(v_claim.outcome, p_operation_id, v_claim.stripe_idempotency_key,
+    v_claim.lease_token, v_claim.lease_expires_at, v_claim.attempt);
 
   case v_claim.outcome
   when 'conflict', 'mismatch' then

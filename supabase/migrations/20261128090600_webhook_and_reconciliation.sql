@@ -40,7 +40,7 @@ begin
     select i.tier_id, i.quantity from public.order_items i where i.order_id = p_order_id order by i.tier_id
   loop
     select t.capacity into v_capacity from events.ticket_tiers t where t.id = v_item.tier_id for update;
-    if v_capacity is not null and private.tier_seats_taken(v_item.tier_id, p_now) + v_item.quantity > v_capacity then
+    if private.tier_lacks_room(v_item.tier_id, v_capacity, v_item.quantity, p_now) then
       return v_item.tier_id;
     end if;
   end loop;
@@ -336,15 +336,10 @@ begin
     where k.id = v_row.id
     returning k.* into v_row;
 
-    v_claim := null;
-    v_claim.outcome := 'reconcile';
-    v_claim.operation_id := v_row.operation_id;
-    v_claim.stripe_idempotency_key := v_row.stripe_idempotency_key;
-    v_claim.lease_token := v_row.lease_token;
-    v_claim.lease_expires_at := v_row.lease_expires_at;
-    v_claim.attempt := v_row.attempt;
-    v_claim.reconcile_attempts := v_row.reconcile_attempts;
-    return next private.checkout_claim_order(v_claim, v_row.order_id);
+    return next private.checkout_claim_order(
+      private.checkout_claim_of('reconcile', v_row.operation_id, v_row.stripe_idempotency_key,
+        v_row.lease_token, v_row.lease_expires_at, v_row.attempt, v_row.reconcile_attempts),
+      v_row.order_id);
   end loop;
 end;
 $$;

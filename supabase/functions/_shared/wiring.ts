@@ -5,6 +5,7 @@
 import { createTokenVerifier, type Jwk, type TokenVerifier, type VerifierOptions } from "./auth.ts";
 import { createCheckoutHandler, sqlCheckoutStore } from "./checkout.ts";
 import {
+  type BaseConfig,
   type EnvReader,
   loadCheckoutConfig,
   loadReconcileConfig,
@@ -24,10 +25,11 @@ export function checkoutHandlerFromEnv(
   env: EnvReader,
 ): Handler {
   const config = loadCheckoutConfig(env, { requireUserAuth: endpoint === "enhanced-checkout" });
+  const { sql, stripe } = clients(config);
   return createCheckoutHandler({
     endpoint,
-    store: sqlCheckoutStore(openDatabase(config.databaseUrl)),
-    stripe: createStripeClient(config.stripeSecretKey, { apiBase: config.stripeApiBase }),
+    store: sqlCheckoutStore(sql),
+    stripe,
     siteUrl: config.siteUrl,
     allowedOrigins: config.allowedOrigins,
     sessionTtlMinutes: config.sessionTtlMinutes,
@@ -49,8 +51,7 @@ export function checkoutHandlerFromEnv(
 export function webhookHandlerFromEnv(env: EnvReader): Handler {
   const config = loadWebhookConfig(env);
   return createWebhookHandler({
-    sql: openDatabase(config.databaseUrl),
-    stripe: createStripeClient(config.stripeSecretKey, { apiBase: config.stripeApiBase }),
+    ...clients(config),
     webhookSecret: config.webhookSecret,
   });
 }
@@ -59,13 +60,20 @@ export function webhookHandlerFromEnv(env: EnvReader): Handler {
 export function reconcileHandlerFromEnv(env: EnvReader): Handler {
   const config = loadReconcileConfig(env);
   return createReconcileHandler({
-    sql: openDatabase(config.databaseUrl),
-    stripe: createStripeClient(config.stripeSecretKey, { apiBase: config.stripeApiBase }),
+    ...clients(config),
     staleSeconds: config.staleSeconds,
     maxAttempts: config.maxAttempts,
     // The service role key says iss "supabase" and has no aud: only its role is checked.
     verifyToken: tokenVerifier(config, { requiredRole: "service_role" }),
   });
+}
+
+/** The process's one database pool and one Stripe client. */
+function clients(config: BaseConfig): { sql: Sql; stripe: ReturnType<typeof createStripeClient> } {
+  return {
+    sql: openDatabase(config.databaseUrl),
+    stripe: createStripeClient(config.stripeSecretKey, { apiBase: config.stripeApiBase }),
+  };
 }
 
 function openDatabase(url: string): Sql {
