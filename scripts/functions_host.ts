@@ -11,7 +11,7 @@
  *
  * LOCAL USE ONLY. Run: deno run -A scripts/functions_host.ts  (see scripts/start.sh)
  */
-import { LOCAL_JWT_SECRET, verifyJwt } from "./lib/local.ts";
+import { LOCAL_JWT_SECRET, verifyJwt } from "./lib/jwt.ts";
 
 type ServeHandler = (request: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>;
 

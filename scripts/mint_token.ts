@@ -8,7 +8,9 @@
  * LOCAL USE ONLY.
  */
 import postgres from "postgres";
-import { LOCAL_JWT_SECRET, localDatabaseUrl, userAccessToken } from "./lib/local.ts";
+import { runMain } from "./lib/cli.ts";
+import { LOCAL_JWT_SECRET, userToken } from "./lib/jwt.ts";
+import { localDatabaseUrl } from "./lib/local.ts";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -31,6 +33,19 @@ export function parseTokenArgs(args: string[]): TokenArgs {
   return { userId: userId ?? crypto.randomUUID(), email };
 }
 
+/**
+ * The access token `npm run token` prints: a signed-in user `userId` (iss supabase-local, with
+ * `email` when given), valid for one hour, signed with `secret` (default: the local one).
+ */
+export function localUserToken(
+  userId: string,
+  options: { email?: string | null; secret?: string } = {},
+): Promise<string> {
+  return userToken(userId, { iss: "supabase-local", email: options.email || undefined }, {
+    key: options.secret ?? LOCAL_JWT_SECRET,
+  });
+}
+
 async function main(): Promise<void> {
   const { userId, email } = parseTokenArgs(Deno.args);
   const databaseUrl = Deno.env.get("DATABASE_URL") ||
@@ -50,16 +65,9 @@ async function main(): Promise<void> {
     await sql.end({ timeout: 5 });
   }
   const secret = Deno.env.get("SUPABASE_JWT_SECRET") || LOCAL_JWT_SECRET;
-  const token = await userAccessToken(userId, secret, { email: email ?? undefined });
+  const token = await localUserToken(userId, { email, secret });
   console.error(`user ${userId}: access token valid for 1 hour (role authenticated)`);
   console.log(token);
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (error) {
-    console.error(error instanceof Error ? error.message : error);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runMain(main);

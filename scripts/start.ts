@@ -10,7 +10,9 @@
  * (default: local Supabase's), RECONCILE_INTERVAL_SECONDS (60; 0 turns it off),
  * START_DATABASE_NOTE (how start.sh describes the database).
  */
-import { DEFAULT_PORTS, DEMO_EVENT_ID, LOCAL_JWT_SECRET } from "./lib/local.ts";
+import { runMain } from "./lib/cli.ts";
+import { LOCAL_JWT_SECRET } from "./lib/jwt.ts";
+import { DEFAULT_PORTS, DEMO_EVENT_ID } from "./lib/local.ts";
 import { type LocalStack, startLocalStack, type StripeSetting } from "./lib/local_stack.ts";
 
 const ROOT = new URL("../", import.meta.url);
@@ -178,11 +180,4 @@ async function main(): Promise<void> {
   Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (error) {
-    console.error(error instanceof Error ? error.message : error);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runMain(main);

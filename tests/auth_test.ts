@@ -12,31 +12,26 @@ import {
   checkoutRequest,
   type Harness,
   rowCounts,
-  startHarness,
+  withHarness,
 } from "./support/checkout_harness.ts";
-import { signToken, TEST_JWT_SECRET, userToken } from "./support/tokens.ts";
+import {
+  base64UrlEncode,
+  generateKeyPair,
+  jsonSegment,
+  jwks as publish,
+  LOCAL_JWT_SECRET,
+  type SigningKeyPair,
+  signJwt,
+  unsignedJwt,
+  userClaims,
+  userToken,
+} from "../scripts/lib/jwt.ts";
 
 function nowSeconds(): number {
   return Math.floor(Date.now() / 1000);
 }
 
-function claimsFor(sub: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    sub,
-    role: "authenticated",
-    aud: "authenticated",
-    iat: nowSeconds(),
-    exp: nowSeconds() + 3600,
-    ...extra,
-  };
-}
-
-function base64Url(bytes: Uint8Array | string): string {
-  const data = typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes;
-  let binary = "";
-  for (const byte of data) binary += String.fromCharCode(byte);
-  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
+const OTHER_SECRET = "another-secret-that-is-also-at-least-32-characters";
 
 function userBody(h: Harness) {
   return { eventId: h.event.id, items: [{ tierId: h.event.balcony, quantity: 1 }] };
@@ -48,15 +43,12 @@ async function createUser(h: Harness): Promise<string> {
   return userId;
 }
 
-Deno.test("enhanced-checkout answers 401 unauthorized for every missing or bad token and writes nothing", async () => {
-  const h = await startHarness();
-  try {
+Deno.test("enhanced-checkout answers 401 unauthorized for every missing or bad token and writes nothing", () =>
+  withHarness(async (h) => {
     const userId = await createUser(h);
     const valid = await userToken(userId);
-    const [head, payload] = valid.split(".");
-    const other = await signToken(claimsFor(userId), {
-      secret: "another-secret-that-is-also-at-least-32-characters",
-    });
+    const [head, payload, signature] = valid.split(".");
+    const other = await userToken(userId, {}, { key: OTHER_SECRET });
     const cases: [string, string | null][] = [
       ["no Authorization header", null],
       ["an empty Authorization header", ""],
@@ -66,9 +58,7 @@ Deno.test("enhanced-checkout answers 401 unauthorized for every missing or bad t
       ["a forged token (another secret)", `Bearer ${other}`],
       [
         "a token with a tampered payload",
-        `Bearer ${
-          valid.replace(payload!, base64Url(JSON.stringify(claimsFor(crypto.randomUUID()))))
-        }`,
+        `Bearer ${valid.replace(payload!, jsonSegment(userClaims(crypto.randomUUID())))}`,
       ],
       ["a token with its signature removed", `Bearer ${head}.${payload}.`],
       [
@@ -77,22 +67,17 @@ Deno.test("enhanced-checkout answers 401 unauthorized for every missing or bad t
       ],
       [
         "a token without exp",
-        `Bearer ${await signToken({ ...claimsFor(userId), exp: undefined })}`,
+        `Bearer ${await userToken(userId, { exp: undefined })}`,
       ],
       [
         "a token not valid before an hour from now",
         `Bearer ${await userToken(userId, { nbf: nowSeconds() + 3600 })}`,
       ],
-      ["alg none", `Bearer ${await signToken(claimsFor(userId), { alg: "none" })}`],
-      [
-        "alg none with a signature",
-        `Bearer ${(await signToken(claimsFor(userId), { alg: "none" }))}${valid.split(".")[2]}`,
-      ],
+      ["alg none", `Bearer ${unsignedJwt(userClaims(userId))}`],
+      ["alg none with a signature", `Bearer ${unsignedJwt(userClaims(userId))}${signature}`],
       [
         "alg HS512 in the header",
-        `Bearer ${base64Url(JSON.stringify({ alg: "HS512", typ: "JWT" }))}.${payload}.${
-          valid.split(".")[2]
-        }`,
+        `Bearer ${jsonSegment({ alg: "HS512", typ: "JWT" })}.${payload}.${signature}`,
       ],
       ["aud anon", `Bearer ${await userToken(userId, { aud: "anon" })}`],
       ["no aud", `Bearer ${await userToken(userId, { aud: undefined })}`],
@@ -115,7 +100,7 @@ Deno.test("enhanced-checkout answers 401 unauthorized for every missing or bad t
       ["an empty sub", `Bearer ${await userToken("")}`],
       ["a token of two parts", `Bearer ${head}.${payload}`],
       ["a token that is not base64url JSON", "Bearer abc.def.ghi"],
-      ["a payload that is an array", `Bearer ${head}.${base64Url("[1]")}.${valid.split(".")[2]}`],
+      ["a payload that is an array", `Bearer ${head}.${base64UrlEncode("[1]")}.${signature}`],
       ["a token with a space inside", `Bearer ${head}. ${payload}`],
       [
         "a validly signed token for a user who does not exist",
@@ -129,7 +114,7 @@ Deno.test("enhanced-checkout answers 401 unauthorized for every missing or bad t
       assert.equal(response.status, 401, why);
       assert.equal(response.headers.get("access-control-allow-origin"), ALLOWED_ORIGIN, why);
       const text = await response.text();
-      assert.ok(!text.includes(TEST_JWT_SECRET) && !text.includes("sk_test"), why);
+      assert.ok(!text.includes(LOCAL_JWT_SECRET) && !text.includes("sk_test"), why);
       const body = JSON.parse(text);
       assert.deepEqual(Object.keys(body), ["error"], why);
       assert.equal(body.error.code, "unauthorized", why);
@@ -137,17 +122,11 @@ Deno.test("enhanced-checkout answers 401 unauthorized for every missing or bad t
     }
     assert.equal(await rowCounts(h.sql), before, "refused tokens wrote nothing");
     assert.equal(h.stripe.sessionsCreated(), 0);
-  } finally {
-    await h.close();
-  }
-});
+  }));
 
-Deno.test("enhanced-checkout checks the token before the Idempotency-Key and the body", async () => {
-  const h = await startHarness();
-  try {
-    const forged = await signToken(claimsFor(crypto.randomUUID()), {
-      secret: "another-secret-that-is-also-at-least-32-characters",
-    });
+Deno.test("enhanced-checkout checks the token before the Idempotency-Key and the body", () =>
+  withHarness(async (h) => {
+    const forged = await userToken(crypto.randomUUID(), {}, { key: OTHER_SECRET });
     const before = await rowCounts(h.sql);
     const requests: [string, Request][] = [
       ["no key", checkoutRequest(userBody(h), { key: null, token: forged })],
@@ -168,14 +147,10 @@ Deno.test("enhanced-checkout checks the token before the Idempotency-Key and the
     }
     assert.equal(await rowCounts(h.sql), before);
     assert.equal(h.stripe.sessionsCreated(), 0);
-  } finally {
-    await h.close();
-  }
-});
+  }));
 
-Deno.test("enhanced-checkout accepts a valid token signed with the HS256 secret (201)", async () => {
-  const h = await startHarness();
-  try {
+Deno.test("enhanced-checkout accepts a valid token signed with the HS256 secret (201)", () =>
+  withHarness(async (h) => {
     const userId = await createUser(h);
     const response = await h.enhanced(
       checkoutRequest(userBody(h), { token: await userToken(userId) }),
@@ -186,61 +161,9 @@ Deno.test("enhanced-checkout accepts a valid token signed with the HS256 secret 
       select user_id from public.orders where id = ${orderId}`;
     assert.equal(order?.user_id, userId);
     assert.equal(h.stripe.sessionsCreated(), 1);
-  } finally {
-    await h.close();
-  }
-});
+  }));
 
 // ---------------------------------------------------------------- JWKS (asymmetric keys)
-
-type Alg = "ES256" | "RS256";
-
-async function generate(alg: Alg): Promise<CryptoKeyPair> {
-  return await crypto.subtle.generateKey(
-    alg === "ES256" ? { name: "ECDSA", namedCurve: "P-256" } : {
-      name: "RSASSA-PKCS1-v1_5",
-      modulusLength: 2048,
-      publicExponent: new Uint8Array([1, 0, 1]),
-      hash: "SHA-256",
-    },
-    true,
-    ["sign", "verify"],
-  );
-}
-
-async function publicJwk(pair: CryptoKeyPair, kid: string, alg: Alg): Promise<Jwk> {
-  return { ...(await crypto.subtle.exportKey("jwk", pair.publicKey)), kid, alg, use: "sig" };
-}
-
-async function signAsymmetric(
-  claims: Record<string, unknown>,
-  key: CryptoKey,
-  header: { alg: Alg; kid?: string },
-): Promise<string> {
-  const signed = `${base64Url(JSON.stringify({ ...header, typ: "JWT" }))}.${
-    base64Url(JSON.stringify(claims))
-  }`;
-  const params = header.alg === "ES256"
-    ? { name: "ECDSA", hash: "SHA-256" }
-    : { name: "RSASSA-PKCS1-v1_5" };
-  const signature = await crypto.subtle.sign(params, key, new TextEncoder().encode(signed));
-  return `${signed}.${base64Url(new Uint8Array(signature))}`;
-}
-
-async function signHs256(claims: Record<string, unknown>, secret: Uint8Array): Promise<string> {
-  const signed = `${base64Url(JSON.stringify({ alg: "HS256", typ: "JWT" }))}.${
-    base64Url(JSON.stringify(claims))
-  }`;
-  const key = await crypto.subtle.importKey(
-    "raw",
-    secret as Uint8Array<ArrayBuffer>,
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
-  );
-  const signature = await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(signed));
-  return `${signed}.${base64Url(new Uint8Array(signature))}`;
-}
 
 async function rejects401(promise: Promise<unknown>, why: string): Promise<void> {
   await assert.rejects(promise, (error: unknown) => {
@@ -252,19 +175,19 @@ async function rejects401(promise: Promise<unknown>, why: string): Promise<void>
 }
 
 interface Keys {
-  es: CryptoKeyPair;
-  rs: CryptoKeyPair;
+  es: SigningKeyPair;
+  rs: SigningKeyPair;
   jwks: { keys: Jwk[] };
 }
 
 let keysOnce: Promise<Keys> | null = null;
 function keys(): Promise<Keys> {
   keysOnce ??= (async () => {
-    const [es, rs] = await Promise.all([generate("ES256"), generate("RS256")]);
-    const jwks = {
-      keys: [await publicJwk(es, "es-1", "ES256"), await publicJwk(rs, "rs-1", "RS256")],
-    };
-    return { es, rs, jwks };
+    const [es, rs] = await Promise.all([
+      generateKeyPair("ES256", { kid: "es-1" }),
+      generateKeyPair("RS256", { kid: "rs-1" }),
+    ]);
+    return { es, rs, jwks: await publish([es, rs]) };
   })();
   return keysOnce;
 }
@@ -273,14 +196,8 @@ Deno.test("JWKS: ES256 and RS256 tokens signed by a published key verify to thei
   const { es, rs, jwks } = await keys();
   const verify = createTokenVerifier({ fetchJwks: () => Promise.resolve(structuredClone(jwks)) });
   const sub = crypto.randomUUID();
-  const esToken = await signAsymmetric(claimsFor(sub, { email: "a@example.com" }), es.privateKey, {
-    alg: "ES256",
-    kid: "es-1",
-  });
-  const rsToken = await signAsymmetric(claimsFor(sub), rs.privateKey, {
-    alg: "RS256",
-    kid: "rs-1",
-  });
+  const esToken = await signJwt(userClaims(sub, { email: "a@example.com" }), es);
+  const rsToken = await signJwt(userClaims(sub), rs);
   const esClaims = await verify(`Bearer ${esToken}`);
   assert.equal(esClaims.sub, sub);
   assert.equal(esClaims.role, "authenticated");
@@ -297,40 +214,28 @@ Deno.test("JWKS: an unknown kid, another key under a known kid, or a mismatched 
       return Promise.resolve(structuredClone(jwks));
     },
   });
-  const [strangerEs, strangerRs] = await Promise.all([generate("ES256"), generate("RS256")]);
-  const claims = claimsFor(crypto.randomUUID());
+  // Strangers: keys nobody published, under the kids of published ones.
+  const [strangerEs, strangerRs] = await Promise.all([
+    generateKeyPair("ES256", { kid: "es-1" }),
+    generateKeyPair("RS256", { kid: "rs-1" }),
+  ]);
+  const claims = userClaims(crypto.randomUUID());
   const cases: [string, string][] = [
-    ["an unknown kid", await signAsymmetric(claims, es.privateKey, { alg: "ES256", kid: "es-9" })],
-    [
-      "another ES256 key under a known kid",
-      await signAsymmetric(claims, strangerEs.privateKey, { alg: "ES256", kid: "es-1" }),
-    ],
-    [
-      "another RS256 key under a known kid",
-      await signAsymmetric(claims, strangerRs.privateKey, { alg: "RS256", kid: "rs-1" }),
-    ],
+    ["an unknown kid", await signJwt(claims, es, { header: { kid: "es-9" } })],
+    ["another ES256 key under a known kid", await signJwt(claims, strangerEs)],
+    ["another RS256 key under a known kid", await signJwt(claims, strangerRs)],
     [
       "another key without a kid",
-      await signAsymmetric(claims, strangerEs.privateKey, { alg: "ES256" }),
+      await signJwt(claims, strangerEs, { header: { kid: undefined } }),
     ],
-    [
-      "alg RS256 naming the ES256 key",
-      await signAsymmetric(claims, rs.privateKey, { alg: "RS256", kid: "es-1" }),
-    ],
+    ["alg RS256 naming the ES256 key", await signJwt(claims, rs, { header: { kid: "es-1" } })],
     [
       "a valid signature on an expired token",
-      await signAsymmetric(
-        claimsFor(crypto.randomUUID(), { exp: nowSeconds() - 3600 }),
-        es.privateKey,
-        { alg: "ES256", kid: "es-1" },
-      ),
+      await signJwt(userClaims(crypto.randomUUID(), { exp: nowSeconds() - 3600 }), es),
     ],
     [
       "a valid signature on an anon token",
-      await signAsymmetric(claimsFor(crypto.randomUUID(), { role: "anon" }), rs.privateKey, {
-        alg: "RS256",
-        kid: "rs-1",
-      }),
+      await signJwt(userClaims(crypto.randomUUID(), { role: "anon" }), rs),
     ],
   ];
   for (const [why, token] of cases) await rejects401(verify(`Bearer ${token}`), why);
@@ -340,7 +245,7 @@ Deno.test("JWKS: an unknown kid, another key under a known kid, or a mismatched 
 Deno.test("JWKS: an HS256 token keyed with the public key's bytes is refused without a JWT secret (algorithm confusion)", async () => {
   const { es, rs, jwks } = await keys();
   const verify = createTokenVerifier({ fetchJwks: () => Promise.resolve(structuredClone(jwks)) });
-  const claims = claimsFor(crypto.randomUUID());
+  const claims = userClaims(crypto.randomUUID());
   const encode = (text: string) => new TextEncoder().encode(text);
   for (const [name, pair] of [["ES256", es], ["RS256", rs]] as const) {
     const spki = new Uint8Array(await crypto.subtle.exportKey("spki", pair.publicKey));
@@ -361,11 +266,11 @@ Deno.test("JWKS: an HS256 token keyed with the public key's bytes is refused wit
       ]);
     }
     for (const [form, secret] of secrets) {
-      const token = await signHs256(claims, secret);
+      const token = await signJwt(claims, secret);
       await rejects401(verify(`Bearer ${token}`), `${name} public key as ${form}`);
     }
   }
-  const none = await signToken(claims, { alg: "none" });
+  const none = unsignedJwt(claims);
   await rejects401(verify(`Bearer ${none}`), "alg none");
 });
 
@@ -378,15 +283,15 @@ Deno.test("JWKS: a key rotated in is found by its kid once the minute-long refet
     now: () => clock,
   });
   const sub = crypto.randomUUID();
-  const claims = () => claimsFor(sub, { exp: Math.floor(clock / 1000) + 3600 });
+  const claims = () => userClaims(sub, { exp: Math.floor(clock / 1000) + 3600 });
   assert.equal(
     (await verify(
-      `Bearer ${await signAsymmetric(claims(), es.privateKey, { alg: "ES256", kid: "es-1" })}`,
+      `Bearer ${await signJwt(claims(), es)}`,
     )).sub,
     sub,
   );
   published = structuredClone(jwks.keys);
-  const rotated = await signAsymmetric(claims(), rs.privateKey, { alg: "RS256", kid: "rs-1" });
+  const rotated = await signJwt(claims(), rs);
   clock += 1_000;
   await rejects401(verify(`Bearer ${rotated}`), "within a minute of the last fetch");
   clock += 60_000;
@@ -398,10 +303,7 @@ Deno.test("JWKS: a failing JWKS endpoint makes tokens 401, never a 5xx", async (
   const verify = createTokenVerifier({
     fetchJwks: () => Promise.reject(new Error("connect ECONNREFUSED")),
   });
-  const token = await signAsymmetric(claimsFor(crypto.randomUUID()), es.privateKey, {
-    alg: "ES256",
-    kid: "es-1",
-  });
+  const token = await signJwt(userClaims(crypto.randomUUID()), es);
   await rejects401(verify(`Bearer ${token}`), "JWKS unreachable");
 });
 
@@ -412,12 +314,9 @@ Deno.test("an HS256 token is refused by a verifier configured with the JWKS only
     verify(`Bearer ${await userToken(crypto.randomUUID())}`),
     "HS256 with the test secret",
   );
-  const hsOnly = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET });
+  const hsOnly = createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET });
   const { es } = await keys();
-  const esToken = await signAsymmetric(claimsFor(crypto.randomUUID()), es.privateKey, {
-    alg: "ES256",
-    kid: "es-1",
-  });
+  const esToken = await signJwt(userClaims(crypto.randomUUID()), es);
   await rejects401(hsOnly(`Bearer ${esToken}`), "ES256 without a JWKS");
 });
 
@@ -427,12 +326,12 @@ const ISSUER = "https://project.supabase.co/auth/v1";
 
 Deno.test("aud may be a string or an array that contains the audience, which is configurable", async () => {
   const sub = crypto.randomUUID();
-  const byDefault = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET });
+  const byDefault = createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET });
   for (const aud of ["authenticated", ["authenticated"], ["storefront", "authenticated"]]) {
     const token = await userToken(sub, { aud });
     assert.equal((await byDefault(`Bearer ${token}`)).sub, sub, JSON.stringify(aud));
   }
-  const custom = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET, audience: "checkout" });
+  const custom = createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET, audience: "checkout" });
   assert.equal((await custom(`Bearer ${await userToken(sub, { aud: "checkout" })}`)).sub, sub);
   assert.equal(
     (await custom(`Bearer ${await userToken(sub, { aud: ["x", "checkout"] })}`)).sub,
@@ -448,7 +347,7 @@ Deno.test("aud may be a string or an array that contains the audience, which is 
 
 Deno.test("with an issuer configured, a token from another issuer or none is 401", async () => {
   const sub = crypto.randomUUID();
-  const verify = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET, issuer: ISSUER });
+  const verify = createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET, issuer: ISSUER });
   assert.equal((await verify(`Bearer ${await userToken(sub, { iss: ISSUER })}`)).sub, sub);
   for (
     const iss of [
@@ -470,7 +369,7 @@ Deno.test("with an issuer configured, a token from another issuer or none is 401
 Deno.test("an anonymous sign-in is 401 unless anonymous users are allowed", async () => {
   const sub = crypto.randomUUID();
   const anonymous = await userToken(sub, { is_anonymous: true });
-  const strict = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET });
+  const strict = createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET });
   await rejects401(strict(`Bearer ${anonymous}`), "is_anonymous true");
   await rejects401(
     strict(`Bearer ${await userToken(sub, { is_anonymous: "true" })}`),
@@ -481,14 +380,14 @@ Deno.test("an anonymous sign-in is 401 unless anonymous users are allowed", asyn
     sub,
     "a permanent user says is_anonymous false",
   );
-  const lenient = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET, allowAnonymous: true });
+  const lenient = createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET, allowAnonymous: true });
   assert.equal((await lenient(`Bearer ${anonymous}`)).sub, sub);
 });
 
 Deno.test("the service role's key (iss supabase, no aud) is accepted by the service-role verifier", async () => {
-  const verify = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET, requiredRole: "service_role" });
+  const verify = createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET, requiredRole: "service_role" });
   const exp = nowSeconds() + 3600;
-  const legacy = await signToken({ iss: "supabase", ref: "project", role: "service_role", exp });
+  const legacy = await signJwt({ iss: "supabase", ref: "project", role: "service_role", exp });
   assert.equal((await verify(`Bearer ${legacy}`)).role, "service_role");
 });
 
@@ -499,7 +398,7 @@ Deno.test("enhanced-checkout from the environment checks iss against SUPABASE_UR
     STRIPE_SECRET_KEY: "sk_test_wiring",
     STRIPE_API_BASE: "http://127.0.0.1:9",
     SITE_URL: "http://shop.test",
-    SUPABASE_JWT_SECRET: TEST_JWT_SECRET,
+    SUPABASE_JWT_SECRET: LOCAL_JWT_SECRET,
     SUPABASE_URL: "https://project.supabase.co/",
   };
   /** 401 when the token is refused; 400 validation_failed (the empty body) when it passes. */
@@ -547,12 +446,27 @@ function jwksEndpoint(initial: Jwk[], delayMs = 20) {
   return { state, fetchJwks };
 }
 
+/**
+ * After a rotation: es-1 published, rs-1 not yet; a verifier on a clock the test moves, and
+ * tokens for one user, signed by either key, valid for an hour of that clock.
+ */
+async function rotation() {
+  const { es, rs, jwks } = await keys();
+  const clock = { ms: Date.now() };
+  const endpoint = jwksEndpoint([jwks.keys[0]!]);
+  const verify = createTokenVerifier({ fetchJwks: endpoint.fetchJwks, now: () => clock.ms });
+  const sub = crypto.randomUUID();
+  const token = (pair: SigningKeyPair) =>
+    signJwt(userClaims(sub, { exp: Math.floor(clock.ms / 1000) + 3600 }), pair);
+  return { es, rs, jwks, clock, endpoint, verify, sub, token };
+}
+
 Deno.test("JWKS: 20 concurrent first requests share one JWKS fetch and all verify", async () => {
   const { es, jwks } = await keys();
   const endpoint = jwksEndpoint(jwks.keys);
   const verify = createTokenVerifier({ fetchJwks: endpoint.fetchJwks });
   const sub = crypto.randomUUID();
-  const token = await signAsymmetric(claimsFor(sub), es.privateKey, { alg: "ES256", kid: "es-1" });
+  const token = await signJwt(userClaims(sub), es);
   const results = await Promise.allSettled(
     Array.from({ length: 20 }, () => verify(`Bearer ${token}`)),
   );
@@ -561,20 +475,15 @@ Deno.test("JWKS: 20 concurrent first requests share one JWKS fetch and all verif
 });
 
 Deno.test("JWKS: 20 concurrent requests signed by a newly rotated key all verify after exactly one refetch", async () => {
-  const { es, rs, jwks } = await keys();
-  let clock = Date.now();
-  const endpoint = jwksEndpoint([jwks.keys[0]!]);
-  const verify = createTokenVerifier({ fetchJwks: endpoint.fetchJwks, now: () => clock });
-  const sub = crypto.randomUUID();
-  const claims = () => claimsFor(sub, { exp: Math.floor(clock / 1000) + 3600 });
-  const old = await signAsymmetric(claims(), es.privateKey, { alg: "ES256", kid: "es-1" });
+  const { es, rs, jwks, clock, endpoint, verify, sub, token } = await rotation();
+  const old = await token(es);
   assert.equal((await verify(`Bearer ${old}`)).sub, sub);
   assert.equal(endpoint.state.fetches, 1);
 
   // Later, the project rotates to rs-1: the cache has never seen it.
-  clock += 10 * 60_000;
+  clock.ms += 10 * 60_000;
   endpoint.state.keys = structuredClone(jwks.keys);
-  const rotated = await signAsymmetric(claims(), rs.privateKey, { alg: "RS256", kid: "rs-1" });
+  const rotated = await token(rs);
   const burst = () =>
     Promise.allSettled(Array.from({ length: 20 }, () => verify(`Bearer ${rotated}`)));
   const results = await burst();
@@ -589,21 +498,16 @@ Deno.test("JWKS: 20 concurrent requests signed by a newly rotated key all verify
 });
 
 Deno.test("JWKS: during an outage the cached keys keep verifying, and a burst of unknown kids waits for one failed refetch", async () => {
-  const { es, rs, jwks } = await keys();
-  let clock = Date.now();
-  const endpoint = jwksEndpoint([jwks.keys[0]!]);
-  const verify = createTokenVerifier({ fetchJwks: endpoint.fetchJwks, now: () => clock });
-  const sub = crypto.randomUUID();
-  const claims = () => claimsFor(sub, { exp: Math.floor(clock / 1000) + 3600 });
-  const known = () => signAsymmetric(claims(), es.privateKey, { alg: "ES256", kid: "es-1" });
-  const unknown = () => signAsymmetric(claims(), rs.privateKey, { alg: "RS256", kid: "rs-1" });
+  const { es, rs, jwks, clock, endpoint, verify, sub, token } = await rotation();
+  const known = () => token(es);
+  const unknown = () => token(rs);
   assert.equal((await verify(`Bearer ${await known()}`)).sub, sub);
 
-  clock += 10 * 60_000;
+  clock.ms += 10 * 60_000;
   endpoint.state.fail = true;
-  const token = await unknown();
+  const unknownToken = await unknown();
   const results = await Promise.allSettled(
-    Array.from({ length: 20 }, () => verify(`Bearer ${token}`)),
+    Array.from({ length: 20 }, () => verify(`Bearer ${unknownToken}`)),
   );
   for (const result of results) {
     assert.equal(result.status, "rejected");
@@ -614,7 +518,7 @@ Deno.test("JWKS: during an outage the cached keys keep verifying, and a burst of
   await rejects401(verify(`Bearer ${await unknown()}`), "right after a failed refetch");
   assert.equal(endpoint.state.fetches, 2, "an outage is not hammered");
 
-  clock += 61_000;
+  clock.ms += 61_000;
   endpoint.state.fail = false;
   endpoint.state.keys = structuredClone(jwks.keys);
   assert.equal((await verify(`Bearer ${await unknown()}`)).sub, sub, "found once it recovers");

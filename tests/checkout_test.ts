@@ -10,9 +10,9 @@ import {
   type Harness,
   newKey,
   rowCounts,
-  startHarness,
+  withHarness,
 } from "./support/checkout_harness.ts";
-import { userToken } from "./support/tokens.ts";
+import { userToken } from "../scripts/lib/jwt.ts";
 
 function guestBody(h: Harness, extra: Record<string, unknown> = {}) {
   return {
@@ -22,18 +22,6 @@ function guestBody(h: Harness, extra: Record<string, unknown> = {}) {
     name: "Ada",
     ...extra,
   };
-}
-
-async function withHarness(
-  fn: (h: Harness) => Promise<void>,
-  options?: Parameters<typeof startHarness>[0],
-): Promise<void> {
-  const h = await startHarness(options);
-  try {
-    await fn(h);
-  } finally {
-    await h.close();
-  }
 }
 
 Deno.test("guest-checkout creates one order and one Stripe session priced from the tiers", () =>

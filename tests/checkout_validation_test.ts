@@ -11,7 +11,7 @@ import {
   rowCounts,
   startHarness,
 } from "./support/checkout_harness.ts";
-import { userToken } from "./support/tokens.ts";
+import { userToken } from "../scripts/lib/jwt.ts";
 
 type Endpoint = "guest-checkout" | "enhanced-checkout";
 const ENDPOINTS: readonly Endpoint[] = ["guest-checkout", "enhanced-checkout"];

@@ -10,12 +10,13 @@ import {
   loadReconcileConfig,
   loadWebhookConfig,
 } from "../supabase/functions/_shared/config.ts";
+import { LOCAL_JWT_SECRET } from "../scripts/lib/jwt.ts";
 
 const BASE: Readonly<Record<string, string>> = {
   SUPABASE_DB_URL: "postgresql://postgres:secret@db.example.com:6543/postgres",
   STRIPE_SECRET_KEY: "sk_test_config",
   SITE_URL: "https://shop.example.com/store/",
-  SUPABASE_JWT_SECRET: "super-secret-jwt-token-with-at-least-32-characters-long",
+  SUPABASE_JWT_SECRET: LOCAL_JWT_SECRET,
   SUPABASE_URL: "https://project.supabase.co",
 };
 

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import type { ClientAddressConfig } from "../supabase/functions/_shared/client-address.ts";
 import { checkoutRequest, type Harness, newKey, startHarness } from "./support/checkout_harness.ts";
-import { userToken } from "./support/tokens.ts";
+import { userToken } from "../scripts/lib/jwt.ts";
 
 const LIMITS = { maxPendingPerBuyer: 2, maxPendingPerAddress: 3, windowSeconds: 1800 };
 

@@ -6,8 +6,8 @@ import assert from "node:assert/strict";
 import Stripe from "stripe";
 import { createTokenVerifier } from "../supabase/functions/_shared/auth.ts";
 import { captureServeHandler, parseFunctionConfig } from "../scripts/functions_host.ts";
-import { apiKey, LOCAL_JWT_SECRET, userAccessToken, verifyJwt } from "../scripts/lib/local.ts";
-import { parseTokenArgs } from "../scripts/mint_token.ts";
+import { apiKey, LOCAL_JWT_SECRET, verifyJwt } from "../scripts/lib/jwt.ts";
+import { localUserToken, parseTokenArgs } from "../scripts/mint_token.ts";
 import { databaseUrl } from "./support/database.ts";
 import {
   type CheckoutEventType,
@@ -271,7 +271,7 @@ Deno.test("local keys: the demo API keys and minted user tokens verify like Supa
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6ImFub24iLCJleHAiOjE5ODM4MTI5OTZ9.CRXP1A7WOeoJeXxjNni43kdQwgnWNReilDMblYTn_I0",
   );
   const userId = crypto.randomUUID();
-  const token = await userAccessToken(userId, LOCAL_JWT_SECRET);
+  const token = await localUserToken(userId);
   const claims = await createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET })(`Bearer ${token}`);
   assert.equal(claims.sub, userId);
   assert.equal(await verifyJwt(token, "another-secret-that-is-at-least-32-chars"), null);

@@ -7,7 +7,8 @@
  * It starts a PostgreSQL of its own (the one `npm start` makes), not the pipeline's database.
  */
 import assert from "node:assert/strict";
-import { apiKey, DEMO_EVENT_ID, DEMO_TIERS, LOCAL_JWT_SECRET } from "../scripts/lib/local.ts";
+import { apiKey, LOCAL_JWT_SECRET } from "../scripts/lib/jwt.ts";
+import { DEMO_EVENT_ID, DEMO_TIERS } from "../scripts/lib/local.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
 const START_TIMEOUT_MS = 90_000;

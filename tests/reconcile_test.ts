@@ -10,7 +10,7 @@ import {
   reconcileStuckCheckouts,
 } from "../supabase/functions/_shared/reconcile.ts";
 import { checkoutRequest, type Harness, newKey, startHarness } from "./support/checkout_harness.ts";
-import { signToken, TEST_JWT_SECRET, userToken } from "./support/tokens.ts";
+import { LOCAL_JWT_SECRET, signJwt, userToken } from "../scripts/lib/jwt.ts";
 
 /** A harness whose attempts "die" after the claim: record and release never reach the database. */
 async function withDyingAttempts(fn: (h: Harness, kill: { on: boolean }) => Promise<void>) {
@@ -200,7 +200,7 @@ Deno.test("reconcile-checkouts accepts only the service role's token", async () 
       staleSeconds: 600,
       log: () => {},
       verifyToken: createTokenVerifier({
-        jwtSecret: TEST_JWT_SECRET,
+        jwtSecret: LOCAL_JWT_SECRET,
         requiredRole: "service_role",
       }),
     });
@@ -217,9 +217,9 @@ Deno.test("reconcile-checkouts accepts only the service role's token", async () 
       401,
       "a user is not cron",
     );
-    const anon = await signToken({ role: "anon", exp: Math.floor(Date.now() / 1000) + 60 });
+    const anon = await signJwt({ role: "anon", exp: Math.floor(Date.now() / 1000) + 60 });
     assert.equal((await call(anon)).status, 401);
-    const service = await signToken({
+    const service = await signJwt({
       role: "service_role",
       exp: Math.floor(Date.now() / 1000) + 60,
     });

@@ -30,13 +30,14 @@ import {
   type CheckoutWorld,
   expectedCheckoutCodes,
   expectedWebhookCodes,
+  forgedTokenCases,
   isRecord,
   stripeSignature,
   validJwtSpec,
   webhookCategories,
   type WebhookSpec,
 } from "./support/hostile_input.ts";
-import { TEST_JWT_SECRET, userToken } from "./support/tokens.ts";
+import { LOCAL_JWT_SECRET, userToken } from "../scripts/lib/jwt.ts";
 import { TEST_WEBHOOK_SECRET } from "./support/webhooks.ts";
 
 type Endpoint = CheckoutEndpoint | "stripe-webhook";
@@ -76,7 +77,7 @@ const LEAKS: RegExp[] = [
   /\n\s+at /,
   /\bat \S+ \(.*:\d+:\d+\)/,
   /PostgresError|TypeError|RangeError|SyntaxError|ReferenceError/,
-  new RegExp(TEST_JWT_SECRET),
+  new RegExp(LOCAL_JWT_SECRET),
 ];
 
 interface Tally {
@@ -90,6 +91,8 @@ interface Tally {
   categoryCodes: Record<string, Record<string, number>>;
   /** Generated specs skipped because they might have been valid. */
   skipped: number;
+  /** Forged-token case (forgedTokenCases) → requests sent with it. */
+  forgeries: Record<string, number>;
 }
 
 function newTally(): Tally {
@@ -102,6 +105,7 @@ function newTally(): Tally {
     categories: {},
     categoryCodes: {},
     skipped: 0,
+    forgeries: {},
   };
 }
 
@@ -305,7 +309,7 @@ Deno.test("hostile input: 1,000+ generated bad requests per endpoint get a docum
     });
 
     // The builders make valid requests when asked to: the defects are the only difference.
-    const verify = createTokenVerifier({ jwtSecret: TEST_JWT_SECRET });
+    const verify = createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET });
     const built = await buildJwt(validJwtSpec(world("enhanced-checkout")));
     assert.equal((await verify(built)).sub, userId);
     const payload = new TextEncoder().encode('{"id":"evt_probe","object":"event"}');
@@ -346,6 +350,7 @@ Deno.test("hostile input: 1,000+ generated bad requests per endpoint get a docum
                 if (expected.size === 0) tally.skipped++;
                 fc.pre(expected.size > 0);
                 const response = await handler(await buildCheckoutRequest(spec, w, bytes));
+                if (spec.auth.forgery) bump(tally.forgeries, spec.auth.forgery);
                 await checkAnswer(endpoint, spec.category, expected, response, tally);
               },
             );
@@ -403,6 +408,10 @@ Deno.test("hostile input: 1,000+ generated bad requests per endpoint get a docum
           assert.equal(tallies[endpoint].serverErrors, 0, `${endpoint}: 5xx answers`);
           assert.equal(tallies[endpoint].successes, 0, `${endpoint}: 2xx answers`);
         }
+        const forged = tallies["enhanced-checkout"].forgeries;
+        for (const { name } of forgedTokenCases(world("enhanced-checkout"))) {
+          assert.ok((forged[name] ?? 0) > 0, `no request carried a forged token of kind: ${name}`);
+        }
       },
     );
     if (!ok) failures.push("final invariants");
@@ -432,6 +441,7 @@ Deno.test("hostile input: 1,000+ generated bad requests per endpoint get a docum
           skippedAsPossiblyValid: x.skipped,
           categories: x.categories,
           codesByCategory: x.categoryCodes,
+          ...(e === "enhanced-checkout" ? { forgedTokens: x.forgeries } : {}),
         }];
       })),
     };

@@ -6,9 +6,9 @@ import assert from "node:assert/strict";
 import { createClient, FunctionsHttpError, type SupabaseClient } from "@supabase/supabase-js";
 import { type Harness, newKey, startHarness } from "./support/checkout_harness.ts";
 import { serveFunctions } from "./support/functions_server.ts";
-import { signToken, userToken } from "./support/tokens.ts";
+import { signJwt, userToken } from "../scripts/lib/jwt.ts";
 
-const ANON_KEY = await signToken({ role: "anon", iss: "supabase-demo", exp: 4102444800 });
+const ANON_KEY = await signJwt({ role: "anon", iss: "supabase-demo", exp: 4102444800 });
 
 async function withStorefront(
   fn: (h: Harness, supabase: SupabaseClient) => Promise<void>,

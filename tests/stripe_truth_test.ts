@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { type CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
 import { createSql, processWebhookEvent } from "../supabase/functions/_shared/db.ts";
-import { checkoutRequest, type Harness, newKey, startHarness } from "./support/checkout_harness.ts";
+import { checkoutRequest, type Harness, newKey, withHarness } from "./support/checkout_harness.ts";
 import { databaseUrl } from "./support/database.ts";
 import type { CheckoutSession } from "../local/stripe/mod.ts";
 
@@ -14,18 +14,6 @@ type Tier = "floor" | "balcony" | "last";
 
 function body(h: Harness, tier: Tier = "floor", quantity = 1, email = "truth@example.com") {
   return { eventId: h.event.id, items: [{ tierId: h.event[tier], quantity }], email };
-}
-
-async function withHarness(
-  fn: (h: Harness) => Promise<void>,
-  options: Parameters<typeof startHarness>[0] = {},
-): Promise<void> {
-  const h = await startHarness(options);
-  try {
-    await fn(h);
-  } finally {
-    await h.close();
-  }
 }
 
 async function checkout(h: Harness, key = newKey(), tier: Tier = "floor") {

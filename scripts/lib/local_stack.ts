@@ -13,7 +13,8 @@ import {
   type StripeServer,
 } from "../../local/stripe/mod.ts";
 import { startStorefrontServer, type StorefrontServer } from "../storefront_server.ts";
-import { apiKey, DEMO_EVENT_ID } from "./local.ts";
+import { apiKey } from "./jwt.ts";
+import { DEMO_EVENT_ID } from "./local.ts";
 import { terminate } from "./process.ts";
 
 /** Where Stripe is: the local server this stack starts, or one given (real Stripe, stripe-mock). */

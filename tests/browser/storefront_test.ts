@@ -8,7 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { type BrowserContext, chromium, type Page } from "playwright-core";
-import { DEMO_EVENT_ID, DEMO_TIERS, LOCAL_JWT_SECRET } from "../../scripts/lib/local.ts";
+import { LOCAL_JWT_SECRET } from "../../scripts/lib/jwt.ts";
+import { DEMO_EVENT_ID, DEMO_TIERS } from "../../scripts/lib/local.ts";
 import { type LocalStack, startLocalStack } from "../../scripts/lib/local_stack.ts";
 import { openPool } from "../support/database.ts";
 

@@ -13,7 +13,7 @@ import type { HoldLimits, Sql } from "../../supabase/functions/_shared/db.ts";
 import { createStripeClient, type Stripe } from "../../supabase/functions/_shared/stripe.ts";
 import { openPool } from "./database.ts";
 import { startStripeServer, type StripeServer } from "../../local/stripe/mod.ts";
-import { TEST_JWT_SECRET } from "./tokens.ts";
+import { LOCAL_JWT_SECRET } from "../../scripts/lib/jwt.ts";
 
 export const SITE_URL = "http://shop.test";
 export const ALLOWED_ORIGIN = "http://shop.test";
@@ -44,20 +44,22 @@ export interface Harness {
   close(): Promise<void>;
 }
 
+/** Options of {@link startHarness}. */
+export interface HarnessOptions {
+  /** Decorates the real store (fault injection). */
+  wrapStore?: (store: CheckoutStore) => CheckoutStore;
+  leaseSeconds?: number;
+  holdLimits?: HoldLimits;
+  /** Where the client address comes from (default: the rightmost X-Forwarded-For entry). */
+  clientAddress?: ClientAddressConfig;
+  /** The Stripe client's per-request timeout (default 3 s). */
+  stripeTimeoutMs?: number;
+  /** CHECKOUT_SESSION_TTL_MINUTES (default 30). */
+  sessionTtlMinutes?: number;
+}
+
 /** Starts the harness; `wrapStore` may decorate the real store (fault injection). */
-export async function startHarness(
-  options: {
-    wrapStore?: (store: CheckoutStore) => CheckoutStore;
-    leaseSeconds?: number;
-    holdLimits?: HoldLimits;
-    /** Where the client address comes from (default: the rightmost X-Forwarded-For entry). */
-    clientAddress?: ClientAddressConfig;
-    /** The Stripe client's per-request timeout (default 3 s). */
-    stripeTimeoutMs?: number;
-    /** CHECKOUT_SESSION_TTL_MINUTES (default 30). */
-    sessionTtlMinutes?: number;
-  } = {},
-): Promise<Harness> {
+export async function startHarness(options: HarnessOptions = {}): Promise<Harness> {
   const sql = openPool(10);
   const stripe = await startStripeServer();
   const event = await createEvent(sql);
@@ -90,13 +92,26 @@ export async function startHarness(
     enhanced: createCheckoutHandler({
       ...common,
       endpoint: "enhanced-checkout",
-      verifyToken: createTokenVerifier({ jwtSecret: TEST_JWT_SECRET }),
+      verifyToken: createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET }),
     }),
     async close() {
       await stripe.close();
       await sql.end({ timeout: 5 });
     },
   };
+}
+
+/** Runs `fn` with a fresh harness, closed afterwards whatever `fn` did. */
+export async function withHarness(
+  fn: (h: Harness) => Promise<void>,
+  options: HarnessOptions = {},
+): Promise<void> {
+  const h = await startHarness(options);
+  try {
+    await fn(h);
+  } finally {
+    await h.close();
+  }
 }
 
 /** A published event with the three tiers of {@link TestEvent}. */
