@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/bench.sh — `npm run bench`: every benchmark of issue 6 in one run, written to BENCHMARKS.md.
+# bench/bench.sh — `npm run bench`: every benchmark in one run, written to BENCHMARKS.md.
 #
 # Starts its own throwaway PostgreSQL 15 (fsync on, as in production; pg_cron and
 # pg_stat_statements preloaded), applies the migrations exactly as an operator does

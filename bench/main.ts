@@ -1,6 +1,6 @@
 /**
  * `npm run bench` (through bench/bench.sh, which provides the throwaway database): runs every
- * benchmark of issue 6 in one run and writes BENCHMARKS.md and .bench-artifacts/results.json.
+ * benchmark in one run and writes BENCHMARKS.md and .bench-artifacts/results.json.
  *
  * Environment: DATABASE_URL (role postgres, migrated and seeded), BENCH_DIR (the cluster's
  * folder), BENCH_ARTIFACTS. BENCH_SCALE=quick shrinks every phase for a smoke run (its report

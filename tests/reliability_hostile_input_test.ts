@@ -21,6 +21,7 @@ import {
 } from "./support/checkout_harness.ts";
 import {
   bodyBytes,
+  type BodySpec,
   buildCheckoutRequest,
   buildJwt,
   buildWebhookRequest,
@@ -327,68 +328,58 @@ Deno.test("hostile input: 1,000+ generated bad requests per endpoint get a docum
     const since = clock!.now;
     before = await snapshot(h, since);
     let categoryIndex = 0;
+    // One generator category as one step: its runs, each request's body as the bytes sent, and
+    // afterwards nothing written and (`after`) whatever else the endpoint must not have done.
+    const runStep = async <S extends { method: string; body: BodySpec }>(
+      label: string,
+      category: { runs: number; arbitrary: fc.Arbitrary<S> },
+      send: (spec: S, bytes: Uint8Array<ArrayBuffer> | null) => Promise<void>,
+      after: () => void = () => {},
+    ) => {
+      const seed = BASE_SEED + categoryIndex++;
+      const runs = category.runs * SCALE;
+      const ok = await t.step(`${label} (${runs} runs, seed ${seed})`, async () => {
+        await runCategory(label, seed, runs, category.arbitrary, (spec: S) => {
+          const bodyless = spec.method === "GET" || spec.method === "HEAD";
+          return send(spec, bodyless ? null : bodyBytes(spec.body));
+        });
+        assertUnchanged(before!, await snapshot(h, since), label);
+        after();
+      });
+      if (!ok) failures.push(label);
+    };
 
     for (const endpoint of ["guest-checkout", "enhanced-checkout"] as const) {
       const w = world(endpoint);
       const handler = endpoint === "guest-checkout" ? h.guest : h.enhanced;
       const tally = tallies[endpoint];
       for (const category of checkoutCategories(w)) {
-        const seed = BASE_SEED + categoryIndex++;
         const label = `${endpoint} / ${category.name}`;
-        const ok = await t.step(
-          `${label} (${category.runs * SCALE} runs, seed ${seed})`,
-          async () => {
-            await runCategory(
-              label,
-              seed,
-              category.runs * SCALE,
-              category.arbitrary,
-              async (spec: CheckoutSpec) => {
-                const bodyless = spec.method === "GET" || spec.method === "HEAD";
-                const bytes = bodyless ? null : bodyBytes(spec.body);
-                const expected = expectedCheckoutCodes(spec, bytes, w);
-                if (expected.size === 0) tally.skipped++;
-                fc.pre(expected.size > 0);
-                const response = await handler(await buildCheckoutRequest(spec, w, bytes));
-                if (spec.auth.forgery) bump(tally.forgeries, spec.auth.forgery);
-                await checkAnswer(endpoint, spec.category, expected, response, tally);
-              },
-            );
-            assertUnchanged(before!, await snapshot(h, since), label);
-            assert.equal(h.stripe.requests.length, 0, `${label} called Stripe`);
-          },
-        );
-        if (!ok) failures.push(label);
+        await runStep(label, category, async (spec: CheckoutSpec, bytes) => {
+          const expected = expectedCheckoutCodes(spec, bytes, w);
+          if (expected.size === 0) tally.skipped++;
+          fc.pre(expected.size > 0);
+          const response = await handler(await buildCheckoutRequest(spec, w, bytes));
+          if (spec.auth.forgery) bump(tally.forgeries, spec.auth.forgery);
+          await checkAnswer(endpoint, spec.category, expected, response, tally);
+        }, () => assert.equal(h.stripe.requests.length, 0, `${label} called Stripe`));
         h.logs.length = 0;
       }
     }
 
     const tally = tallies["stripe-webhook"];
     for (const category of webhookCategories()) {
-      const seed = BASE_SEED + categoryIndex++;
-      const label = `stripe-webhook / ${category.name}`;
-      const ok = await t.step(
-        `${label} (${category.runs * SCALE} runs, seed ${seed})`,
-        async () => {
-          await runCategory(
-            label,
-            seed,
-            category.runs * SCALE,
-            category.arbitrary,
-            async (spec: WebhookSpec) => {
-              const bodyless = spec.method === "GET" || spec.method === "HEAD";
-              const bytes = bodyless ? null : bodyBytes(spec.body);
-              const expected = expectedWebhookCodes(spec, bytes);
-              if (expected.size === 0) tally.skipped++;
-              fc.pre(expected.size > 0);
-              const response = await webhook(await buildWebhookRequest(spec, bytes));
-              await checkAnswer("stripe-webhook", spec.category, expected, response, tally);
-            },
-          );
-          assertUnchanged(before!, await snapshot(h, since), label);
+      await runStep(
+        `stripe-webhook / ${category.name}`,
+        category,
+        async (spec: WebhookSpec, bytes) => {
+          const expected = expectedWebhookCodes(spec, bytes);
+          if (expected.size === 0) tally.skipped++;
+          fc.pre(expected.size > 0);
+          const response = await webhook(await buildWebhookRequest(spec, bytes));
+          await checkAnswer("stripe-webhook", spec.category, expected, response, tally);
         },
       );
-      if (!ok) failures.push(label);
     }
 
     after = await snapshot(h, since);

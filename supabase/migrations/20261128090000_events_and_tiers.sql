@@ -15,8 +15,7 @@ grant usage on schema events to anon, authenticated, service_role;
 -- Keeps updated_at honest without trusting callers to set it.
 create or replace function private.set_updated_at()
 returns trigger
-language plpgsql
-set search_path = ''
+language plpgsql set search_path = ''
 as $$
 begin
   new.updated_at := now();

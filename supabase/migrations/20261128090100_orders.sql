@@ -94,9 +94,7 @@ create policy "buyers read their own order items" on public.order_items
 -- Seats of a tier currently taken: paid orders plus pending holds still held.
 create or replace function private.tier_seats_taken(p_tier_id uuid, p_now timestamptz default now())
 returns bigint
-language sql
-stable
-set search_path = ''
+language sql stable set search_path = ''
 as $$
   select coalesce(sum(i.quantity), 0)
   from public.order_items i

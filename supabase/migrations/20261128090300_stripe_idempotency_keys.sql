@@ -100,9 +100,7 @@ create or replace function private.arm_stripe_idempotency_attempt(
   p_now timestamptz
 )
 returns public.stripe_idempotency_keys
-language sql
-volatile
-set search_path = ''
+language sql volatile set search_path = ''
 as $$
   update public.stripe_idempotency_keys k
   set stripe_idempotency_key = coalesce(p_new_key, k.stripe_idempotency_key),
@@ -125,9 +123,7 @@ comment on function private.arm_stripe_idempotency_attempt(bigint, text, uuid, t
 -- lease only when the caller now holds it.
 create or replace function private.claim_of(p_outcome text, p_row public.stripe_idempotency_keys)
 returns public.stripe_idempotency_claim
-language sql
-immutable
-set search_path = ''
+language sql immutable set search_path = ''
 as $$
   select row(p_outcome, p_row.stripe_idempotency_key,
              case when p_outcome in ('created', 'takeover', 'retry') then p_row.lease_token end,
@@ -144,9 +140,7 @@ create or replace function private.stripe_idempotency_settled(
   p_now timestamptz
 )
 returns public.stripe_idempotency_claim
-language sql
-immutable
-set search_path = ''
+language sql immutable set search_path = ''
 as $$
   select case
     when p_row.request_fingerprint is distinct from p_request_fingerprint
@@ -184,9 +178,7 @@ create or replace function public.claim_stripe_idempotency(
   p_order_id uuid default null
 )
 returns public.stripe_idempotency_claim
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_row public.stripe_idempotency_keys;
@@ -279,9 +271,7 @@ returns table (
   updated_at timestamptz,
   expires_at timestamptz
 )
-language sql
-stable
-set search_path = ''
+language sql stable set search_path = ''
 as $$
   select k.stripe_idempotency_key, k.stripe_resource_id, k.response_status, k.response_body,
          k.metadata, k.attempt, k.created_at, k.updated_at, k.expires_at
@@ -303,9 +293,7 @@ create or replace function private.leased_attempt(
   p_verb text
 )
 returns public.stripe_idempotency_keys
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_row public.stripe_idempotency_keys;
@@ -344,9 +332,7 @@ create or replace function public.record_stripe_idempotency(
   p_now timestamptz default now()
 )
 returns public.stripe_idempotency_keys
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_row public.stripe_idempotency_keys;
@@ -399,9 +385,7 @@ create or replace function public.release_stripe_idempotency(
   p_now timestamptz default now()
 )
 returns text
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_row public.stripe_idempotency_keys;
@@ -439,9 +423,7 @@ create or replace function public.cleanup_expired_idempotency_keys_batch(
   p_now timestamptz default now()
 )
 returns bigint
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_deleted bigint;
@@ -478,9 +460,7 @@ create or replace function public.cleanup_expired_idempotency_keys(
   p_now timestamptz default now()
 )
 returns bigint
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_deleted bigint := 0;

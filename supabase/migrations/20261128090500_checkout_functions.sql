@@ -51,9 +51,7 @@ comment on type public.checkout_claim is 'What claim_checkout decided, with the 
 -- The operation type of a checkout, written once.
 create or replace function private.checkout_operation()
 returns text
-language sql
-immutable
-set search_path = ''
+language sql immutable set search_path = ''
 as $$ select 'checkout:create' $$;
 
 -- What a checkout asks for, as claim_checkout received it (the internals take it whole).
@@ -75,9 +73,7 @@ create type private.checkout_request as (
 -- Creates a pending order holding seats, after checking the event, the tiers and capacity.
 create or replace function private.create_checkout_order(p_order_id uuid, p_request private.checkout_request)
 returns public.orders
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   r private.checkout_request := p_request;
@@ -136,9 +132,7 @@ create or replace function private.hold_tier_seats(
   p_now timestamptz
 )
 returns integer
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_item record;
@@ -179,9 +173,7 @@ comment on function private.hold_tier_seats(uuid, events.events, jsonb, timestam
 -- Fills the order part of a checkout_claim.
 create or replace function private.checkout_claim_order(p_claim public.checkout_claim, p_order_id uuid)
 returns public.checkout_claim
-language sql
-stable
-set search_path = ''
+language sql stable set search_path = ''
 as $$
   select (p_claim.outcome, p_claim.stripe_idempotency_key, p_claim.lease_token, p_claim.lease_expires_at,
           p_claim.attempt, p_claim.response_status, p_claim.response_body, o.id, o.event_id, o.currency,
@@ -207,9 +199,7 @@ create or replace function private.checkout_claim_of(
   p_reconcile_attempts integer default null
 )
 returns public.checkout_claim
-language sql
-immutable
-set search_path = ''
+language sql immutable set search_path = ''
 as $$
   select row(p_outcome, p_stripe_idempotency_key, p_lease_token, p_lease_expires_at, p_attempt,
              null, null, null, null, null, null, null, null, null, null, null, p_operation_id, null,
@@ -224,9 +214,7 @@ create or replace function private.tier_lacks_room(
   p_now timestamptz
 )
 returns boolean
-language sql
-stable
-set search_path = ''
+language sql stable set search_path = ''
 as $$
   select p_capacity is not null and private.tier_seats_taken(p_tier_id, p_now) + p_quantity > p_capacity;
 $$;
@@ -235,9 +223,7 @@ $$;
 -- payment method), if any. While one exists, no new session may be opened for the operation.
 create or replace function private.checkout_operation_payment(p_operation_id text)
 returns uuid
-language sql
-stable
-set search_path = ''
+language sql stable set search_path = ''
 as $$
   select o.id from public.orders o
   where o.checkout_operation_id = p_operation_id
@@ -252,9 +238,7 @@ comment on function private.checkout_operation_payment(text) is
 -- the claim wrote before (a new row, a new key).
 create or replace function private.refuse_if_paid(p_operation_id text)
 returns void
-language plpgsql
-stable
-set search_path = ''
+language plpgsql stable set search_path = ''
 as $$
 begin
   if private.checkout_operation_payment(p_operation_id) is not null then
@@ -283,9 +267,7 @@ create or replace function private.enforce_pending_hold_limits(
   p_now timestamptz
 )
 returns void
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_since timestamptz := p_now - make_interval(secs => coalesce(p_window_seconds, 1800));
@@ -353,9 +335,7 @@ create or replace function private.renew_checkout_operation(
   p_now timestamptz
 )
 returns public.checkout_claim
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_result public.checkout_claim;
@@ -406,9 +386,7 @@ create or replace function private.resume_takeover(
   p_now timestamptz
 )
 returns public.checkout_claim
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_result public.checkout_claim := p_claim;
@@ -446,9 +424,7 @@ create or replace function private.answer_replay(
   p_now timestamptz
 )
 returns public.checkout_claim
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_result public.checkout_claim := p_claim;
@@ -518,9 +494,7 @@ create or replace function public.claim_checkout(
   p_hold_grace_seconds integer default 3600
 )
 returns public.checkout_claim
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_claim public.stripe_idempotency_claim;
@@ -586,9 +560,7 @@ create or replace function public.record_checkout(
   p_now timestamptz default now()
 )
 returns void
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_row public.stripe_idempotency_keys;
@@ -618,9 +590,7 @@ create or replace function public.release_checkout(
   p_now timestamptz default now()
 )
 returns text
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_status text;

@@ -28,9 +28,7 @@ comment on type public.webhook_result is 'What processing one Stripe event did.'
 -- expired, cancelled or past its hold), so this is "could it take its seats back now".
 create or replace function private.order_seats_unavailable(p_order_id uuid, p_now timestamptz)
 returns uuid
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_item record;
@@ -53,9 +51,7 @@ comment on function private.order_seats_unavailable(uuid, timestamptz) is
 -- The reason a session does not describe its order (its id, amount or currency), or null.
 create or replace function private.session_mismatch(p_order public.orders, p_session jsonb)
 returns text
-language sql
-immutable
-set search_path = ''
+language sql immutable set search_path = ''
 as $$
   select case
     when p_session -> 'metadata' ->> 'order_id' is not null
@@ -80,9 +76,7 @@ create or replace function private.end_checkout_order(
   p_now timestamptz
 )
 returns public.webhook_result
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_order public.orders;
@@ -118,9 +112,7 @@ create or replace function private.pay_checkout_order(
   p_now timestamptz
 )
 returns public.webhook_result
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_short uuid;
@@ -169,9 +161,7 @@ create or replace function private.apply_checkout_session_event(
   p_now timestamptz default now()
 )
 returns public.webhook_result
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_reference text := coalesce(p_session ->> 'client_reference_id', p_session -> 'metadata' ->> 'order_id');
@@ -216,9 +206,7 @@ comment on function private.apply_checkout_session_event(text, jsonb, timestampt
 -- the other finds it done.
 create or replace function public.settle_checkout_session(p_session jsonb, p_now timestamptz default now())
 returns public.webhook_result
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 begin
   return case p_session ->> 'status'
@@ -243,9 +231,7 @@ create or replace function public.process_stripe_webhook_event(
   p_now timestamptz default now()
 )
 returns public.webhook_result
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_event public.stripe_webhook_events;
@@ -305,9 +291,7 @@ create or replace function public.claim_stuck_checkouts(
   p_exclude text[] default '{}'
 )
 returns setof public.checkout_claim
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_row public.stripe_idempotency_keys;

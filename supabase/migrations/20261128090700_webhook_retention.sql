@@ -40,9 +40,7 @@ create or replace function public.prune_stripe_webhook_events_batch(
   out payloads_dropped bigint,
   out rows_deleted bigint
 )
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 begin
   if p_batch_size is null or p_batch_size < 1 then
