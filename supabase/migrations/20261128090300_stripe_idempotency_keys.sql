@@ -185,12 +185,9 @@ declare
   v_result public.stripe_idempotency_claim;
   v_lease_until timestamptz;
 begin
-  if p_lease_token is null then
-    raise exception using errcode = '22023', message = 'Cannot claim operation: lease token is required';
-  end if;
-  if p_lease_seconds is null or p_lease_seconds not between 1 and 3600 then
-    raise exception using errcode = '22023',
-      message = format('Cannot claim operation: lease of %s seconds is outside 1..3600', p_lease_seconds);
+  if p_lease_token is null or p_lease_seconds is null or p_lease_seconds not between 1 and 3600 then
+    raise exception using errcode = '22023', message = format(
+      'Cannot claim operation: a lease token and a lease of 1..3600 seconds are required (got %s)', p_lease_seconds);
   end if;
   v_lease_until := p_now + make_interval(secs => p_lease_seconds);
 
@@ -239,16 +236,12 @@ begin
       return v_result;
     end if;
 
-    if v_row.status = 'in_progress' then
-      -- Expired lease: same key, new owner. The old owner is fenced off by the token change.
-      v_row := private.arm_stripe_idempotency_attempt(v_row.id, null, p_lease_token, v_lease_until, p_now);
-      v_result.outcome := 'takeover';
-    else
-      -- Failed after Stripe answered: Stripe replays that answer for the old key, so arm a new one.
-      v_row := private.arm_stripe_idempotency_attempt(v_row.id, p_stripe_idempotency_key, p_lease_token,
-        v_lease_until, p_now);
-      v_result.outcome := 'retry';
-    end if;
+    -- An expired lease: same key, new owner, the old owner fenced off by the token change
+    -- (takeover). Failed after Stripe answered: Stripe replays that answer for the old key, so the
+    -- caller's new key replaces it (retry).
+    v_result.outcome := case when v_row.status = 'in_progress' then 'takeover' else 'retry' end;
+    v_row := private.arm_stripe_idempotency_attempt(v_row.id,
+      case when v_result.outcome = 'retry' then p_stripe_idempotency_key end, p_lease_token, v_lease_until, p_now);
     exit;
   end loop;
 
