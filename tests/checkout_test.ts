@@ -7,22 +7,12 @@ import type { CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
 import { loadCheckoutConfig } from "../supabase/functions/_shared/config.ts";
 import {
   checkoutRequest,
-  type Harness,
+  guestBody,
   newKey,
   rowCounts,
   withHarness,
 } from "./support/checkout_harness.ts";
 import { userToken } from "../scripts/lib/jwt.ts";
-
-function guestBody(h: Harness, extra: Record<string, unknown> = {}) {
-  return {
-    eventId: h.event.id,
-    items: [{ tierId: h.event.floor, quantity: 2 }, { tierId: h.event.balcony, quantity: 1 }],
-    email: "Buyer@Example.com",
-    name: "Ada",
-    ...extra,
-  };
-}
 
 Deno.test("guest-checkout creates one order and one Stripe session priced from the tiers", () =>
   withHarness(async (h) => {

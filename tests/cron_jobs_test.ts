@@ -72,74 +72,93 @@ async function remainingAfterFirstCommit(
   }
 }
 
-Deno.test("the idempotency cleanup job commits after each batch, not once at the end", async () => {
-  const [sql] = await openSeparateConnections(1) as [Sql];
-  const prefix = `cron-batches-${crypto.randomUUID()}-`;
-  const total = 25_000; // the job's default batch is 10,000
-  try {
-    const command = await jobCommand(sql, "cleanup-expired-idempotency-keys");
-    // Expired long before anything else in the table, so the job's first batches are these.
-    await sql`
-      insert into public.stripe_idempotency_keys (operation_type, operation_id,
-        stripe_idempotency_key, request_fingerprint, status, response_status, response_body,
-        created_at, updated_at, expires_at)
-      select 'checkout:create', ${prefix} || g, 'checkout:create:' || ${prefix} || g || ':' ||
-             gen_random_uuid(), repeat('a', 64), 'completed', 201, '{}'::jsonb,
-             '2001-01-01', '2001-01-01', '2001-01-02'::timestamptz + g * interval '1 ms'
-      from generate_series(1, ${total}) g`;
-    const count = async (db: Sql) => {
-      const [row] = await db<{ n: number }[]>`
-        select count(*)::int as n from public.stripe_idempotency_keys
-        where operation_id like ${prefix + "%"}`;
-      return row!.n;
-    };
-    const { midRun, after } = await remainingAfterFirstCommit(
-      command,
-      "public.stripe_idempotency_keys",
-      count,
-    );
-    assert.ok(
-      midRun > 0 && midRun < total,
-      `after the first commit some rows are gone and some remain (${midRun} of ${total})`,
-    );
-    assert.equal(after, 0, "the run deletes all of them");
-  } finally {
-    await sql`delete from public.stripe_idempotency_keys where operation_id like ${prefix + "%"}`;
-    await closeAll([sql]);
-  }
-});
+/**
+ * The pg_cron jobs that delete in batches: the table each deletes from, the column that tells a
+ * test's rows apart, and the prefix those rows' values start with (before a random part).
+ */
+const BATCHED_JOBS = {
+  "cleanup-expired-idempotency-keys": {
+    table: "public.stripe_idempotency_keys",
+    column: "operation_id",
+    prefix: "cron-batches-",
+  },
+  "prune-stripe-webhook-events": {
+    table: "public.stripe_webhook_events",
+    column: "stripe_event_id",
+    prefix: "evt_cronbatches_",
+  },
+};
 
-Deno.test("the webhook retention job commits after each batch, not once at the end", async () => {
+/** The rows a test gives a job: `total` of them, their key column's value starting with `prefix`. */
+interface TestRows {
+  prefix: string;
+  total: number;
+}
+
+/**
+ * Runs `job` as pg_cron does, on `total` rows that `insert` adds (all old enough to go first), and
+ * asserts that another connection saw some but not all of them gone after the job's first commit,
+ * and all of them gone after the run.
+ */
+async function assertCommitsPerBatch(
+  job: keyof typeof BATCHED_JOBS,
+  test: { total: number; insert: (sql: Sql, rows: TestRows) => Promise<unknown> },
+): Promise<void> {
+  const { table, column, prefix } = BATCHED_JOBS[job];
+  const rows: TestRows = {
+    prefix: `${prefix}${crypto.randomUUID().replaceAll("-", "")}_`,
+    total: test.total,
+  };
+  // Only this file's constants are spliced into the SQL; the rows' prefix is a parameter.
+  const ours = `${table} where ${column} like $1`;
+  const like = [`${rows.prefix}%`];
   const [sql] = await openSeparateConnections(1) as [Sql];
-  const prefix = `evt_cronbatches_${crypto.randomUUID().replaceAll("-", "")}_`;
-  const total = 2_500; // the job's default batch is 1,000
   try {
-    const command = await jobCommand(sql, "prune-stripe-webhook-events");
-    // Processed long ago: past the 90 days after which the job deletes processed events.
-    await sql`
-      insert into public.stripe_webhook_events (stripe_event_id, type, payload, received_at,
-        processed_at, attempts)
-      select ${prefix} || g, 'customer.updated', '{"email": "ada@example.com"}'::jsonb,
-             '2001-01-01', '2001-01-01'::timestamptz + g * interval '1 ms', 1
-      from generate_series(1, ${total}) g`;
+    const command = await jobCommand(sql, job);
+    await test.insert(sql, rows);
     const count = async (db: Sql) => {
-      const [row] = await db<{ n: number }[]>`
-        select count(*)::int as n from public.stripe_webhook_events
-        where stripe_event_id like ${prefix + "%"}`;
+      const [row] = await db.unsafe<{ n: number }[]>(
+        `select count(*)::int as n from ${ours}`,
+        like,
+      );
       return row!.n;
     };
-    const { midRun, after } = await remainingAfterFirstCommit(
-      command,
-      "public.stripe_webhook_events",
-      count,
-    );
+    const { midRun, after } = await remainingAfterFirstCommit(command, table, count);
     assert.ok(
-      midRun > 0 && midRun < total,
-      `after the first commit some rows are gone and some remain (${midRun} of ${total})`,
+      midRun > 0 && midRun < rows.total,
+      `after the first commit some rows are gone and some remain (${midRun} of ${rows.total})`,
     );
     assert.equal(after, 0, "the run deletes all of them");
   } finally {
-    await sql`delete from public.stripe_webhook_events where stripe_event_id like ${prefix + "%"}`;
+    await sql.unsafe(`delete from ${ours}`, like);
     await closeAll([sql]);
   }
-});
+}
+
+Deno.test("the idempotency cleanup job commits after each batch, not once at the end", () =>
+  assertCommitsPerBatch("cleanup-expired-idempotency-keys", {
+    total: 25_000, // the job's default batch is 10,000
+    // Expired long before anything else in the table, so the job's first batches are these.
+    insert: (sql, { prefix, total }) =>
+      sql`
+        insert into public.stripe_idempotency_keys (operation_type, operation_id,
+          stripe_idempotency_key, request_fingerprint, status, response_status, response_body,
+          created_at, updated_at, expires_at)
+        select 'checkout:create', ${prefix} || g, 'checkout:create:' || ${prefix} || g || ':' ||
+               gen_random_uuid(), repeat('a', 64), 'completed', 201, '{}'::jsonb,
+               '2001-01-01', '2001-01-01', '2001-01-02'::timestamptz + g * interval '1 ms'
+        from generate_series(1, ${total}) g`,
+  }));
+
+Deno.test("the webhook retention job commits after each batch, not once at the end", () =>
+  assertCommitsPerBatch("prune-stripe-webhook-events", {
+    total: 2_500, // the job's default batch is 1,000
+    // Processed long ago: past the 90 days after which the job deletes processed events.
+    insert: (sql, { prefix, total }) =>
+      sql`
+        insert into public.stripe_webhook_events (stripe_event_id, type, payload, received_at,
+          processed_at, attempts)
+        select ${prefix} || g, 'customer.updated', '{"email": "ada@example.com"}'::jsonb,
+               '2001-01-01', '2001-01-01'::timestamptz + g * interval '1 ms', 1
+        from generate_series(1, ${total}) g`,
+  }));

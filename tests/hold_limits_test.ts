@@ -5,21 +5,13 @@
  */
 import assert from "node:assert/strict";
 import type { ClientAddressConfig } from "../supabase/functions/_shared/client-address.ts";
-import { checkoutRequest, type Harness, newKey, startHarness } from "./support/checkout_harness.ts";
+import { checkoutRequest, type Harness, newKey, withHarness } from "./support/checkout_harness.ts";
 import { userToken } from "../scripts/lib/jwt.ts";
 
 const LIMITS = { maxPendingPerBuyer: 2, maxPendingPerAddress: 3, windowSeconds: 1800 };
 
-async function withLimits(
-  fn: (h: Harness) => Promise<void>,
-  clientAddress?: ClientAddressConfig,
-) {
-  const h = await startHarness({ holdLimits: LIMITS, clientAddress });
-  try {
-    await fn(h);
-  } finally {
-    await h.close();
-  }
+function withLimits(fn: (h: Harness) => Promise<void>, clientAddress?: ClientAddressConfig) {
+  return withHarness(fn, { holdLimits: LIMITS, clientAddress });
 }
 
 /**
@@ -46,6 +38,31 @@ function guestOrder(
     { eventId: h.event.id, items: [{ tierId: h.event.balcony, quantity: 10 }], email },
     { key, headers },
   ));
+}
+
+/**
+ * Guest checkouts in a row, one per status in `expected`, each from a fresh
+ * `tag-i-…@example.com` with the headers `headers()` builds; `check` sees every response as it
+ * arrives. Asserts that the statuses were `expected`, in order.
+ */
+async function assertGuestStatuses(
+  h: Harness,
+  expected: number[],
+  options: {
+    tag: string;
+    headers: () => Record<string, string>;
+    check?: (response: Response, i: number) => Promise<void>;
+    message?: string;
+  },
+): Promise<void> {
+  const statuses = [];
+  for (let i = 0; i < expected.length; i++) {
+    const email = `${options.tag}-${i}-${crypto.randomUUID()}@example.com`;
+    const response = await guestOrder(h, email, options.headers());
+    statuses.push(response.status);
+    await options.check?.(response, i);
+  }
+  assert.deepEqual(statuses, expected, options.message);
 }
 
 async function storedAddress(h: Harness, response: Response): Promise<string | null> {
@@ -133,19 +150,17 @@ Deno.test("one address flooding the event holds at most limit × max_per_order s
 Deno.test("a rotating leftmost X-Forwarded-For hop with a fixed rightmost one is limited per address", () =>
   withLimits(async (h) => {
     const address = randomAddress();
-    const statuses = [];
-    for (let i = 0; i < 5; i++) {
-      const response = await guestOrder(h, `rotate-${i}-${crypto.randomUUID()}@example.com`, {
-        "x-forwarded-for": `${randomAddress()}, ${address}`,
-      });
-      statuses.push(response.status);
-      if (response.status === 429) {
-        assert.equal((await response.json()).error.code, "too_many_pending_checkouts");
-      } else {
-        assert.equal(await storedAddress(h, response), address);
-      }
-    }
-    assert.deepEqual(statuses, [201, 201, 201, 429, 429]);
+    await assertGuestStatuses(h, [201, 201, 201, 429, 429], {
+      tag: "rotate",
+      headers: () => ({ "x-forwarded-for": `${randomAddress()}, ${address}` }),
+      check: async (response) => {
+        if (response.status === 429) {
+          assert.equal((await response.json()).error.code, "too_many_pending_checkouts");
+        } else {
+          assert.equal(await storedAddress(h, response), address);
+        }
+      },
+    });
   }));
 
 Deno.test("a victim's email used up to the limit from one address does not block the victim from another", () =>
@@ -182,25 +197,26 @@ Deno.test("a signed-in buyer is limited per user id, whatever the address", () =
 Deno.test("CHECKOUT_CLIENT_IP_HEADER names the address; X-Forwarded-For is then ignored", () =>
   withLimits(async (h) => {
     const address = randomAddress();
-    const statuses = [];
-    for (let i = 0; i < 4; i++) {
-      const response = await guestOrder(h, `header-${i}-${crypto.randomUUID()}@example.com`, {
+    await assertGuestStatuses(h, [201, 201, 201, 429], {
+      tag: "header",
+      headers: () => ({
         "cf-connecting-ip": ` ${address.toUpperCase()} `,
         "x-forwarded-for": `${randomAddress()}, ${randomAddress()}`,
-      });
-      statuses.push(response.status);
-      if (i === 0) assert.equal(await storedAddress(h, response), address, "trimmed, normalized");
-    }
-    assert.deepEqual(statuses, [201, 201, 201, 429]);
+      }),
+      check: async (response, i) => {
+        if (i === 0) assert.equal(await storedAddress(h, response), address, "trimmed, normalized");
+      },
+    });
 
     const fixedForwardedFor = randomAddress();
-    for (let i = 0; i < 4; i++) {
-      const response = await guestOrder(h, `spread-${i}-${crypto.randomUUID()}@example.com`, {
+    await assertGuestStatuses(h, [201, 201, 201, 201], {
+      tag: "spread",
+      headers: () => ({
         "cf-connecting-ip": randomAddress(),
         "x-forwarded-for": fixedForwardedFor,
-      });
-      assert.equal(response.status, 201, "a shared X-Forwarded-For does not limit");
-    }
+      }),
+      message: "a shared X-Forwarded-For does not limit",
+    });
 
     const missing = await guestOrder(h, `missing-${crypto.randomUUID()}@example.com`, {
       "x-forwarded-for": address,
@@ -212,25 +228,24 @@ Deno.test("CHECKOUT_CLIENT_IP_HEADER names the address; X-Forwarded-For is then 
 Deno.test("CHECKOUT_TRUSTED_PROXY_HOPS=2 takes the second X-Forwarded-For entry from the right", () =>
   withLimits(async (h) => {
     const address = randomAddress();
-    const statuses = [];
-    for (let i = 0; i < 4; i++) {
-      const response = await guestOrder(h, `hops-${i}-${crypto.randomUUID()}@example.com`, {
-        "x-forwarded-for": `${randomAddress()}, ${address}, ${randomAddress()}`,
-      });
-      statuses.push(response.status);
-      if (i === 0) assert.equal(await storedAddress(h, response), address);
-    }
-    assert.deepEqual(statuses, [201, 201, 201, 429]);
+    await assertGuestStatuses(h, [201, 201, 201, 429], {
+      tag: "hops",
+      headers: () => ({ "x-forwarded-for": `${randomAddress()}, ${address}, ${randomAddress()}` }),
+      check: async (response, i) => {
+        if (i === 0) assert.equal(await storedAddress(h, response), address);
+      },
+    });
 
     // One entry where two proxies should have written: no address, so no per-address limit.
     const lone = randomAddress();
-    for (let i = 0; i < 4; i++) {
-      const response = await guestOrder(h, `short-${i}-${crypto.randomUUID()}@example.com`, {
-        "x-forwarded-for": lone,
-      });
-      assert.equal(response.status, 201);
-      assert.equal(await storedAddress(h, response), null);
-    }
+    await assertGuestStatuses(h, [201, 201, 201, 201], {
+      tag: "short",
+      headers: () => ({ "x-forwarded-for": lone }),
+      check: async (response) => {
+        assert.equal(response.status, 201);
+        assert.equal(await storedAddress(h, response), null);
+      },
+    });
   }, { trustedProxyHops: 2, header: null }));
 
 Deno.test("a guest with no known address is limited per email among holds with no address", () =>

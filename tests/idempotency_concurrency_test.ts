@@ -36,15 +36,44 @@ function claimFrom(sql: Sql, operationId: string, fp: string, now?: Date): Promi
   });
 }
 
+/** Runs `fn` with `n` connections of their own (each its own backend), closed afterwards. */
+async function withClients(n: number, fn: (clients: Sql[]) => Promise<void>): Promise<void> {
+  const clients = await openSeparateConnections(n);
+  try {
+    await fn(clients);
+  } finally {
+    await closeAll(clients);
+  }
+}
+
+/** A new operation (its id starts with `tag`) whose first claim, from `sql`, created it. */
+async function createdOperation(sql: Sql, tag: string) {
+  const operationId = uniqueOperationId(tag);
+  const fp = await fingerprint({ operationId });
+  const first = await claimFrom(sql, operationId, fp);
+  assert.equal(first.outcome, "created");
+  return { operationId, fp, first };
+}
+
+/** A claim inside a transaction, and the transaction id it was assigned (null: none written). */
+function claimInTransaction(sql: Sql, operationId: string, fp: string) {
+  return sql.begin(async (tx) => {
+    const claim = await claimFrom(tx as unknown as Sql, operationId, fp);
+    const [row] = await tx<
+      { xid: string | null }[]
+    >`select pg_current_xact_id_if_assigned()::text as xid`;
+    return { claim, xid: row?.xid ?? null };
+  });
+}
+
 function countOutcomes(results: ClaimResult[]): Record<string, number> {
   const counts: Record<string, number> = {};
   for (const r of results) counts[r.outcome] = (counts[r.outcome] ?? 0) + 1;
   return counts;
 }
 
-Deno.test("50 concurrent claims of one operation from separate connections: exactly one wins", async () => {
-  const clients = await openSeparateConnections(CLIENTS);
-  try {
+Deno.test("50 concurrent claims of one operation from separate connections: exactly one wins", () =>
+  withClients(CLIENTS, async (clients) => {
     const operationId = uniqueOperationId("storm");
     const fp = await fingerprint({ operationId });
     const results = await Promise.all(clients.map((sql) => claimFrom(sql, operationId, fp)));
@@ -62,18 +91,11 @@ Deno.test("50 concurrent claims of one operation from separate connections: exac
       assert.equal(loser.leaseToken, null, "losers never see the lease token");
       assert.equal(loser.stripeIdempotencyKey, null, "losers never get the key");
     }
-  } finally {
-    await closeAll(clients);
-  }
-});
+  }));
 
-Deno.test("claims racing a completion see the conflict or the replay, never a second win", async () => {
-  const clients = await openSeparateConnections(CLIENTS);
-  try {
-    const operationId = uniqueOperationId("race-record");
-    const fp = await fingerprint({ operationId });
-    const first = await claimFrom(clients[0]!, operationId, fp);
-    assert.equal(first.outcome, "created");
+Deno.test("claims racing a completion see the conflict or the replay, never a second win", () =>
+  withClients(CLIENTS, async (clients) => {
+    const { operationId, fp, first } = await createdOperation(clients[0]!, "race-record");
     const body = { sessionId: "cs_test_race", url: "http://127.0.0.1/pay/cs_test_race" };
 
     // Half the clients claim before the record lands, half after; all are sent at once.
@@ -104,18 +126,11 @@ Deno.test("claims racing a completion see the conflict or the replay, never a se
       assert.deepEqual(replay.responseBody, body, "every replay returns the exact stored body");
       assert.equal(replay.responseStatus, 201);
     }
-  } finally {
-    await closeAll(clients);
-  }
-});
+  }));
 
-Deno.test("50 concurrent claims after a lease expired: exactly one takes over, with the same key", async () => {
-  const clients = await openSeparateConnections(CLIENTS);
-  try {
-    const operationId = uniqueOperationId("takeover");
-    const fp = await fingerprint({ operationId });
-    const first = await claimFrom(clients[0]!, operationId, fp);
-    assert.equal(first.outcome, "created");
+Deno.test("50 concurrent claims after a lease expired: exactly one takes over, with the same key", () =>
+  withClients(CLIENTS, async (clients) => {
+    const { operationId, fp, first } = await createdOperation(clients[0]!, "takeover");
 
     const later = new Date(Date.now() + 31_000); // past the 30 s lease
     const results = await Promise.all(clients.map((sql) => claimFrom(sql, operationId, fp, later)));
@@ -129,28 +144,20 @@ Deno.test("50 concurrent claims after a lease expired: exactly one takes over, w
       "Stripe sees the SAME key",
     );
     assert.notEqual(taker?.leaseToken, first.leaseToken, "the lease has a new owner");
-  } finally {
-    await closeAll(clients);
-  }
-});
+  }));
 
-Deno.test("claims of 50 different operations at once all win", async () => {
-  const clients = await openSeparateConnections(CLIENTS);
-  try {
+Deno.test("claims of 50 different operations at once all win", () =>
+  withClients(CLIENTS, async (clients) => {
     const ids = clients.map(() => uniqueOperationId("distinct"));
     const results = await Promise.all(
       clients.map(async (sql, i) => claimFrom(sql, ids[i]!, await fingerprint({ id: ids[i] }))),
     );
     assert.deepEqual(countOutcomes(results), { created: CLIENTS });
     assert.equal(new Set(results.map((r) => r.stripeIdempotencyKey)).size, CLIENTS);
-  } finally {
-    await closeAll(clients);
-  }
-});
+  }));
 
-Deno.test("a mismatched request under a live operation is rejected under concurrency too", async () => {
-  const clients = await openSeparateConnections(10);
-  try {
+Deno.test("a mismatched request under a live operation is rejected under concurrency too", () =>
+  withClients(10, async (clients) => {
     const operationId = uniqueOperationId("mismatch");
     const fps = await Promise.all([fingerprint({ buyer: "a" }), fingerprint({ buyer: "b" })]);
     const results = await Promise.all(
@@ -163,10 +170,7 @@ Deno.test("a mismatched request under a live operation is rejected under concurr
       if (r.outcome === "created") return;
       assert.equal(r.outcome, i % 2 === winnerFp ? "conflict" : "mismatch");
     });
-  } finally {
-    await closeAll(clients);
-  }
-});
+  }));
 
 Deno.test("cleanup running beside live claims never deletes an attempt in flight", async () => {
   const pool = openPool(4);
@@ -202,13 +206,7 @@ Deno.test("a replay, a mismatch and a live conflict are decided without locking 
     const fp = await fingerprint({ operationId });
     const first = await claimFrom(sql, operationId, fp);
     // A live lease: the conflict is read, not locked.
-    const duringLease = await sql.begin(async (tx) => {
-      const claim = await claimFrom(tx as unknown as Sql, operationId, fp);
-      const [row] = await tx<
-        { xid: string | null }[]
-      >`select pg_current_xact_id_if_assigned()::text as xid`;
-      return { claim, xid: row?.xid ?? null };
-    });
+    const duringLease = await claimInTransaction(sql, operationId, fp);
     assert.equal(duringLease.claim.outcome, "conflict");
     assert.equal(duringLease.xid, null, "no transaction id: nothing locked, nothing written");
 
@@ -221,13 +219,7 @@ Deno.test("a replay, a mismatch and a live conflict are decided without locking 
       responseBody: { ok: true },
     });
     for (const [fpToSend, outcome] of [[fp, "replay"], ["0".repeat(64), "mismatch"]] as const) {
-      const result = await sql.begin(async (tx) => {
-        const claim = await claimFrom(tx as unknown as Sql, operationId, fpToSend);
-        const [row] = await tx<
-          { xid: string | null }[]
-        >`select pg_current_xact_id_if_assigned()::text as xid`;
-        return { claim, xid: row?.xid ?? null };
-      });
+      const result = await claimInTransaction(sql, operationId, fpToSend);
       assert.equal(result.claim.outcome, outcome);
       assert.equal(result.xid, null, `${outcome}: nothing locked, nothing written`);
     }

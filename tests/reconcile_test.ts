@@ -5,17 +5,32 @@
 import assert from "node:assert/strict";
 import { createTokenVerifier } from "../supabase/functions/_shared/auth.ts";
 import type { CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
+import { createReconcileHandler } from "../supabase/functions/_shared/reconcile.ts";
 import {
-  createReconcileHandler,
-  reconcileStuckCheckouts,
-} from "../supabase/functions/_shared/reconcile.ts";
-import { checkoutRequest, type Harness, newKey, startHarness } from "./support/checkout_harness.ts";
+  checkoutRequest,
+  type Harness,
+  newKey,
+  reconcileNow,
+  withHarness,
+} from "./support/checkout_harness.ts";
 import { LOCAL_JWT_SECRET, signJwt, userToken } from "../scripts/lib/jwt.ts";
 
+/** While `on`, attempts die after their claim. */
+interface Kill {
+  on: boolean;
+}
+
 /** A harness whose attempts "die" after the claim: record and release never reach the database. */
-async function withDyingAttempts(fn: (h: Harness, kill: { on: boolean }) => Promise<void>) {
-  const kill = { on: true };
-  const h = await startHarness({
+function withDyingAttempts(fn: (h: Harness, kill: Kill) => Promise<void>) {
+  const kill: Kill = { on: true };
+  return withHarness(async (h) => {
+    // Reconciliation is global: park attempts that other tests left stuck on purpose, so that
+    // this test's Stripe server only ever sees this test's operations.
+    await h.sql`
+      update public.stripe_idempotency_keys set status = 'failed', lease_token = null, lease_expires_at = null
+      where status = 'in_progress' and operation_type = 'checkout:create'`;
+    await fn(h, kill);
+  }, {
     leaseSeconds: 1,
     wrapStore: (store): CheckoutStore => ({
       ...store,
@@ -23,16 +38,6 @@ async function withDyingAttempts(fn: (h: Harness, kill: { on: boolean }) => Prom
       release: (input) => kill.on ? Promise.reject(new Error("killed")) : store.release(input),
     }),
   });
-  // Reconciliation is global: park attempts that other tests left stuck on purpose, so that
-  // this test's Stripe server only ever sees this test's operations.
-  await h.sql`
-    update public.stripe_idempotency_keys set status = 'failed', lease_token = null, lease_expires_at = null
-    where status = 'in_progress' and operation_type = 'checkout:create'`;
-  try {
-    await fn(h, kill);
-  } finally {
-    await h.close();
-  }
 }
 
 function body(h: Harness, quantity = 1) {
@@ -45,6 +50,31 @@ function body(h: Harness, quantity = 1) {
 
 async function waitForLeases() {
   await new Promise((r) => setTimeout(r, 1_100));
+}
+
+/**
+ * One checkout per key of `tier` (default floor) while attempts die, each answered 503; then
+ * attempts live again and every lease runs out: the keys are stuck, waiting for reconciliation.
+ */
+async function leaveStuck(
+  h: Harness,
+  kill: Kill,
+  options: { keys: string[]; tier?: "floor" | "balcony" },
+): Promise<void> {
+  const tierId = h.event[options.tier ?? "floor"];
+  for (const key of options.keys) {
+    const response = await h.guest(
+      checkoutRequest({ ...body(h), items: [{ tierId, quantity: 1 }] }, { key }),
+    );
+    assert.equal(response.status, 503);
+  }
+  kill.on = false;
+  await waitForLeases();
+}
+
+/** Stripe answers the next Checkout Session create only after `ms`. */
+function slowNextCreate(h: Harness, ms: number): void {
+  h.stripe.faults.push({ kind: "timeout", ms, method: "POST", path: "/v1/checkout/sessions" });
 }
 
 async function floorTaken(h: Harness): Promise<number> {
@@ -62,12 +92,7 @@ Deno.test("a crash after Stripe created the session is settled by recording that
     kill.on = false;
     await waitForLeases();
 
-    const summary = await reconcileStuckCheckouts({
-      sql: h.sql,
-      stripe: h.stripeClient,
-      staleSeconds: 0,
-      log: () => {},
-    });
+    const summary = await reconcileNow(h);
     assert.deepEqual(summary, { settled: 1, failed: 0, skipped: 0, remaining: 0 });
     assert.equal(h.stripe.sessionsCreated(), 1, "no second session");
     const [order] = await h.sql<{ stripe_checkout_session_id: string; status: string }[]>`
@@ -95,12 +120,7 @@ Deno.test("a crash before Stripe saw the request is settled by releasing the hol
     h.stripe.faults.length = 0;
     await waitForLeases();
 
-    const summary = await reconcileStuckCheckouts({
-      sql: h.sql,
-      stripe: h.stripeClient,
-      staleSeconds: 0,
-      log: () => {},
-    });
+    const summary = await reconcileNow(h);
     assert.deepEqual(summary, { settled: 1, failed: 0, skipped: 0, remaining: 0 });
     assert.equal(await floorTaken(h), 0, "the seats are free again");
     const open = [...h.stripe.sessions.values()].filter((s) => s.status === "open");
@@ -114,35 +134,12 @@ Deno.test("a crash before Stripe saw the request is settled by releasing the hol
 Deno.test("reconcilers running concurrently settle each stuck attempt exactly once", () =>
   withDyingAttempts(async (h, kill) => {
     const keys = Array.from({ length: 6 }, newKey);
-    for (const key of keys) {
-      const response = await h.guest(
-        checkoutRequest({ ...body(h), items: [{ tierId: h.event.balcony, quantity: 1 }] }, { key }),
-      );
-      assert.equal(response.status, 503);
-    }
-    kill.on = false;
-    await waitForLeases();
-    const runs = await Promise.all(
-      Array.from(
-        { length: 3 },
-        () =>
-          reconcileStuckCheckouts({
-            sql: h.sql,
-            stripe: h.stripeClient,
-            staleSeconds: 0,
-            log: () => {},
-          }),
-      ),
-    );
+    await leaveStuck(h, kill, { keys, tier: "balcony" });
+    const runs = await Promise.all(Array.from({ length: 3 }, () => reconcileNow(h)));
     assert.equal(runs.reduce((n, r) => n + r.settled, 0), keys.length, JSON.stringify(runs));
     assert.equal(runs.reduce((n, r) => n + r.failed + r.skipped, 0), 0, JSON.stringify(runs));
     assert.equal(h.stripe.sessionsCreated(), keys.length, "one session per operation, never two");
-    const again = await reconcileStuckCheckouts({
-      sql: h.sql,
-      stripe: h.stripeClient,
-      staleSeconds: 0,
-      log: () => {},
-    });
+    const again = await reconcileNow(h);
     assert.deepEqual(
       again,
       { settled: 0, failed: 0, skipped: 0, remaining: 0 },
@@ -153,17 +150,10 @@ Deno.test("reconcilers running concurrently settle each stuck attempt exactly on
 Deno.test("a live retry during reconciliation waits (409) and then replays the reconciled session", () =>
   withDyingAttempts(async (h, kill) => {
     const key = newKey();
-    assert.equal((await h.guest(checkoutRequest(body(h), { key }))).status, 503);
-    kill.on = false;
-    await waitForLeases();
+    await leaveStuck(h, kill, { keys: [key] });
     // Slow answer (a replay is answered from Stripe's store, so latency must come after it).
     h.stripe.faults.push({ kind: "timeout", ms: 300, path: "/v1/checkout/sessions" });
-    const reconciling = reconcileStuckCheckouts({
-      sql: h.sql,
-      stripe: h.stripeClient,
-      staleSeconds: 0,
-      log: () => {},
-    });
+    const reconciling = reconcileNow(h);
     await new Promise((r) => setTimeout(r, 100));
     const during = await h.guest(checkoutRequest(body(h), { key }));
     assert.equal(
@@ -179,21 +169,13 @@ Deno.test("a live retry during reconciliation waits (409) and then replays the r
 
 Deno.test("recent attempts are left alone: only leases expired longer than the threshold are reconciled", () =>
   withDyingAttempts(async (h, kill) => {
-    assert.equal((await h.guest(checkoutRequest(body(h)))).status, 503);
-    kill.on = false;
-    await waitForLeases();
-    const summary = await reconcileStuckCheckouts({
-      sql: h.sql,
-      stripe: h.stripeClient,
-      staleSeconds: 600,
-      log: () => {},
-    });
+    await leaveStuck(h, kill, { keys: [newKey()] });
+    const summary = await reconcileNow(h, { staleSeconds: 600 });
     assert.equal(summary.settled + summary.failed + summary.skipped, 0);
   }));
 
-Deno.test("reconcile-checkouts accepts only the service role's token", async () => {
-  const h = await startHarness();
-  try {
+Deno.test("reconcile-checkouts accepts only the service role's token", () =>
+  withHarness(async (h) => {
     const handler = createReconcileHandler({
       sql: h.sql,
       stripe: h.stripeClient,
@@ -231,10 +213,7 @@ Deno.test("reconcile-checkouts accepts only the service role's token", async () 
       "settled",
       "skipped",
     ]);
-  } finally {
-    await h.close();
-  }
-});
+  }));
 
 /** A stuck attempt whose every try died before Stripe saw it: no session exists under its key. */
 async function stuckBeforeStripe(h: Harness, key = newKey(), quantity = 1): Promise<string> {
@@ -265,13 +244,7 @@ Deno.test("a 5xx that Stripe stores under the key settles the attempt at once: f
       method: "POST",
       path: "/v1/checkout/sessions",
     });
-    const reconcile = () =>
-      reconcileStuckCheckouts({
-        sql: h.sql,
-        stripe: h.stripeClient,
-        staleSeconds: 0,
-        log: () => {},
-      });
+    const reconcile = () => reconcileNow(h);
     assert.deepEqual(await reconcile(), { settled: 1, failed: 0, skipped: 0, remaining: 0 });
     assert.equal(await operationStatus(h, key), "failed");
     assert.equal(await floorTaken(h), 0, "the seats are free");
@@ -286,14 +259,7 @@ Deno.test("an attempt Stripe never answers for is retried at most RECONCILE_MAX_
     for (let i = 0; i < 20; i++) {
       h.stripe.faults.push({ kind: "reset_before", path: "/v1/checkout/sessions" });
     }
-    const reconcile = () =>
-      reconcileStuckCheckouts({
-        sql: h.sql,
-        stripe: h.stripeClient,
-        staleSeconds: 0,
-        maxAttempts: 2,
-        log: () => {},
-      });
+    const reconcile = () => reconcileNow(h, { maxAttempts: 2 });
     assert.deepEqual(await reconcile(), { settled: 0, failed: 0, skipped: 1, remaining: 1 });
     assert.equal(await floorTaken(h), 1, "while it may still be answered, the hold stays");
     await new Promise((r) => setTimeout(r, 10));
@@ -306,24 +272,9 @@ Deno.test("an attempt Stripe never answers for is retried at most RECONCILE_MAX_
 Deno.test("reconciliation takes stuck attempts one at a time: a live retry of another is not locked out meanwhile", () =>
   withDyingAttempts(async (h, kill) => {
     const keys = [newKey(), newKey(), newKey()];
-    for (const key of keys) {
-      assert.equal((await h.guest(checkoutRequest(body(h), { key }))).status, 503);
-    }
-    kill.on = false;
-    await waitForLeases();
-    // The reconciler's first Stripe call is slow.
-    h.stripe.faults.push({
-      kind: "timeout",
-      ms: 500,
-      method: "POST",
-      path: "/v1/checkout/sessions",
-    });
-    const reconciling = reconcileStuckCheckouts({
-      sql: h.sql,
-      stripe: h.stripeClient,
-      staleSeconds: 0,
-      log: () => {},
-    });
+    await leaveStuck(h, kill, { keys });
+    slowNextCreate(h, 500); // the reconciler's first Stripe call
+    const reconciling = reconcileNow(h);
     await new Promise((r) => setTimeout(r, 150));
     const live = await h.guest(checkoutRequest(body(h), { key: keys[2] }));
     assert.equal(live.status, 201, `not held by the reconciler: ${await live.clone().text()}`);
@@ -335,23 +286,9 @@ Deno.test("reconciliation takes stuck attempts one at a time: a live retry of an
 Deno.test("a fenced record during reconciliation is counted and the run goes on", () =>
   withDyingAttempts(async (h, kill) => {
     const keys = [newKey(), newKey()];
-    for (const key of keys) {
-      assert.equal((await h.guest(checkoutRequest(body(h), { key }))).status, 503);
-    }
-    kill.on = false;
-    await waitForLeases();
-    h.stripe.faults.push({
-      kind: "timeout",
-      ms: 400,
-      method: "POST",
-      path: "/v1/checkout/sessions",
-    });
-    const reconciling = reconcileStuckCheckouts({
-      sql: h.sql,
-      stripe: h.stripeClient,
-      staleSeconds: 0,
-      log: () => {},
-    });
+    await leaveStuck(h, kill, { keys });
+    slowNextCreate(h, 400);
+    const reconciling = reconcileNow(h);
     await new Promise((r) => setTimeout(r, 150));
     // Someone else takes the first attempt over while the reconciler waits for Stripe.
     await h.sql`update public.stripe_idempotency_keys set lease_token = gen_random_uuid()

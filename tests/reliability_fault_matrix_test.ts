@@ -6,21 +6,17 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import type { CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
-import { processWebhookEvent } from "../supabase/functions/_shared/db.ts";
-import { checkoutRequest, type Harness, newKey, startHarness } from "./support/checkout_harness.ts";
+import { checkoutRequest, type Harness, newKey } from "./support/checkout_harness.ts";
 import { databaseUrl } from "./support/database.ts";
 import {
-  assertClean,
-  checkInvariants,
   type FinalAnswer,
-  newTally,
+  reliabilitySuite,
+  type ReliabilityTally,
   retryUntilFinal,
-  saveFigures,
+  SESSIONS,
 } from "./support/reliability.ts";
+import { applySessionEvent } from "./support/webhooks.ts";
 import type { Fault } from "../local/stripe/mod.ts";
-
-const LEASE_SECONDS = 1;
-const SESSIONS = "/v1/checkout/sessions";
 
 /** Database-side faults a case can arm; each fires once. */
 interface DbFaults {
@@ -162,7 +158,8 @@ Deno.test("fault matrix: every case ends with one session, no lost order, no ove
     onnotice: () => {},
     connection: { application_name: "fault-admin" },
   });
-  const tally = newTally();
+  const suite = reliabilitySuite("fault-matrix");
+  const tally = suite.tally;
   const perCase: Record<string, { finals: number[]; tries: number; sessions: number }> = {};
   try {
     for (const testCase of CASES) {
@@ -172,11 +169,7 @@ Deno.test("fault matrix: every case ends with one session, no lost order, no ove
         crashAfterStripe: false,
         ...testCase.db,
       };
-      const h: Harness = await startHarness({
-        leaseSeconds: LEASE_SECONDS,
-        stripeTimeoutMs: 500,
-        wrapStore: (store) => faultyStore(store, faults, admin),
-      });
+      const h = await suite.start((store) => faultyStore(store, faults, admin));
       try {
         h.stripe.faults.push(...(testCase.stripeFaults ?? []));
         tally.faultsInjected += (testCase.stripeFaults?.length ?? 0) +
@@ -224,15 +217,14 @@ Deno.test("fault matrix: every case ends with one session, no lost order, no ove
           finals[1]!.body.sessionId,
           `${testCase.name}: one session for both`,
         );
-        await checkInvariants(h, new Map([[key, finals]]), tally, { leaseSeconds: LEASE_SECONDS });
-        assertClean(tally);
+        await suite.check(h, new Map([[key, finals]]));
       } finally {
         await h.close();
       }
     }
   } finally {
     await admin.end({ timeout: 5 });
-    await saveFigures("fault-matrix", { tally, cases: perCase });
+    await suite.save({ tally, cases: perCase });
   }
   assert.equal(kills.count, 2, "both backend kills happened");
   console.log(`fault matrix: ${JSON.stringify(tally)}`);
@@ -242,7 +234,7 @@ Deno.test("fault matrix: every case ends with one session, no lost order, no ove
 interface TruthCase {
   name: string;
   /** Plays the case on a fresh harness; returns every final answer of its operations. */
-  play(h: Harness, tally: ReturnType<typeof newTally>): Promise<Map<string, FinalAnswer[]>>;
+  play(h: Harness, tally: ReliabilityTally): Promise<Map<string, FinalAnswer[]>>;
 }
 
 function guestBody(h: Harness, tier: "floor" | "last", email = "truth@example.com") {
@@ -250,7 +242,7 @@ function guestBody(h: Harness, tier: "floor" | "last", email = "truth@example.co
 }
 
 /** One operation's first 201, then its expires_at passes on the database's clock. */
-async function handedOut(h: Harness, tally: ReturnType<typeof newTally>, tier: "floor" | "last") {
+async function handedOut(h: Harness, tally: ReliabilityTally, tier: "floor" | "last") {
   const key = newKey();
   const send = () => {
     tally.requests += 1;
@@ -261,15 +253,6 @@ async function handedOut(h: Harness, tally: ReturnType<typeof newTally>, tier: "
   await h.sql`update public.orders set hold_expires_at = now() - interval '1 second'
               where id = ${String(first.body.orderId)}`;
   return { key, send, first, sessionId: String(first.body.sessionId) };
-}
-
-async function deliverEvent(h: Harness, type: string, session: unknown) {
-  return await processWebhookEvent(h.sql, {
-    id: `evt_${crypto.randomUUID().replaceAll("-", "")}`,
-    type,
-    livemode: false,
-    payload: { type, data: { object: session } },
-  });
 }
 
 const TRUTH_CASES: TruthCase[] = [
@@ -297,7 +280,11 @@ const TRUTH_CASES: TruthCase[] = [
       assert.equal((rivalFinal.body.error as { code?: string })?.code, "sold_out");
       const paid = h.stripe.completeSession(op.sessionId);
       tally.faultsInjected += 1;
-      assert.equal((await deliverEvent(h, "checkout.session.completed", paid)).outcome, "paid");
+      assert.equal(
+        (await applySessionEvent(h.sql, { type: "checkout.session.completed", session: paid }))
+          .outcome,
+        "paid",
+      );
       return new Map([[op.key, [op.first]], [rival, [rivalFinal]]]);
     },
   },
@@ -308,7 +295,7 @@ const TRUTH_CASES: TruthCase[] = [
       const expired = h.stripe.expireSession(op.sessionId);
       tally.faultsInjected += 1;
       const [result, ...finals] = await Promise.all([
-        deliverEvent(h, "checkout.session.expired", expired),
+        applySessionEvent(h.sql, { type: "checkout.session.expired", session: expired }),
         retryUntilFinal(op.send),
         retryUntilFinal(op.send),
       ]);
@@ -338,25 +325,21 @@ const TRUTH_CASES: TruthCase[] = [
 ];
 
 Deno.test("fault matrix, Stripe's word: late webhooks, last-second payments, expiry races and cached 5xx keep every invariant", async () => {
-  const tally = newTally();
+  const suite = reliabilitySuite("fault-matrix-truth");
+  const tally = suite.tally;
   const perCase: Record<string, string[]> = {};
   try {
     for (const testCase of TRUTH_CASES) {
       let dying = testCase.name.startsWith("cached 5xx");
-      const h = await startHarness({
-        leaseSeconds: LEASE_SECONDS,
-        stripeTimeoutMs: 500,
-        wrapStore: (store): CheckoutStore => ({
-          ...store,
-          release: (input) =>
-            dying ? Promise.reject(new Error("process died")) : store.release(input),
-        }),
-      });
+      const h = await suite.start((store): CheckoutStore => ({
+        ...store,
+        release: (input) =>
+          dying ? Promise.reject(new Error("process died")) : store.release(input),
+      }));
       try {
         const operations = await testCase.play(h, tally);
         dying = false;
-        await checkInvariants(h, operations, tally, { leaseSeconds: LEASE_SECONDS });
-        assertClean(tally);
+        await suite.check(h, operations);
         perCase[testCase.name] = [...operations.values()].flat().map((f) => String(f.status));
         if (testCase.name.startsWith("cached 5xx")) {
           assert.equal(h.stripe.faults.length, 0, "the reconciler met the cached 500");
@@ -371,7 +354,7 @@ Deno.test("fault matrix, Stripe's word: late webhooks, last-second payments, exp
       }
     }
   } finally {
-    await saveFigures("fault-matrix-truth", { tally, cases: perCase });
+    await suite.save({ tally, cases: perCase });
   }
   console.log(`fault matrix (Stripe's word): ${JSON.stringify(tally)}`);
 });

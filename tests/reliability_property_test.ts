@@ -6,22 +6,18 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import type { CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
-import { processWebhookEvent } from "../supabase/functions/_shared/db.ts";
-import { checkoutRequest, createEvent, newKey, startHarness } from "./support/checkout_harness.ts";
+import { checkoutRequest, createEvent, type Harness, newKey } from "./support/checkout_harness.ts";
 import {
-  assertClean,
-  checkInvariants,
   type FinalAnswer,
-  newTally,
+  reliabilitySuite,
   retryUntilFinal,
-  saveFigures,
+  SESSIONS,
 } from "./support/reliability.ts";
+import { applySessionEvent } from "./support/webhooks.ts";
 import type { CheckoutSession, Fault } from "../local/stripe/mod.ts";
 
-const LEASE_SECONDS = 1;
 const RUNS = 20;
 const SEED = 20261128;
-const SESSIONS = "/v1/checkout/sessions";
 
 const stripeFault: fc.Arbitrary<Fault> = fc.oneof(
   fc.constant<Fault>({ kind: "reset_before", path: SESSIONS }),
@@ -64,7 +60,7 @@ type Afterlife = "none" | "paid_late" | "paid_racing" | "expired_racing" | "unse
 
 /** Stripe's word for one session (if any), then the operation's clients retry past expires_at. */
 async function afterlife(
-  h: Awaited<ReturnType<typeof startHarness>>,
+  h: Harness,
   kind: Afterlife,
   won: FinalAnswer,
   retry: () => Promise<FinalAnswer>,
@@ -84,12 +80,9 @@ async function afterlife(
     : "checkout.session.expired";
   const [, ...answers] = await Promise.all([
     event
-      ? processWebhookEvent(h.sql, {
-        id: `evt_${crypto.randomUUID().replaceAll("-", "")}`,
-        type,
-        livemode: false,
-        payload: { type, data: { object: event } },
-      }).then((r) => assert.ok(["paid", "expired", "noop"].includes(r.outcome), JSON.stringify(r)))
+      ? applySessionEvent(h.sql, { type, session: event }).then((r) =>
+        assert.ok(["paid", "expired", "noop"].includes(r.outcome), JSON.stringify(r))
+      )
       : Promise.resolve(),
     ...Array.from({ length: clients }, retry),
   ]);
@@ -98,21 +91,18 @@ async function afterlife(
 
 Deno.test(`property: ${RUNS} random interleavings of clients, retries and faults keep every invariant`, async () => {
   const failures = { records: 0 };
-  const h = await startHarness({
-    leaseSeconds: LEASE_SECONDS,
-    stripeTimeoutMs: 500,
-    wrapStore: (store): CheckoutStore => ({
-      ...store,
-      record: (input) => {
-        if (failures.records > 0) {
-          failures.records -= 1;
-          return Promise.reject(new Error("process died before the record"));
-        }
-        return store.record(input);
-      },
-    }),
-  });
-  const tally = newTally();
+  const suite = reliabilitySuite("property");
+  const h = await suite.start((store): CheckoutStore => ({
+    ...store,
+    record: (input) => {
+      if (failures.records > 0) {
+        failures.records -= 1;
+        return Promise.reject(new Error("process died before the record"));
+      }
+      return store.record(input);
+    },
+  }));
+  const tally = suite.tally;
   const outcomes: Record<string, number> = {};
   try {
     await fc.assert(
@@ -195,15 +185,14 @@ Deno.test(`property: ${RUNS} random interleavings of clients, retries and faults
             finals.push(...later);
           }));
         }
-        await checkInvariants(h, operations, tally, { leaseSeconds: LEASE_SECONDS });
-        assertClean(tally);
+        await suite.check(h, operations);
       }),
       { numRuns: RUNS, seed: SEED, endOnFailure: true },
     );
   } finally {
     h.stripe.faults.length = 0;
     await h.close();
-    await saveFigures("property", { runs: RUNS, seed: SEED, tally, outcomes });
+    await suite.save({ runs: RUNS, seed: SEED, tally, outcomes });
   }
   console.log(
     `property: ${RUNS} runs, ${JSON.stringify(tally)}, outcomes ${JSON.stringify(outcomes)}`,

@@ -5,9 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { type CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
-import { createSql, processWebhookEvent } from "../supabase/functions/_shared/db.ts";
+import { createSql } from "../supabase/functions/_shared/db.ts";
 import { checkoutRequest, type Harness, newKey, withHarness } from "./support/checkout_harness.ts";
 import { databaseUrl } from "./support/database.ts";
+import { applySessionEvent } from "./support/webhooks.ts";
 import type { CheckoutSession } from "../local/stripe/mod.ts";
 
 type Tier = "floor" | "balcony" | "last";
@@ -36,13 +37,8 @@ async function orderStatus(h: Harness, orderId: string): Promise<string | undefi
 }
 
 /** Applies a Stripe event for `session` through the webhook's own SQL function. */
-async function deliver(h: Harness, type: string, session: CheckoutSession) {
-  return await processWebhookEvent(h.sql, {
-    id: `evt_${crypto.randomUUID().replaceAll("-", "")}`,
-    type,
-    livemode: false,
-    payload: { type, data: { object: session } },
-  });
+function deliver(h: Harness, type: string, session: CheckoutSession) {
+  return applySessionEvent(h.sql, { type, session });
 }
 
 Deno.test("a retry after expires_at of a session paid in its last seconds fulfils the order: 409 order_already_paid, no second session", () =>
@@ -155,15 +151,11 @@ Deno.test("an expiry event racing a retry of the same operation, 200 times: no d
         await h.sql`update public.orders set hold_expires_at = now() - interval '1 second'
                     where id in ${h.sql(made.map((m) => m.orderId))}`;
         await Promise.all(made.flatMap((m, i) => [
-          processWebhookEvent(webhookSql, {
-            id: `evt_${crypto.randomUUID().replaceAll("-", "")}`,
-            type: "checkout.session.expired",
-            livemode: false,
-            payload: { type: "checkout.session.expired", data: { object: ended[i] } },
-          }).then((result) => {
-            if (result.outcome === "failed") deadlocks += 1;
-            assert.ok(["expired", "noop"].includes(result.outcome), JSON.stringify(result));
-          }),
+          applySessionEvent(webhookSql, { type: "checkout.session.expired", session: ended[i] })
+            .then((result) => {
+              if (result.outcome === "failed") deadlocks += 1;
+              assert.ok(["expired", "noop"].includes(result.outcome), JSON.stringify(result));
+            }),
           h.guest(checkoutRequest(body(h, "balcony"), { key: m.key })).then((response) => {
             statuses.set(response.status, (statuses.get(response.status) ?? 0) + 1);
           }),

@@ -5,9 +5,10 @@
 import assert from "node:assert/strict";
 import { createWebhookHandler } from "../supabase/functions/_shared/webhook.ts";
 import { createSql } from "../supabase/functions/_shared/db.ts";
-import { checkoutRequest, type Harness, newKey, startHarness } from "./support/checkout_harness.ts";
+import { checkoutRequest, type Harness, newKey, withHarness } from "./support/checkout_harness.ts";
 import { databaseUrl } from "./support/database.ts";
 import { sessionEvent, signedDelivery, TEST_WEBHOOK_SECRET } from "./support/webhooks.ts";
+import type { CheckoutSession } from "../local/stripe/mod.ts";
 
 interface Fixture {
   h: Harness;
@@ -22,55 +23,67 @@ interface Fixture {
   eventRows(): Promise<number>;
 }
 
-async function withWebhook(fn: (f: Fixture) => Promise<void>): Promise<void> {
-  const h = await startHarness();
-  const webhook = createWebhookHandler({
-    sql: h.sql,
-    stripe: h.stripeClient,
-    webhookSecret: TEST_WEBHOOK_SECRET,
-    log: () => {},
-  });
-  const f: Fixture = {
-    h,
-    webhook,
-    async checkout(quantity = 1, key = newKey()) {
-      const response = await h.guest(checkoutRequest({
-        eventId: h.event.id,
-        items: [{ tierId: h.event.floor, quantity }],
-        email: "fan@example.com",
-      }, { key }));
-      assert.equal(response.status, 201);
-      return { ...(await response.json()), key };
-    },
-    async order(id) {
-      const [row] = await h.sql<{ status: string; paid_at: Date | null }[]>`
-        select status, paid_at from public.orders where id = ${id}`;
-      return row!;
-    },
-    async floorTaken() {
-      const [row] = await h.sql<
-        { n: string }[]
-      >`select private.tier_seats_taken(${h.event.floor}) as n`;
-      return Number(row!.n);
-    },
-    async eventRows() {
-      const [row] = await h.sql<
-        { n: number }[]
-      >`select count(*)::int as n from public.stripe_webhook_events`;
-      return row!.n;
-    },
-  };
-  try {
+function withWebhook(fn: (f: Fixture) => Promise<void>): Promise<void> {
+  return withHarness(async (h) => {
+    const webhook = createWebhookHandler({
+      sql: h.sql,
+      stripe: h.stripeClient,
+      webhookSecret: TEST_WEBHOOK_SECRET,
+      log: () => {},
+    });
+    const f: Fixture = {
+      h,
+      webhook,
+      async checkout(quantity = 1, key = newKey()) {
+        const response = await h.guest(checkoutRequest({
+          eventId: h.event.id,
+          items: [{ tierId: h.event.floor, quantity }],
+          email: "fan@example.com",
+        }, { key }));
+        assert.equal(response.status, 201);
+        return { ...(await response.json()), key };
+      },
+      async order(id) {
+        const [row] = await h.sql<{ status: string; paid_at: Date | null }[]>`
+          select status, paid_at from public.orders where id = ${id}`;
+        return row!;
+      },
+      async floorTaken() {
+        const [row] = await h.sql<
+          { n: string }[]
+        >`select private.tier_seats_taken(${h.event.floor}) as n`;
+        return Number(row!.n);
+      },
+      async eventRows() {
+        const [row] = await h.sql<
+          { n: number }[]
+        >`select count(*)::int as n from public.stripe_webhook_events`;
+        return row!.n;
+      },
+    };
     await fn(f);
-  } finally {
-    await h.close();
-  }
+  });
 }
 
 async function deliver(f: Fixture, payload: string): Promise<{ status: number; outcome?: string }> {
   const response = await f.webhook(await signedDelivery(payload));
   const body = await response.json();
   return { status: response.status, outcome: body.outcome };
+}
+
+/** Stripe completes the session; returns the checkout.session.completed event for it. */
+function completedEvent(f: Fixture, sessionId: string): string {
+  return sessionEvent("checkout.session.completed", f.h.stripe.completeSession(sessionId));
+}
+
+/** Stripe expires the session and its expiry event is delivered and applied; returns the session. */
+async function expireAndDeliver(f: Fixture, sessionId: string): Promise<CheckoutSession> {
+  const expired = f.h.stripe.expireSession(sessionId);
+  assert.equal(
+    (await deliver(f, sessionEvent("checkout.session.expired", expired))).outcome,
+    "expired",
+  );
+  return expired;
 }
 
 Deno.test("checkout.session.completed marks the order paid, and its seats stay sold", () =>
@@ -93,10 +106,7 @@ Deno.test("checkout.session.completed marks the order paid, and its seats stay s
 Deno.test("a redelivered event is acknowledged without being applied again", () =>
   withWebhook(async (f) => {
     const { sessionId } = await f.checkout();
-    const payload = sessionEvent(
-      "checkout.session.completed",
-      f.h.stripe.completeSession(sessionId),
-    );
+    const payload = completedEvent(f, sessionId);
     assert.equal((await deliver(f, payload)).outcome, "paid");
     const before = await f.eventRows();
     assert.deepEqual(await deliver(f, payload), { status: 200, outcome: "duplicate" });
@@ -106,10 +116,7 @@ Deno.test("a redelivered event is acknowledged without being applied again", () 
 Deno.test("ten concurrent deliveries of one event apply it exactly once", () =>
   withWebhook(async (f) => {
     const { sessionId } = await f.checkout();
-    const payload = sessionEvent(
-      "checkout.session.completed",
-      f.h.stripe.completeSession(sessionId),
-    );
+    const payload = completedEvent(f, sessionId);
     const results = await Promise.all(Array.from({ length: 10 }, () => deliver(f, payload)));
     assert.ok(results.every((r) => r.status === 200));
     assert.equal(results.filter((r) => r.outcome === "paid").length, 1);
@@ -123,10 +130,7 @@ Deno.test("ten concurrent deliveries of one event apply it exactly once", () =>
 Deno.test("forged, stale, unsigned and non-event deliveries get 400 and write nothing", () =>
   withWebhook(async (f) => {
     const { sessionId } = await f.checkout();
-    const payload = sessionEvent(
-      "checkout.session.completed",
-      f.h.stripe.completeSession(sessionId),
-    );
+    const payload = completedEvent(f, sessionId);
     const before = await f.eventRows();
     const cases: [string, Request, string][] = [
       [
@@ -181,8 +185,7 @@ Deno.test("out of order: a late expiry never undoes paid; a late completion afte
     assert.equal((await f.order(a.orderId)).status, "paid");
 
     const b = await f.checkout();
-    const expired = sessionEvent("checkout.session.expired", f.h.stripe.expireSession(b.sessionId));
-    assert.equal((await deliver(f, expired)).outcome, "expired");
+    await expireAndDeliver(f, b.sessionId);
     const completion = sessionEvent("checkout.session.completed", {
       ...f.h.stripe.sessions.get(b.sessionId)!,
       status: "complete",
@@ -196,11 +199,7 @@ Deno.test("out of order: a late expiry never undoes paid; a late completion afte
 Deno.test("a late completion after the seats were resold is recorded, not applied (no oversell)", () =>
   withWebhook(async (f) => {
     const a = await f.checkout(4);
-    const expired = f.h.stripe.expireSession(a.sessionId);
-    assert.equal(
-      (await deliver(f, sessionEvent("checkout.session.expired", expired))).outcome,
-      "expired",
-    );
+    const expired = await expireAndDeliver(f, a.sessionId);
     await f.checkout(4); // the released seats are sold to someone else (capacity 5)
     const completion = sessionEvent("checkout.session.completed", {
       ...expired,
@@ -292,11 +291,7 @@ Deno.test("other event types are stored and acknowledged; unknown orders are rec
 Deno.test("after checkout.session.expired the storefront's retry gets a fresh session, not the dead one", () =>
   withWebhook(async (f) => {
     const first = await f.checkout(2);
-    const expired = f.h.stripe.expireSession(first.sessionId);
-    assert.equal(
-      (await deliver(f, sessionEvent("checkout.session.expired", expired))).outcome,
-      "expired",
-    );
+    await expireAndDeliver(f, first.sessionId);
     assert.equal(await f.floorTaken(), 0, "the hold was released");
     const [record] = await f.h.sql<{ ended: string | null }[]>`
       select metadata ->> 'session_ended' as ended from public.stripe_idempotency_keys
@@ -316,10 +311,7 @@ Deno.test("after checkout.session.expired the storefront's retry gets a fresh se
 Deno.test("when the database is unreachable the delivery fails with 5xx and a redelivery applies it", () =>
   withWebhook(async (f) => {
     const { orderId, sessionId } = await f.checkout();
-    const payload = sessionEvent(
-      "checkout.session.completed",
-      f.h.stripe.completeSession(sessionId),
-    );
+    const payload = completedEvent(f, sessionId);
     const broken = createSql(databaseUrl().replace(/:\d+\//, ":1/"), { max: 1 });
     const offline = createWebhookHandler({
       sql: broken,

@@ -321,13 +321,22 @@ Deno.test("does not save a 503 or 429 that never reached the endpoint", async ()
   });
 });
 
+/** With `fault` armed, a create under `key` on a fresh connection fails: StripeConnectionError. */
+async function assertConnectionReset(
+  server: StripeServer,
+  stripe: Stripe,
+  options: { fault: "reset_before" | "reset_after"; key: string },
+): Promise<void> {
+  server.faults.push({ kind: options.fault });
+  await assert.rejects(
+    stripe.checkout.sessions.create(ticketParams(), { idempotencyKey: options.key }),
+    isStripeError(Stripe.errors.StripeConnectionError),
+  );
+}
+
 Deno.test("reset_before on a fresh connection: StripeConnectionError and no session", async () => {
   await withServer(async (server, stripe) => {
-    server.faults.push({ kind: "reset_before" });
-    await assert.rejects(
-      stripe.checkout.sessions.create(ticketParams(), { idempotencyKey: "k-rb" }),
-      isStripeError(Stripe.errors.StripeConnectionError),
-    );
+    await assertConnectionReset(server, stripe, { fault: "reset_before", key: "k-rb" });
     assert.equal(server.sessionsCreated(), 0);
     assert.deepEqual(
       server.requests.map((r) => [r.status, r.fault]),
@@ -338,11 +347,7 @@ Deno.test("reset_before on a fresh connection: StripeConnectionError and no sess
 
 Deno.test("reset_after: the SDK sees a connection error, the session exists, a retry returns it", async () => {
   await withServer(async (server, stripe) => {
-    server.faults.push({ kind: "reset_after" });
-    await assert.rejects(
-      stripe.checkout.sessions.create(ticketParams(), { idempotencyKey: "k-ra" }),
-      isStripeError(Stripe.errors.StripeConnectionError),
-    );
+    await assertConnectionReset(server, stripe, { fault: "reset_after", key: "k-ra" });
     assert.equal(server.sessionsCreated(), 1);
     const [created] = server.sessions.keys();
 

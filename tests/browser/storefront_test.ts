@@ -170,70 +170,92 @@ async function payAndSeePaid(stack: LocalStack, page: Page, email: string, shot:
   assert.equal(await page.locator("#order-id").innerText(), order?.id);
 }
 
-Deno.test({
+/** A cart ready to pay: the stack, the page on the storefront and the cart's fresh email. */
+interface Cart {
+  stack: LocalStack;
+  page: Page;
+  email: string;
+  /** The Idempotency-Key of every guest-checkout POST the page has sent so far. */
+  keys: string[];
+}
+
+/** Double-clicks Pay; checks that one session came of it and the browser is on its page. */
+async function doubleClickPay({ stack, page, email }: Cart): Promise<string> {
+  const before = stack.stripe!.sessionsCreated();
+  await page.locator("#pay").dblclick();
+  return await assertOneSessionAndOnItsPage(stack, page, email, before);
+}
+
+/**
+ * A browser test on its own stack and profile, starting from a cart of one ticket filled for a
+ * fresh `shot-…@example.com`; its screenshots are named after `shot`.
+ */
+function storefrontTest(
+  test: { name: string; shot: string },
+  fn: (cart: Cart) => Promise<void>,
+): void {
+  const { name, shot } = test;
+  Deno.test({
+    name,
+    // playwright-core keeps Node-compat handles (pipes to the browser) the sanitizers would flag.
+    sanitizeResources: false,
+    sanitizeOps: false,
+    fn: () =>
+      withStorefront(async ({ stack, page }) => {
+        const email = uniqueEmail(shot);
+        await fillCart(page, stack, email, shot);
+        const keys: string[] = [];
+        page.on("request", (request) => {
+          if (request.method() === "POST" && request.url().endsWith("/guest-checkout")) {
+            keys.push(request.headers()["idempotency-key"] ?? "");
+          }
+        });
+        await fn({ stack, page, email, keys });
+      }),
+  });
+}
+
+storefrontTest({
   name:
     "storefront: a double-clicked Pay creates one Checkout Session; paying marks the order paid",
-  // playwright-core keeps Node-compat handles (pipes to the browser) the sanitizers would flag.
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: () =>
-    withStorefront(async ({ stack, page }) => {
-      const email = uniqueEmail("double-click");
-      await fillCart(page, stack, email, "double-click");
-      const keys: string[] = [];
-      page.on("request", (request) => {
-        if (request.method() === "POST" && request.url().endsWith("/guest-checkout")) {
-          keys.push(request.headers()["idempotency-key"] ?? "");
-        }
-      });
-      const before = stack.stripe!.sessionsCreated();
-      await page.locator("#pay").dblclick();
-      const sessionId = await assertOneSessionAndOnItsPage(stack, page, email, before);
-      assert.ok(keys.length >= 1 && new Set(keys).size === 1, `one key: ${keys.join(", ")}`);
-      await screenshot(page, "double-click-3-hosted-checkout");
+  shot: "double-click",
+}, async (cart) => {
+  const sessionId = await doubleClickPay(cart);
+  const { stack, page, email, keys } = cart;
+  assert.ok(keys.length >= 1 && new Set(keys).size === 1, `one key: ${keys.join(", ")}`);
+  await screenshot(page, "double-click-3-hosted-checkout");
 
-      await payAndSeePaid(stack, page, email, "double-click-4-paid");
-      assert.equal(stack.stripe!.sessions.get(sessionId)?.status, "complete");
-    }),
+  await payAndSeePaid(stack, page, email, "double-click-4-paid");
+  assert.equal(stack.stripe!.sessions.get(sessionId)?.status, "complete");
 });
 
-Deno.test({
+storefrontTest({
   name:
     "storefront: a lost response is retried with the same Idempotency-Key and replays the session",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: () =>
-    withStorefront(async ({ stack, page }) => {
-      const email = uniqueEmail("network-cut");
-      await fillCart(page, stack, email, "network-cut");
-      // The first request reaches the server (which creates the session), then the connection
-      // is cut before the browser sees the answer; later requests go through untouched.
-      const keys: string[] = [];
-      const replayed: string[] = [];
-      let cut = false;
-      await page.route("**/functions/v1/guest-checkout", async (route) => {
-        const request = route.request();
-        if (request.method() !== "POST") return await route.continue();
-        keys.push(request.headers()["idempotency-key"] ?? "");
-        if (cut) return await route.continue();
-        cut = true;
-        const lost = await route.fetch();
-        assert.equal(lost.status(), 201, "the first request created the session");
-        await route.abort("connectionreset");
-      });
-      page.on("response", (response) => {
-        if (response.url().endsWith("/guest-checkout") && response.request().method() === "POST") {
-          replayed.push(response.headers()["idempotent-replayed"] ?? "");
-        }
-      });
-      const before = stack.stripe!.sessionsCreated();
-      await page.locator("#pay").dblclick();
-      await assertOneSessionAndOnItsPage(stack, page, email, before);
-      assert.ok(keys.length >= 2, `the browser retried: ${keys.length} requests`);
-      assert.equal(new Set(keys).size, 1, `every try sent the same key: ${keys.join(", ")}`);
-      assert.deepEqual(replayed, ["true"], "the retry got the stored session back");
-      await screenshot(page, "network-cut-3-hosted-checkout");
+  shot: "network-cut",
+}, async (cart) => {
+  const { stack, page, email, keys } = cart;
+  // The first request reaches the server (which creates the session), then the connection
+  // is cut before the browser sees the answer; later requests go through untouched.
+  const replayed: string[] = [];
+  let cut = false;
+  await page.route("**/functions/v1/guest-checkout", async (route) => {
+    if (route.request().method() !== "POST" || cut) return await route.continue();
+    cut = true;
+    const lost = await route.fetch();
+    assert.equal(lost.status(), 201, "the first request created the session");
+    await route.abort("connectionreset");
+  });
+  page.on("response", (response) => {
+    if (response.url().endsWith("/guest-checkout") && response.request().method() === "POST") {
+      replayed.push(response.headers()["idempotent-replayed"] ?? "");
+    }
+  });
+  await doubleClickPay(cart);
+  assert.ok(keys.length >= 2, `the browser retried: ${keys.length} requests`);
+  assert.equal(new Set(keys).size, 1, `every try sent the same key: ${keys.join(", ")}`);
+  assert.deepEqual(replayed, ["true"], "the retry got the stored session back");
+  await screenshot(page, "network-cut-3-hosted-checkout");
 
-      await payAndSeePaid(stack, page, email, "network-cut-4-paid");
-    }),
+  await payAndSeePaid(stack, page, email, "network-cut-4-paid");
 });

@@ -10,6 +10,11 @@ import {
 } from "../../supabase/functions/_shared/checkout.ts";
 import type { ClientAddressConfig } from "../../supabase/functions/_shared/client-address.ts";
 import type { HoldLimits, Sql } from "../../supabase/functions/_shared/db.ts";
+import {
+  type ReconcileDeps,
+  reconcileStuckCheckouts,
+  type ReconcileSummary,
+} from "../../supabase/functions/_shared/reconcile.ts";
 import { createStripeClient, type Stripe } from "../../supabase/functions/_shared/stripe.ts";
 import { openPool } from "./database.ts";
 import { startStripeServer, type StripeServer } from "../../local/stripe/mod.ts";
@@ -101,7 +106,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   };
 }
 
-/** Runs `fn` with a fresh harness, closed afterwards whatever `fn` did. */
+/** Runs `fn` on a fresh harness and closes it afterwards, also when `fn` throws. */
 export async function withHarness(
   fn: (h: Harness) => Promise<void>,
   options: HarnessOptions = {},
@@ -112,6 +117,34 @@ export async function withHarness(
   } finally {
     await h.close();
   }
+}
+
+/**
+ * One reconciliation run against the harness's database and Stripe server: every expired lease
+ * counts as stuck (`staleSeconds: 0`) and nothing is logged, unless `options` says otherwise.
+ */
+export function reconcileNow(
+  h: Harness,
+  options: Omit<ReconcileDeps, "sql" | "stripe"> = {},
+): Promise<ReconcileSummary> {
+  return reconcileStuckCheckouts({
+    sql: h.sql,
+    stripe: h.stripeClient,
+    staleSeconds: 0,
+    log: () => {},
+    ...options,
+  });
+}
+
+/** A guest-checkout body for the current event: 2 floor seats and 1 balcony seat; `extra` overrides. */
+export function guestBody(h: Harness, extra: Record<string, unknown> = {}) {
+  return {
+    eventId: h.event.id,
+    items: [{ tierId: h.event.floor, quantity: 2 }, { tierId: h.event.balcony, quantity: 1 }],
+    email: "Buyer@Example.com",
+    name: "Ada",
+    ...extra,
+  };
 }
 
 /** A published event with the three tiers of {@link TestEvent}. */

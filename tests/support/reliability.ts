@@ -3,9 +3,15 @@
  * gets a final answer, the invariants checked after every case, and the figures it reports.
  */
 import assert from "node:assert/strict";
-import { processWebhookEvent } from "../../supabase/functions/_shared/db.ts";
-import { reconcileStuckCheckouts } from "../../supabase/functions/_shared/reconcile.ts";
-import type { Harness } from "./checkout_harness.ts";
+import type { CheckoutStore } from "../../supabase/functions/_shared/checkout.ts";
+import { type Harness, reconcileNow, startHarness } from "./checkout_harness.ts";
+import { applySessionEvent, newEventId } from "./webhooks.ts";
+
+/** The suites' lease: short, so that a case can outlive it and reconciliation can settle it. */
+export const LEASE_SECONDS = 1;
+
+/** The path of Stripe's Checkout Session create, where the suites inject their faults. */
+export const SESSIONS = "/v1/checkout/sessions";
 
 /** What a retrying client ended with. */
 export interface FinalAnswer {
@@ -41,11 +47,8 @@ export async function retryUntilFinal(
   return last;
 }
 
-/** Counters reported in RELIABILITY.md. */
-export interface ReliabilityTally {
-  cases: number;
-  requests: number;
-  faultsInjected: number;
+/** The violations of the invariants that {@link checkInvariants} counts; all zero when clean. */
+export interface Violations {
   duplicateSessions: number;
   lostOrders: number;
   oversoldTiers: number;
@@ -56,18 +59,52 @@ export interface ReliabilityTally {
   paidWithoutSeats: number;
 }
 
-/** A fresh tally. */
-export function newTally(): ReliabilityTally {
+/** Counters reported in RELIABILITY.md. */
+export interface ReliabilityTally extends Violations {
+  cases: number;
+  requests: number;
+  faultsInjected: number;
+}
+
+function noViolations(): Violations {
   return {
-    cases: 0,
-    requests: 0,
-    faultsInjected: 0,
     duplicateSessions: 0,
     lostOrders: 0,
     oversoldTiers: 0,
     stuckAttempts: 0,
     doublePayments: 0,
     paidWithoutSeats: 0,
+  };
+}
+
+/** A fresh tally. */
+export function newTally(): ReliabilityTally {
+  return { cases: 0, requests: 0, faultsInjected: 0, ...noViolations() };
+}
+
+/** One reliability suite: its tally, its harnesses, the check after every case, its figures. */
+export interface ReliabilitySuite {
+  tally: ReliabilityTally;
+  /** A harness with the suites' short lease and Stripe timeout; `wrapStore` injects DB faults. */
+  start(wrapStore?: (store: CheckoutStore) => CheckoutStore): Promise<Harness>;
+  /** Checks the invariants for the operations of one case and asserts the tally is clean. */
+  check(h: Harness, operations: Map<string, FinalAnswer[]>): Promise<void>;
+  /** Writes the suite's figure file (see {@link saveFigures}). */
+  save(figures: unknown): Promise<void>;
+}
+
+/** A suite whose figures are saved under `name`. */
+export function reliabilitySuite(name: string): ReliabilitySuite {
+  const tally = newTally();
+  return {
+    tally,
+    start: (wrapStore) =>
+      startHarness({ leaseSeconds: LEASE_SECONDS, stripeTimeoutMs: 500, wrapStore }),
+    async check(h, operations) {
+      await checkInvariants(h, operations, tally, { leaseSeconds: LEASE_SECONDS });
+      assertClean(tally);
+    },
+    save: (figures) => saveFigures(name, figures),
   };
 }
 
@@ -122,12 +159,7 @@ export async function checkInvariants(
 
   // Let every lease run out, reconcile, and check nothing of this case is still in flight.
   await new Promise((r) => setTimeout(r, options.leaseSeconds * 1000 + 100));
-  await reconcileStuckCheckouts({
-    sql: h.sql,
-    stripe: h.stripeClient,
-    staleSeconds: 0,
-    log: () => {},
-  });
+  await reconcileNow(h);
   const keys = [...operations.keys()];
   const [stuck] = await h.sql<{ n: number }[]>`
     select count(*)::int as n from public.stripe_idempotency_keys
@@ -144,11 +176,10 @@ async function checkPayments(h: Harness, keys: string[], tally: ReliabilityTally
     );
     if (paid.length > 1) tally.doublePayments += paid.length - 1;
     for (const session of paid) {
-      await processWebhookEvent(h.sql, {
-        id: `evt_late_${crypto.randomUUID().replaceAll("-", "")}`,
+      await applySessionEvent(h.sql, {
+        id: newEventId("evt_late_"),
         type: "checkout.session.completed",
-        livemode: false,
-        payload: { type: "checkout.session.completed", data: { object: session } },
+        session,
       });
       const [order] = await h.sql<{ status: string }[]>`
         select status from public.orders where id = ${session.metadata.order_id ?? null}::uuid`;
@@ -163,24 +194,11 @@ async function checkPayments(h: Harness, keys: string[], tally: ReliabilityTally
 
 /** Asserts a tally found no violation. */
 export function assertClean(tally: ReliabilityTally): void {
-  assert.deepEqual(
-    {
-      duplicateSessions: tally.duplicateSessions,
-      lostOrders: tally.lostOrders,
-      oversoldTiers: tally.oversoldTiers,
-      stuckAttempts: tally.stuckAttempts,
-      doublePayments: tally.doublePayments,
-      paidWithoutSeats: tally.paidWithoutSeats,
-    },
-    {
-      duplicateSessions: 0,
-      lostOrders: 0,
-      oversoldTiers: 0,
-      stuckAttempts: 0,
-      doublePayments: 0,
-      paidWithoutSeats: 0,
-    },
+  const none = noViolations();
+  const found = Object.fromEntries(
+    Object.keys(none).map((name) => [name, tally[name as keyof Violations]]),
   );
+  assert.deepEqual(found, none);
 }
 
 /** Writes a figure file under .test-artifacts/reliability/ for RELIABILITY.md. */

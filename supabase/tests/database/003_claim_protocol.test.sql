@@ -22,6 +22,15 @@ returns public.stripe_idempotency_claim language sql as $$
   select public.claim_stripe_idempotency('checkout:create', 'op-protocol-000001', pg_temp.v(p_key),
     pg_temp.v(p_fp), pg_temp.v(p_lease)::uuid, 30, '{"event_id":"e1"}'::jsonb, pg_temp.at(p_seconds))
 $$;
+-- The statements a holder of p_lease runs at second p_at: record session p_session, or release.
+create function pg_temp.record_sql(p_lease text, p_session text, p_at int) returns text language sql as $$
+  select format($f$select public.record_stripe_idempotency('checkout:create', 'op-protocol-000001', %L, %L, 201, %L, null, %L)$f$,
+    pg_temp.v(p_lease), p_session, jsonb_build_object('sessionId', p_session), pg_temp.at(p_at))
+$$;
+create function pg_temp.release_sql(p_lease text, p_at int) returns text language sql as $$
+  select format($f$select public.release_stripe_idempotency('checkout:create', 'op-protocol-000001', %L, true, 'x', %L)$f$,
+    pg_temp.v(p_lease), pg_temp.at(p_at))
+$$;
 
 -- created
 create temp table c1 as select * from pg_temp.claim('key_a', 'lease_a', 'fp', 0);
@@ -56,14 +65,8 @@ select is((select lease_token::text from c4), pg_temp.v('lease_b'), 'a takeover 
 select is((select attempt from c4), 2, 'a takeover is a new attempt');
 
 -- fencing: the stale holder can neither complete nor release
-select throws_ok(
-  format($$select public.record_stripe_idempotency('checkout:create', 'op-protocol-000001', %L, 'cs_stale', 201, '{"sessionId":"cs_stale"}', null, %L)$$,
-         pg_temp.v('lease_a'), pg_temp.at(32)),
-  'SI001', null, 'a stale lease holder cannot complete');
-select throws_ok(
-  format($$select public.release_stripe_idempotency('checkout:create', 'op-protocol-000001', %L, true, 'x', %L)$$,
-         pg_temp.v('lease_a'), pg_temp.at(32)),
-  'SI001', null, 'a stale lease holder cannot release');
+select throws_ok(pg_temp.record_sql('lease_a', 'cs_stale', 32), 'SI001', null, 'a stale lease holder cannot complete');
+select throws_ok(pg_temp.release_sql('lease_a', 32), 'SI001', null, 'a stale lease holder cannot release');
 select is((select status from public.stripe_idempotency_keys where operation_id = 'op-protocol-000001'), 'in_progress',
   'a fenced write changes nothing');
 
@@ -83,14 +86,9 @@ select is(
   (select r.stripe_resource_id from public.record_stripe_idempotency('checkout:create', 'op-protocol-000001',
      pg_temp.v('lease_b')::uuid, 'cs_test_1', 201, '{"sessionId":"cs_test_1","url":"https://x"}', null, pg_temp.at(71)) r),
   'cs_test_1', 'repeating the same completion (a lost acknowledgement) is harmless');
-select throws_ok(
-  format($$select public.record_stripe_idempotency('checkout:create', 'op-protocol-000001', %L, 'cs_other', 201, '{"sessionId":"cs_other"}', null, %L)$$,
-         pg_temp.v('lease_b'), pg_temp.at(72)),
-  'SI002', null, 'a completed record is never overwritten with another result');
-select throws_ok(
-  format($$select public.release_stripe_idempotency('checkout:create', 'op-protocol-000001', %L, true, 'x', %L)$$,
-         pg_temp.v('lease_b'), pg_temp.at(72)),
-  'SI002', null, 'a completed operation cannot be released');
+select throws_ok(pg_temp.record_sql('lease_b', 'cs_other', 72), 'SI002', null,
+  'a completed record is never overwritten with another result');
+select throws_ok(pg_temp.release_sql('lease_b', 72), 'SI002', null, 'a completed operation cannot be released');
 
 -- replay
 create temp table c5 as select * from pg_temp.claim('key_c', 'lease_c', 'fp', 100);
@@ -110,23 +108,30 @@ select is_empty(
   $$select * from public.check_stripe_idempotency('checkout:create', 'op-nobody-0000001')$$,
   'check returns nothing for an unknown operation');
 
+-- A second operation, refund:create op-release-00001: a claim (60 s lease) whose key ends in
+-- p_uuid, and a release that says whether Stripe answered.
+create function pg_temp.claim_refund(p_uuid text, p_lease text, p_at int)
+returns public.stripe_idempotency_claim language sql as $$
+  select * from public.claim_stripe_idempotency('refund:create', 'op-release-00001',
+    'refund:create:op-release-00001:' || p_uuid, repeat('f', 64), pg_temp.v(p_lease)::uuid, 60, '{}',
+    pg_temp.at(p_at))
+$$;
+create function pg_temp.release_refund(p_lease text, p_stripe_answered boolean, p_error text, p_at int)
+returns text language sql as $$
+  select public.release_stripe_idempotency('refund:create', 'op-release-00001', pg_temp.v(p_lease)::uuid,
+    p_stripe_answered, p_error, pg_temp.at(p_at))
+$$;
+
 -- release without an answer from Stripe: key kept, lease ended now, next claim takes over
-select is(
-  (select outcome from public.claim_stripe_idempotency('refund:create', 'op-release-00001',
-    'refund:create:op-release-00001:11111111-1111-4111-8111-111111111111', repeat('f', 64),
-    pg_temp.v('lease_a')::uuid, 60, '{}', pg_temp.at(0))),
+select is((select outcome from pg_temp.claim_refund('11111111-1111-4111-8111-111111111111', 'lease_a', 0)),
   'created', 'a second operation type is independent');
 select is_empty(
   $$select * from public.check_stripe_idempotency('refund:create', 'op-release-00001')$$,
   'check returns nothing while the operation is in progress');
-select is(
-  public.release_stripe_idempotency('refund:create', 'op-release-00001', pg_temp.v('lease_a')::uuid, false,
-    'timeout', pg_temp.at(5)),
-  'in_progress', 'without an answer from Stripe the key stays armed');
+select is(pg_temp.release_refund('lease_a', false, 'timeout', 5), 'in_progress',
+  'without an answer from Stripe the key stays armed');
 select row_eq(
-  $$select (public.claim_stripe_idempotency('refund:create', 'op-release-00001',
-      'refund:create:op-release-00001:22222222-2222-4222-8222-222222222222', repeat('f', 64),
-      'b0000000-0000-4000-8000-00000000000b', 60, '{}', '2030-01-01 12:00:06+00')).outcome,
+  $$select (pg_temp.claim_refund('22222222-2222-4222-8222-222222222222', 'lease_b', 6)).outcome,
     not exists (select 1 from public.check_stripe_idempotency('refund:create', 'op-release-00001'))$$,
   row('takeover'::text, true),
   'the next claim takes over at once');
@@ -136,10 +141,8 @@ select is(
   'and reaches Stripe with the SAME key');
 
 -- release after Stripe answered: key burnt, next claim arms its own new key
-select is(
-  public.release_stripe_idempotency('refund:create', 'op-release-00001', pg_temp.v('lease_b')::uuid, true,
-    'card_declined', pg_temp.at(7)),
-  'failed', 'after an answer from Stripe the attempt is failed');
+select is(pg_temp.release_refund('lease_b', true, 'card_declined', 7), 'failed',
+  'after an answer from Stripe the attempt is failed');
 select row_eq(
   $$select status, lease_token, last_error from public.stripe_idempotency_keys where operation_id = 'op-release-00001'$$,
   row('failed'::text, null::uuid, 'card_declined'::text), 'a failed attempt holds no lease and keeps its error');
@@ -147,9 +150,7 @@ select throws_ok(
   format($$select public.record_stripe_idempotency('refund:create', 'op-release-00001', %L, 're_1', 200, '{}', null, %L)$$,
          pg_temp.v('lease_b'), pg_temp.at(8)),
   'SI001', null, 'a failed attempt cannot be completed afterwards');
-create temp table c6 as select * from public.claim_stripe_idempotency('refund:create', 'op-release-00001',
-  'refund:create:op-release-00001:33333333-3333-4333-8333-333333333333', repeat('f', 64),
-  pg_temp.v('lease_c')::uuid, 60, '{}', pg_temp.at(9));
+create temp table c6 as select * from pg_temp.claim_refund('33333333-3333-4333-8333-333333333333', 'lease_c', 9);
 select row_eq('select outcome, stripe_idempotency_key, attempt from c6',
   row('retry'::text, 'refund:create:op-release-00001:33333333-3333-4333-8333-333333333333'::text, 3),
   'the next claim retries with its own new key');

@@ -24,18 +24,12 @@ select ok(
   'the retention and cleanup routines take p_now');
 
 -- Privileges.
-set local role anon;
-select throws_ok('select * from public.prune_stripe_webhook_events_batch()', '42501', null, 'anon cannot prune webhook events');
-select throws_ok('call public.run_prune_stripe_webhook_events()', '42501', null, 'anon cannot run the retention job');
-select throws_ok('select public.cleanup_expired_idempotency_keys_batch()', '42501', null, 'anon cannot run a cleanup batch');
-select throws_ok('call public.run_cleanup_expired_idempotency_keys()', '42501', null, 'anon cannot run the cleanup job');
-reset role;
-set local role authenticated;
-select throws_ok('select * from public.prune_stripe_webhook_events_batch()', '42501', null, 'authenticated cannot prune webhook events');
-select throws_ok('call public.run_prune_stripe_webhook_events()', '42501', null, 'authenticated cannot run the retention job');
-select throws_ok('select public.cleanup_expired_idempotency_keys_batch()', '42501', null, 'authenticated cannot run a cleanup batch');
-select throws_ok('call public.run_cleanup_expired_idempotency_keys()', '42501', null, 'authenticated cannot run the cleanup job');
-reset role;
+\ir helpers/refused.psql
+select * from pg_temp.refused(array['anon', 'authenticated'], array[
+  ['select * from public.prune_stripe_webhook_events_batch()', 'prune webhook events'],
+  ['call public.run_prune_stripe_webhook_events()', 'run the retention job'],
+  ['select public.cleanup_expired_idempotency_keys_batch()', 'run a cleanup batch'],
+  ['call public.run_cleanup_expired_idempotency_keys()', 'run the cleanup job']]);
 set local role service_role;
 -- A clock in the past: nothing is old enough, so nothing changes and nothing commits.
 select lives_ok($$select * from public.prune_stripe_webhook_events_batch(p_now => '2000-01-01 00:00+00')$$,
