@@ -8,7 +8,7 @@
  */
 import postgres from "postgres";
 import { type BenchEvent, openAdmin, type Services } from "./context.ts";
-import { cleanupBenchmark, dbOnlyBenchmark, sizeBenchmark } from "./db_phases.ts";
+import { cleanupBenchmark, dbOnlyBenchmark, sizeBenchmark } from "./db-phases.ts";
 import {
   freshBenchmark,
   mixedBenchmark,
@@ -17,7 +17,7 @@ import {
   roundTripBenchmark,
   stopServices,
   stormBenchmark,
-} from "./http_phases.ts";
+} from "./http-phases.ts";
 import { type Child, progress, runCommand, spawnChild, summarize, waitForQuiet } from "./lib.ts";
 import { type Machine, renderReport, type Results } from "./report.ts";
 

@@ -10,7 +10,7 @@ import type {
   PgbenchPoint,
   RelationSize,
   SizeResult,
-} from "./db_phases.ts";
+} from "./db-phases.ts";
 import type {
   FreshResult,
   LoadPoint,
@@ -20,7 +20,7 @@ import type {
   RoundTripResult,
   StatementCount,
   StormResult,
-} from "./http_phases.ts";
+} from "./http-phases.ts";
 import { DISTURBED_CORES, fmt, type LatencySummary } from "./lib.ts";
 
 /** The machine the run was made on. */

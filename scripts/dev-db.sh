@@ -2,7 +2,7 @@
 # scripts/dev-db.sh — a scratch database for running one test file at a time.
 #
 #   eval "$(bash scripts/dev-db.sh reset)"   # new cluster, migrations and seed applied
-#   deno test --allow-all tests/webhook_test.ts
+#   deno test --allow-all tests/webhook.test.ts
 #   pg_prove --ext .sql supabase/tests/database/006_webhook_lifecycle.test.sql
 #   bash scripts/dev-db.sh stop
 #

@@ -13,7 +13,7 @@
 import { runMain } from "./lib/cli.ts";
 import { LOCAL_JWT_SECRET } from "./lib/jwt.ts";
 import { DEFAULT_PORTS, DEMO_EVENT_ID } from "./lib/local.ts";
-import { type LocalStack, startLocalStack, type StripeSetting } from "./lib/local_stack.ts";
+import { type LocalStack, startLocalStack, type StripeSetting } from "./lib/local-stack.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const env = (name: string) => Deno.env.get(name) || undefined;

@@ -281,8 +281,8 @@ step_deno_test() {
 # runs, on this pipeline's database. Screenshots: .test-artifacts/screenshots/.
 step_browser_test() {
   local logfile="$ARTIFACTS/browser-test.log" rc=0
-  if ! find "$ROOT/tests/browser" -name '*_test.ts' 2>/dev/null | grep -q .; then
-    echo "no *_test.ts files under tests/browser/"; return 0
+  if ! find "$ROOT/tests/browser" -name '*.test.ts' 2>/dev/null | grep -q .; then
+    echo "no *.test.ts files under tests/browser/"; return 0
   fi
   if [[ -z "${CHROMIUM_PATH:-}" ]] && ! install_debian_packages chromium; then
     add browser 0 1; return 0

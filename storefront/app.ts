@@ -4,7 +4,7 @@
  * "Pay" starts a Stripe Checkout through guest-checkout (storefront/checkout.ts), then redirects
  * to the session's page. Back from Checkout (`?session_id=`), it shows the order's status.
  *
- * Bundled with supabase-js by scripts/storefront_server.ts (`deno bundle`); served at
+ * Bundled with supabase-js by scripts/storefront-server.ts (`deno bundle`); served at
  * http://127.0.0.1:3000 by `npm start`. The event and order reads go through the local server's
  * dev endpoints (/api/...), standing in for the PostgREST reads a hosted storefront would make.
  */

@@ -239,7 +239,7 @@ async function executeRoute(
   } catch (error) {
     if (error instanceof ParamError) return paramErrorOutcome(error);
     // An unexpected failure after execution began is a saved 500, as on Stripe.
-    console.error("stripe_server: endpoint failed:", error);
+    console.error("stripe-server: endpoint failed:", error);
     return errorOutcome(500, { type: "api_error", message: "An unknown error occurred." }, true);
   }
 }
@@ -364,7 +364,7 @@ function portFromArgs(args: string[]): number {
   const value = argValue(args, "--port") ?? "12111";
   const port = Number(value);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new Error(`Cannot start stripe_server: --port must be 0-65535, got ${value}`);
+    throw new Error(`Cannot start stripe-server: --port must be 0-65535, got ${value}`);
   }
   return port;
 }
@@ -373,7 +373,7 @@ if (import.meta.main) {
   const forwardTo = argValue(Deno.args, "--forward-to");
   const secret = argValue(Deno.args, "--webhook-secret");
   if (forwardTo && !secret) {
-    throw new Error("Cannot start stripe_server: --forward-to needs --webhook-secret whsec_...");
+    throw new Error("Cannot start stripe-server: --forward-to needs --webhook-secret whsec_...");
   }
   const server = await startStripeServer({
     port: portFromArgs(Deno.args),

@@ -91,7 +91,7 @@ export function changeSession(
 ): Promise<void> {
   CHANGES[eventType](session);
   const failed = (error: unknown) =>
-    console.error(`stripe_server: onSessionChange threw for ${eventType}:`, error);
+    console.error(`stripe-server: onSessionChange threw for ${eventType}:`, error);
   try {
     const result = state.options.onSessionChange?.(structuredClone(session), eventType);
     return Promise.resolve(result).then(() => {}, failed);

@@ -115,7 +115,7 @@ export function createWebhookForwarder(
       } catch (error) {
         outcome = `failed (${error instanceof Error ? error.message : String(error)})`;
       }
-      log(`stripe_server: ${type} ${eventId} for ${session.id} -> ${url}: ${outcome}`);
+      log(`stripe-server: ${type} ${eventId} for ${session.id} -> ${url}: ${outcome}`);
       if (delivery.status !== null && delivery.status >= 200 && delivery.status < 300) break;
     }
     return delivery;

@@ -1,5 +1,5 @@
 /**
- * Child-process helpers shared by the local stack (scripts/lib/local_stack.ts) and the bench
+ * Child-process helpers shared by the local stack (scripts/lib/local-stack.ts) and the bench
  * (bench/lib.ts).
  */
 

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import type { CheckoutStore } from "../../supabase/functions/_shared/checkout.ts";
-import { type Harness, reconcileNow, startHarness } from "./checkout_harness.ts";
+import { type Harness, reconcileNow, startHarness } from "./checkout-harness.ts";
 import { applySessionEvent, newEventId } from "./webhooks.ts";
 
 /** The suites' lease: short, so that a case can outlive it and reconciliation can settle it. */

@@ -8,7 +8,7 @@
  * must be answered 4xx. The oracle also says which error codes the contract allows for it.
  */
 import fc from "fast-check";
-import { ALLOWED_ORIGIN } from "./checkout_harness.ts";
+import { ALLOWED_ORIGIN } from "./checkout-harness.ts";
 import {
   base64UrlDecode,
   base64UrlEncode,

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import type { ClientAddressConfig } from "../supabase/functions/_shared/client-address.ts";
-import { checkoutRequest, type Harness, newKey, withHarness } from "./support/checkout_harness.ts";
+import { checkoutRequest, type Harness, newKey, withHarness } from "./support/checkout-harness.ts";
 import { userToken } from "../scripts/lib/jwt.ts";
 
 const LIMITS = { maxPendingPerBuyer: 2, maxPendingPerAddress: 3, windowSeconds: 1800 };

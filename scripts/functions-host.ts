@@ -9,7 +9,7 @@
  * supabase/config.toml applied first (HS256 with SUPABASE_JWT_SECRET), as the Supabase gateway
  * does. The functions read their configuration from this process's environment.
  *
- * LOCAL USE ONLY. Run: deno run -A scripts/functions_host.ts  (see scripts/start.sh)
+ * LOCAL USE ONLY. Run: deno run -A scripts/functions-host.ts  (see scripts/start.sh)
  */
 import { LOCAL_JWT_SECRET, verifyJwt } from "./lib/jwt.ts";
 
@@ -180,7 +180,7 @@ export function createGateway(
       });
       return await fn.handler(forwardedRequest, info);
     } catch (error) {
-      console.error(`functions_host: ${fn.name} threw:`, error);
+      console.error(`functions-host: ${fn.name} threw:`, error);
       return gatewayError(500, {
         error: { code: "internal_error", message: "The function failed unexpectedly" },
       });
@@ -229,12 +229,12 @@ if (import.meta.main) {
     const auth = fn.verifyJwt ? "JWT checked" : "no JWT check";
     console.log(
       fn.handler
-        ? `functions_host: ${fn.name} (${auth})`
-        : `functions_host: ${fn.name} FAILED to load: ${fn.error}`,
+        ? `functions-host: ${fn.name} (${auth})`
+        : `functions-host: ${fn.name} FAILED to load: ${fn.error}`,
     );
   }
   // start.ts and the browser test wait for this line.
-  console.log(`functions_host: listening on ${host.url}/functions/v1/`);
+  console.log(`functions-host: listening on ${host.url}/functions/v1/`);
   const stop = () => host.close().then(() => Deno.exit(0));
   Deno.addSignalListener("SIGINT", stop);
   Deno.addSignalListener("SIGTERM", stop);

@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { type BrowserContext, chromium, type Page } from "playwright-core";
 import { LOCAL_JWT_SECRET } from "../../scripts/lib/jwt.ts";
 import { DEMO_EVENT_ID, DEMO_TIERS } from "../../scripts/lib/local.ts";
-import { type LocalStack, startLocalStack } from "../../scripts/lib/local_stack.ts";
+import { type LocalStack, startLocalStack } from "../../scripts/lib/local-stack.ts";
 import { openPool } from "../support/database.ts";
 
 const CHROMIUM = Deno.env.get("CHROMIUM_PATH") || "/usr/bin/chromium";

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { type CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
 import { createSql } from "../supabase/functions/_shared/db.ts";
-import { checkoutRequest, type Harness, newKey, withHarness } from "./support/checkout_harness.ts";
+import { checkoutRequest, type Harness, newKey, withHarness } from "./support/checkout-harness.ts";
 import { databaseUrl } from "./support/database.ts";
 import { applySessionEvent } from "./support/webhooks.ts";
 import type { CheckoutSession } from "../local/stripe/mod.ts";

@@ -3,7 +3,7 @@
  *
  *   local Stripe-compatible server  (unless Stripe is external)  → webhooks → stripe-webhook
  *   storefront server               storefront/ + dev reads
- *   functions host (subprocess)     scripts/functions_host.ts: every supabase/functions/<name>
+ *   functions host (subprocess)     scripts/functions-host.ts: every supabase/functions/<name>
  *
  * Ports may be 0 (free ports, for tests): each part learns the others' URLs once they listen.
  */
@@ -12,7 +12,7 @@ import {
   startStripeServer,
   type StripeServer,
 } from "../../local/stripe/mod.ts";
-import { startStorefrontServer, type StorefrontServer } from "../storefront_server.ts";
+import { startStorefrontServer, type StorefrontServer } from "../storefront-server.ts";
 import { apiKey } from "./jwt.ts";
 import { DEMO_EVENT_ID } from "./local.ts";
 import { terminate } from "./process.ts";
@@ -151,7 +151,7 @@ async function spawnFunctionsHost(
   env: FunctionsEnvironment,
   log: (line: string) => void,
 ): Promise<HostProcess> {
-  const script = new URL("../functions_host.ts", import.meta.url).pathname;
+  const script = new URL("../functions-host.ts", import.meta.url).pathname;
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-net", "--allow-env", "--allow-read", "--allow-sys", script],
     env: { ...env, NO_COLOR: "1", RUST_BACKTRACE: "0" },
@@ -171,9 +171,9 @@ async function spawnFunctionsHost(
       const { value, done } = await reader.read();
       if (done) throw new Error("The functions host exited before it was listening");
       log(value);
-      const failure = /^functions_host: (\S+) FAILED to load: (.*)$/.exec(value);
+      const failure = /^functions-host: (\S+) FAILED to load: (.*)$/.exec(value);
       if (failure) failed.push(`${failure[1]}: ${failure[2]}`);
-      const listening = /^functions_host: listening on (http:\/\/\S+?)\/functions\/v1\/$/.exec(
+      const listening = /^functions-host: listening on (http:\/\/\S+?)\/functions\/v1\/$/.exec(
         value,
       );
       if (listening) {

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import type { CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
-import { checkoutRequest, type Harness, newKey } from "./support/checkout_harness.ts";
+import { checkoutRequest, type Harness, newKey } from "./support/checkout-harness.ts";
 import { databaseUrl } from "./support/database.ts";
 import {
   type FinalAnswer,

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import type { CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
-import { checkoutRequest, createEvent, type Harness, newKey } from "./support/checkout_harness.ts";
+import { checkoutRequest, createEvent, type Harness, newKey } from "./support/checkout-harness.ts";
 import {
   type FinalAnswer,
   reliabilitySuite,

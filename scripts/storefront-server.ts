@@ -163,7 +163,7 @@ export async function startStorefrontServer(options: {
         if (url.pathname === "/favicon.ico") return new Response(null, { status: 204 });
         return Response.json({ error: "not found" }, { status: 404 });
       } catch (error) {
-        console.error("storefront_server:", error);
+        console.error("storefront-server:", error);
         return Response.json({ error: "internal error" }, { status: 500 });
       }
     },

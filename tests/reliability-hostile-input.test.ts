@@ -3,7 +3,7 @@
  * (guest-checkout, enhanced-checkout, stripe-webhook) against the real database. Every answer is
  * a 4xx in the documented error shape `{"error": {"code", "message", "details"?}}`, with CORS on
  * checkout; nothing is written and Stripe is never called. Generators are in
- * support/hostile_input.ts; every request they make is invalid by the README (possibly valid
+ * support/hostile-input.ts; every request they make is invalid by the README (possibly valid
  * ones are skipped). Seeds are fixed: a failure prints the seed and path that reproduce it
  * (`HOSTILE_SEED=<base>` reruns everything from another base seed). The figures are written to
  * .test-artifacts/reliability/hostile-input.json.
@@ -18,7 +18,7 @@ import {
   type Harness,
   rowCounts,
   startHarness,
-} from "./support/checkout_harness.ts";
+} from "./support/checkout-harness.ts";
 import {
   bodyBytes,
   type BodySpec,
@@ -37,7 +37,7 @@ import {
   validJwtSpec,
   webhookCategories,
   type WebhookSpec,
-} from "./support/hostile_input.ts";
+} from "./support/hostile-input.ts";
 import { LOCAL_JWT_SECRET, userToken } from "../scripts/lib/jwt.ts";
 import { TEST_WEBHOOK_SECRET } from "./support/webhooks.ts";
 
@@ -411,7 +411,7 @@ Deno.test("hostile input: 1,000+ generated bad requests per endpoint get a docum
     const written = before && after ? rowsWritten(before, after) : null;
     const summary = {
       suite: "hostile-input",
-      test: "tests/reliability_hostile_input_test.ts",
+      test: "tests/reliability-hostile-input.test.ts",
       baseSeed: BASE_SEED,
       durationMs,
       passed: failures.length === 0 && after !== undefined,

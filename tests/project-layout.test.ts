@@ -98,3 +98,12 @@ Deno.test("every Deno test file sits in a folder that npm test's deno test runs"
     assert.ok(folders.some((folder) => path.startsWith(folder)), `${path} is outside ${folders}`);
   }
 });
+
+Deno.test("every TypeScript file is named in kebab-case, Deno tests as <name>.test.ts", async () => {
+  const repo = new URL("../", import.meta.url);
+  const files = (await repoFiles(repo)).filter((path) => path.endsWith(".ts"));
+  const misnamed = files.filter((path) =>
+    !/^[a-z0-9]+(-[a-z0-9]+)*(\.test)?\.ts$/.test(path.split("/").at(-1)!)
+  );
+  assert.deepEqual(misnamed, [], "one naming convention for files (folders of functions are URLs)");
+});

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { createWebhookHandler } from "../supabase/functions/_shared/webhook.ts";
 import { createSql } from "../supabase/functions/_shared/db.ts";
-import { checkoutRequest, type Harness, newKey, withHarness } from "./support/checkout_harness.ts";
+import { checkoutRequest, type Harness, newKey, withHarness } from "./support/checkout-harness.ts";
 import { databaseUrl } from "./support/database.ts";
 import { sessionEvent, signedDelivery, TEST_WEBHOOK_SECRET } from "./support/webhooks.ts";
 import type { CheckoutSession } from "../local/stripe/mod.ts";

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { renderReport, type Results } from "../bench/report.ts";
-import type { LoadPoint, RoundTripPass, StatementCount } from "../bench/http_phases.ts";
+import type { LoadPoint, RoundTripPass, StatementCount } from "../bench/http-phases.ts";
 import type { LatencySummary } from "../bench/lib.ts";
 
 function latency(p50: number, p99: number, n = 100): LatencySummary {

@@ -12,7 +12,7 @@ import {
   newKey,
   reconcileNow,
   withHarness,
-} from "./support/checkout_harness.ts";
+} from "./support/checkout-harness.ts";
 import { LOCAL_JWT_SECRET, signJwt, userToken } from "../scripts/lib/jwt.ts";
 
 /** While `on`, attempts die after their claim. */

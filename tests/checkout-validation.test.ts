@@ -10,7 +10,7 @@ import {
   newKey,
   rowCounts,
   startHarness,
-} from "./support/checkout_harness.ts";
+} from "./support/checkout-harness.ts";
 import { userToken } from "../scripts/lib/jwt.ts";
 
 type Endpoint = "guest-checkout" | "enhanced-checkout";

@@ -4,8 +4,8 @@
  */
 import assert from "node:assert/strict";
 import { createClient, FunctionsHttpError, type SupabaseClient } from "@supabase/supabase-js";
-import { type Harness, newKey, startHarness } from "./support/checkout_harness.ts";
-import { serveFunctions } from "./support/functions_server.ts";
+import { type Harness, newKey, startHarness } from "./support/checkout-harness.ts";
+import { serveFunctions } from "./support/functions-server.ts";
 import { signJwt, userToken } from "../scripts/lib/jwt.ts";
 
 const ANON_KEY = await signJwt({ role: "anon", iss: "supabase-demo", exp: 4102444800 });

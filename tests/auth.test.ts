@@ -13,7 +13,7 @@ import {
   type Harness,
   rowCounts,
   withHarness,
-} from "./support/checkout_harness.ts";
+} from "./support/checkout-harness.ts";
 import {
   base64UrlEncode,
   generateKeyPair,

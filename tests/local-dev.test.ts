@@ -5,9 +5,9 @@
 import assert from "node:assert/strict";
 import Stripe from "stripe";
 import { createTokenVerifier } from "../supabase/functions/_shared/auth.ts";
-import { captureServeHandler, parseFunctionConfig } from "../scripts/functions_host.ts";
+import { captureServeHandler, parseFunctionConfig } from "../scripts/functions-host.ts";
 import { apiKey, LOCAL_JWT_SECRET, verifyJwt } from "../scripts/lib/jwt.ts";
-import { localUserToken, parseTokenArgs } from "../scripts/mint_token.ts";
+import { localUserToken, parseTokenArgs } from "../scripts/mint-token.ts";
 import { databaseUrl } from "./support/database.ts";
 import {
   type CheckoutEventType,
@@ -189,7 +189,7 @@ Deno.test("functions host: serves the real functions with the gateway's JWT chec
       "--allow-env",
       "--allow-read",
       "--allow-sys",
-      "scripts/functions_host.ts",
+      "scripts/functions-host.ts",
     ],
     cwd: new URL("../", import.meta.url).pathname,
     env: {
@@ -220,7 +220,7 @@ Deno.test("functions host: serves the real functions with the gateway's JWT chec
     for (
       const name of ["enhanced-checkout", "guest-checkout", "reconcile-checkouts", "stripe-webhook"]
     ) {
-      assert.match(output, new RegExp(`functions_host: ${name} \\(`), `${name} loaded`);
+      assert.match(output, new RegExp(`functions-host: ${name} \\(`), `${name} loaded`);
     }
     const anon = await apiKey("anon", LOCAL_JWT_SECRET);
     const call = async (path: string, init: RequestInit = {}) => {

@@ -11,7 +11,7 @@ import {
   newKey,
   rowCounts,
   withHarness,
-} from "./support/checkout_harness.ts";
+} from "./support/checkout-harness.ts";
 import { userToken } from "../scripts/lib/jwt.ts";
 
 Deno.test("guest-checkout creates one order and one Stripe session priced from the tiers", () =>
