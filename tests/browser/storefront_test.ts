@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { type BrowserContext, chromium, type Page } from "playwright-core";
-import { LOCAL_JWT_SECRET } from "../../scripts/lib/jwt.ts";
+import { generateLocalKeys } from "../../scripts/lib/local_keys.ts";
 import { DEMO_EVENT_ID, DEMO_TIERS } from "../../scripts/lib/local.ts";
 import { type LocalStack, startLocalStack } from "../../scripts/lib/local_stack.ts";
 import { openPool } from "../support/database.ts";
@@ -49,7 +49,7 @@ async function withStorefront(fn: (fixture: Fixture) => Promise<void>): Promise<
     functionsPort: 0,
     storefrontPort: 0,
     stripe: { mode: "local", port: 0 },
-    jwtSecret: LOCAL_JWT_SECRET,
+    keys: await generateLocalKeys(),
     webhookSecret: `whsec_browser_test_${crypto.randomUUID().replaceAll("-", "")}`,
     bundleFile: `${scratch}/app.js`,
     log: (line) => logs.push(line),
@@ -181,15 +181,19 @@ Deno.test({
       const email = uniqueEmail("double-click");
       await fillCart(page, stack, email, "double-click");
       const keys: string[] = [];
+      const apikeys: string[] = [];
       page.on("request", (request) => {
         if (request.method() === "POST" && request.url().endsWith("/guest-checkout")) {
           keys.push(request.headers()["idempotency-key"] ?? "");
+          // A new project's storefront: the publishable key in apikey, no JWT anywhere.
+          apikeys.push(`${request.headers()["apikey"]} ${request.headers()["authorization"]}`);
         }
       });
       const before = stack.stripe!.sessionsCreated();
       await page.locator("#pay").dblclick();
       const sessionId = await assertOneSessionAndOnItsPage(stack, page, email, before);
       assert.ok(keys.length >= 1 && new Set(keys).size === 1, `one key: ${keys.join(", ")}`);
+      assert.deepEqual([...new Set(apikeys)], [`${stack.publishableKey} undefined`], "its key");
       await screenshot(page, "double-click-3-hosted-checkout");
 
       await payAndSeePaid(stack, page, email, "double-click-4-paid");
