@@ -6,7 +6,11 @@
 import assert from "node:assert/strict";
 import Stripe from "stripe";
 import { createTokenVerifier } from "../supabase/functions/_shared/auth.ts";
-import { captureServeHandler, parseFunctionConfig } from "../scripts/functions_host.ts";
+import {
+  captureServeHandler,
+  createGateway,
+  parseFunctionConfig,
+} from "../scripts/functions_host.ts";
 import { apiKey, LOCAL_JWT_SECRET, userToken, verifyJwt } from "../scripts/lib/jwt.ts";
 import {
   functionsAuthEnv,
@@ -178,6 +182,34 @@ Deno.test("functions host: captures the handler an index.ts passes to Deno.serve
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("functions host: the gateway's JWT check applies to a verify_jwt = true function only, and it serves the JWKS", async () => {
+  const echo = () => new Response("reached");
+  const gateway = createGateway([
+    { name: "open", entrypoint: new URL("file:///open.ts"), verifyJwt: false, handler: echo },
+    { name: "closed", entrypoint: new URL("file:///closed.ts"), verifyJwt: true, handler: echo },
+  ], { jwtSecret: LOCAL_JWT_SECRET, jwks: { keys: [] } });
+  const info = {
+    remoteAddr: { transport: "tcp", hostname: "127.0.0.1", port: 1 },
+    completed: Promise.resolve(),
+  } as Deno.ServeHandlerInfo<Deno.NetAddr>;
+  const call = async (path: string, headers: Record<string, string> = {}) => {
+    const response = await gateway(
+      new Request(`http://host.test${path}`, { method: "POST", headers }),
+      info,
+    );
+    return [response.status, await response.text()] as const;
+  };
+  assert.deepEqual(await call("/functions/v1/open"), [200, "reached"]);
+  assert.equal((await call("/functions/v1/closed"))[0], 401);
+  const anon = `Bearer ${await apiKey("anon", LOCAL_JWT_SECRET)}`;
+  assert.deepEqual(await call("/functions/v1/closed", { authorization: anon }), [200, "reached"]);
+  const jwksResponse = await gateway(
+    new Request("http://host.test/auth/v1/.well-known/jwks.json"),
+    info,
+  );
+  assert.deepEqual(await jwksResponse.json(), { keys: [] });
 });
 
 Deno.test("functions host: config.toml verify_jwt per function", async () => {
