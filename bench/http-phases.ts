@@ -12,6 +12,7 @@ import { createStripeClient } from "../supabase/functions/_shared/stripe.ts";
 import { type Bench, clientAddress, guestBody, type Services, sessionsCreated } from "./context.ts";
 import {
   type Answer,
+  BENCH_PUBLISHABLE_KEY,
   clusterCpuMs,
   DISTURBED_CORES,
   type LatencySummary,
@@ -87,7 +88,14 @@ async function autocannon(
   },
 ): Promise<LoadRun> {
   const output = await new Deno.Command("node", {
-    args: [`${bench.root}/bench/load.mjs`, JSON.stringify({ ...options, method: "POST" })],
+    args: [
+      `${bench.root}/bench/load.mjs`,
+      JSON.stringify({
+        ...options,
+        headers: { apikey: BENCH_PUBLISHABLE_KEY, ...options.headers },
+        method: "POST",
+      }),
+    ],
     cwd: bench.root,
     stdin: "null",
     stdout: "piped",

@@ -269,12 +269,19 @@ export interface Answer {
 }
 
 /** POSTs a guest checkout and reads the whole answer. */
+/**
+ * The bench project's publishable key: guest-checkout's caller check (the `apikey` header every
+ * bench request carries, as a storefront's supabase-js sends it).
+ */
+export const BENCH_PUBLISHABLE_KEY = "sb_publishable_bench_local_only_0000";
+
 export async function postCheckout(
   url: string,
   options: { key: string; body: string; forwardedFor?: string },
 ): Promise<Answer> {
   const headers: Record<string, string> = {
     "content-type": "application/json",
+    apikey: BENCH_PUBLISHABLE_KEY,
     "idempotency-key": options.key,
   };
   if (options.forwardedFor) headers["x-forwarded-for"] = options.forwardedFor;

@@ -18,7 +18,15 @@ import {
   stopServices,
   stormBenchmark,
 } from "./http-phases.ts";
-import { type Child, progress, runCommand, spawnChild, summarize, waitForQuiet } from "./lib.ts";
+import {
+  BENCH_PUBLISHABLE_KEY,
+  type Child,
+  progress,
+  runCommand,
+  spawnChild,
+  summarize,
+  waitForQuiet,
+} from "./lib.ts";
 import { type Machine, renderReport, type Results } from "./report.ts";
 
 const QUICK = Deno.env.get("BENCH_SCALE") === "quick";
@@ -199,6 +207,7 @@ async function startServices(
       STRIPE_SECRET_KEY: "sk_test_bench",
       STRIPE_API_BASE: urls.url,
       SITE_URL: "https://shop.example",
+      SUPABASE_PUBLISHABLE_KEYS: JSON.stringify({ default: BENCH_PUBLISHABLE_KEY }),
     };
     // bench/server.ts in its two modes; it prints `listening <port>` once it serves.
     const server = (name: string, mode: "guest" | "baseline", stdoutFile?: string) =>

@@ -7,7 +7,10 @@
  * a server object that never listens. This one server then routes /functions/v1/<name>[/...] to
  * the handler captured from <name>/index.ts, with the function's `verify_jwt` setting from
  * supabase/config.toml applied first (HS256 with SUPABASE_JWT_SECRET), as the Supabase gateway
- * does. The functions read their configuration from this process's environment.
+ * does (every function of this project has it off and checks its caller itself). The functions
+ * read their configuration from this process's environment; like the platform, the host sets
+ * SUPABASE_URL to its own URL when it is not given, and serves SUPABASE_JWKS at
+ * /auth/v1/.well-known/jwks.json, where Supabase Auth publishes a project's signing keys.
  *
  * LOCAL USE ONLY. Run: deno run -A scripts/functions-host.ts  (see scripts/start.sh)
  */
@@ -133,13 +136,24 @@ function gatewayError(status: number, body: unknown): Response {
   return Response.json(body, { status });
 }
 
-/** Routes /functions/v1/<name>[/...] to the loaded functions, checking JWTs like the gateway. */
+/** The path where Supabase Auth publishes a project's JWT signing keys. */
+export const JWKS_PATH = "/auth/v1/.well-known/jwks.json";
+
+/**
+ * Routes /functions/v1/<name>[/...] to the loaded functions, checking JWTs like the gateway,
+ * and answers GET /auth/v1/.well-known/jwks.json with `jwks` when given.
+ */
 export function createGateway(
   functions: LoadedFunction[],
-  options: { jwtSecret: string },
+  options: { jwtSecret: string; jwks?: unknown },
 ): ServeHandler {
   const byName = new Map(functions.map((fn) => [fn.name, fn]));
   return async (request, info) => {
+    if (options.jwks !== undefined && new URL(request.url).pathname === JWKS_PATH) {
+      return request.method === "GET" || request.method === "HEAD"
+        ? Response.json(options.jwks, { headers: { "cache-control": "max-age=600" } })
+        : gatewayError(405, { error: { code: "method_not_allowed", message: "use GET" } });
+    }
     const name = /^\/functions\/v1\/([^/]+)(?:\/.*)?$/.exec(new URL(request.url).pathname)?.[1];
     const fn = name ? byName.get(name) : undefined;
     if (!fn) {
@@ -196,24 +210,39 @@ export interface FunctionsHost {
   close(): Promise<void>;
 }
 
-/** Loads the functions and serves them on 127.0.0.1:`port` (0: a free port). */
-export async function startFunctionsHost(options: {
+/** Options of {@link startFunctionsHost}. */
+export interface FunctionsHostOptions {
   port: number;
   functionsDir?: URL;
   jwtSecret?: string;
-}): Promise<FunctionsHost> {
+  /** Served at /auth/v1/.well-known/jwks.json (the local project's signing keys). */
+  jwks?: unknown;
+  /** Called once the host listens, before the functions are loaded (they may need its URL). */
+  onListening?: (url: string) => void;
+}
+
+/** Serves on 127.0.0.1:`port` (0: a free port), then loads the functions behind it. */
+export async function startFunctionsHost(options: FunctionsHostOptions): Promise<FunctionsHost> {
   const functionsDir = options.functionsDir ??
     new URL("../supabase/functions/", import.meta.url);
-  const functions = await loadFunctions(functionsDir);
+  let gateway: ServeHandler = () => gatewayError(503, { error: { code: "starting" } });
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: options.port, onListen: () => {} },
-    createGateway(functions, { jwtSecret: options.jwtSecret ?? LOCAL_JWT_SECRET }),
+    (request, info) => gateway(request, info),
   );
-  return {
-    url: `http://127.0.0.1:${server.addr.port}`,
-    functions,
-    close: () => server.shutdown(),
-  };
+  const url = `http://127.0.0.1:${server.addr.port}`;
+  try {
+    options.onListening?.(url);
+    const functions = await loadFunctions(functionsDir);
+    gateway = createGateway(functions, {
+      jwtSecret: options.jwtSecret ?? LOCAL_JWT_SECRET,
+      jwks: options.jwks,
+    });
+    return { url, functions, close: () => server.shutdown() };
+  } catch (error) {
+    await server.shutdown();
+    throw error;
+  }
 }
 
 if (import.meta.main) {
@@ -221,12 +250,18 @@ if (import.meta.main) {
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new Error(`Cannot start the functions host: PORT must be 0-65535`);
   }
+  const jwksText = Deno.env.get("SUPABASE_JWKS");
   const host = await startFunctionsHost({
     port,
     jwtSecret: Deno.env.get("SUPABASE_JWT_SECRET") || LOCAL_JWT_SECRET,
+    jwks: jwksText ? JSON.parse(jwksText) : undefined,
+    // What the platform gives every function: the project's URL, here this host's.
+    onListening: (url) => {
+      if (!Deno.env.get("SUPABASE_URL")) Deno.env.set("SUPABASE_URL", url);
+    },
   });
   for (const fn of host.functions) {
-    const auth = fn.verifyJwt ? "JWT checked" : "no JWT check";
+    const auth = fn.verifyJwt ? "JWT checked by the gateway" : "checks its caller itself";
     console.log(
       fn.handler
         ? `functions-host: ${fn.name} (${auth})`

@@ -6,13 +6,17 @@
  *
  * Environment: DATABASE_URL (required), PORT (functions, 54321), STOREFRONT_PORT (3000),
  * LOCAL_STRIPE_PORT (12111), STRIPE_SECRET_KEY / STRIPE_API_BASE (use that Stripe instead of the
- * local server), STRIPE_WEBHOOK_SECRET (default: a fresh local one), SUPABASE_JWT_SECRET
- * (default: local Supabase's), RECONCILE_INTERVAL_SECONDS (60; 0 turns it off),
- * START_DATABASE_NOTE (how start.sh describes the database).
+ * local server), STRIPE_WEBHOOK_SECRET (default: a fresh local one), SUPABASE_JWT_SECRET (only
+ * to try the legacy keys side by side: the functions then get it too), RECONCILE_INTERVAL_SECONDS
+ * (60; 0 turns it off), START_DATABASE_NOTE (how start.sh describes the database).
+ *
+ * The project's keys (publishable, secret, ES256 signing key) are made once and kept in
+ * .local/keys.json; the functions get only the variables Supabase provisions for them
+ * (SUPABASE_URL, SUPABASE_PUBLISHABLE_KEYS, SUPABASE_SECRET_KEYS, SUPABASE_JWKS).
  */
 import { runMain } from "./lib/cli.ts";
-import { LOCAL_JWT_SECRET } from "./lib/jwt.ts";
-import { DEFAULT_PORTS, DEMO_EVENT_ID } from "./lib/local.ts";
+import { DEFAULT_PORTS, DEMO_EVENT_ID, LOCAL_KEYS_FILE } from "./lib/local.ts";
+import { loadOrCreateLocalKeys, saveLocalKeys } from "./lib/local-keys.ts";
 import { type LocalStack, startLocalStack, type StripeSetting } from "./lib/local-stack.ts";
 
 const ROOT = new URL("../", import.meta.url);
@@ -61,7 +65,7 @@ function price(amount: number, currency: string): string {
 function banner(
   stack: LocalStack,
   event: EventSummary | null,
-  notes: { database: string; stripe: string; webhook: string },
+  notes: { database: string; stripe: string; webhook: string; keysFile: string },
 ): string {
   const fn = `${stack.functionsUrl}/functions/v1`;
   const tier = event?.tiers[0]?.id ?? "00000000-0000-4000-8000-000000000101";
@@ -83,7 +87,9 @@ function banner(
     `  Stripe        ${notes.stripe}`,
     `  Webhooks      ${notes.webhook}`,
     `  Database      ${notes.database}`,
-    `  Anon key      ${stack.anonKey}`,
+    `  JWKS          ${stack.functionsUrl}/auth/v1/.well-known/jwks.json  (ES256 signing key)`,
+    `  Publishable   ${stack.publishableKey}  (apikey header: the storefront's key)`,
+    `  Secret key    in ${notes.keysFile} (apikey header of operator endpoints; never in a browser)`,
     "",
     `  Demo event    ${event?.title ?? "?"}  ${DEMO_EVENT_ID}`,
     ...tiers,
@@ -92,12 +98,16 @@ function banner(
     "Start a guest checkout (201 with the Checkout URL):",
     "",
     `  curl -i -X POST '${fn}/guest-checkout' \\`,
-    `    -H 'Authorization: Bearer ${stack.anonKey}' \\`,
+    `    -H 'apikey: ${stack.publishableKey}' \\`,
     `    -H 'Content-Type: application/json' \\`,
     `    -H "Idempotency-Key: demo-$(date +%s)-$RANDOM" \\`,
     `    -d '${body}'`,
     "",
-    "A signed-in buyer (enhanced-checkout): mint a local user token in another shell, then",
+    "Settle stuck attempts (what the cron job does; the secret key is in " + notes.keysFile + "):",
+    "",
+    `  curl -i -X POST '${fn}/reconcile-checkouts' -H "apikey: $(node -p "require('./${notes.keysFile}').secretKey")"`,
+    "",
+    "A signed-in buyer (enhanced-checkout): mint a local user token (ES256) in another shell, then",
     "",
     "  TOKEN=$(npm run -s token)        # or: npm run -s token -- <user uuid>",
     `  curl -i -X POST '${fn}/enhanced-checkout' -H "Authorization: Bearer $TOKEN" \\`,
@@ -115,16 +125,22 @@ async function main(): Promise<void> {
   const webhookSecret = givenWebhookSecret ?? randomSecret("whsec_local_");
   const localDir = new URL(".local/storefront/", ROOT);
   await Deno.mkdir(localDir, { recursive: true });
+  const keysFile = new URL(LOCAL_KEYS_FILE, ROOT).pathname;
+  const keys = await loadOrCreateLocalKeys(keysFile);
+  const legacySecret = env("SUPABASE_JWT_SECRET");
 
   const stack = await startLocalStack({
     databaseUrl,
     functionsPort: port("PORT", DEFAULT_PORTS.functions),
     storefrontPort: port("STOREFRONT_PORT", DEFAULT_PORTS.storefront),
     stripe,
-    jwtSecret: env("SUPABASE_JWT_SECRET") ?? LOCAL_JWT_SECRET,
+    keys,
     webhookSecret,
     bundleFile: new URL("app.js", localDir).pathname,
+    functionsEnv: legacySecret ? { SUPABASE_JWT_SECRET: legacySecret } : {},
   });
+  // `npm run token` signs with these keys, for this SUPABASE_URL (the tokens' iss).
+  await saveLocalKeys(keysFile, keys, stack.functionsUrl);
 
   const stripeNote = stack.stripe
     ? `local Stripe-compatible server ${stack.stripe.url} (sessions pay at their url: Pay / Cancel)`
@@ -141,6 +157,7 @@ async function main(): Promise<void> {
     database: env("START_DATABASE_NOTE") ?? "DATABASE_URL",
     stripe: stripeNote,
     webhook: webhookNote,
+    keysFile: LOCAL_KEYS_FILE,
   }));
 
   // Stripe expires a session at its expires_at on its own; the local server does when asked.
@@ -155,7 +172,7 @@ async function main(): Promise<void> {
     timers.push(setInterval(async () => {
       const response = await fetch(`${stack.functionsUrl}/functions/v1/reconcile-checkouts`, {
         method: "POST",
-        headers: { authorization: `Bearer ${stack.serviceRoleKey}` },
+        headers: { apikey: stack.secretKey },
         signal: AbortSignal.timeout(30_000),
       }).catch(() => null);
       await response?.body?.cancel();

@@ -4,7 +4,7 @@
  *
  *   GET /                        storefront/index.html (also /checkout/success and /cancel)
  *   GET /app.js                  storefront/app.ts bundled with supabase-js (`deno bundle`)
- *   GET /config.json             { supabaseUrl, anonKey, eventId }
+ *   GET /config.json             { supabaseUrl, publishableKey, eventId }
  *   GET /api/events/:id          a published event and its tiers (prices, seats left)
  *   GET /api/orders?session_id=  an order's status by its Checkout Session id
  *
@@ -18,7 +18,8 @@ const STOREFRONT = new URL("storefront/", ROOT);
 /** What the page needs to call the functions. */
 export interface StorefrontConfig {
   supabaseUrl: string;
-  anonKey: string;
+  /** The project's publishable key: what a new project's storefront calls with. */
+  publishableKey: string;
   eventId: string;
 }
 

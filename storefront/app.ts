@@ -13,7 +13,8 @@ import { type GuestCheckoutRequest, newIdempotencyKey, startGuestCheckout } from
 
 interface StorefrontConfig {
   supabaseUrl: string;
-  anonKey: string;
+  /** The project's publishable key (sb_publishable_…): supabase-js sends it in apikey. */
+  publishableKey: string;
   eventId: string;
 }
 
@@ -170,7 +171,7 @@ async function main(): Promise<void> {
   const sessionId = params.get("session_id");
   if (sessionId) return await showOrder(sessionId);
 
-  const supabase = createClient(config.supabaseUrl, config.anonKey, {
+  const supabase = createClient(config.supabaseUrl, config.publishableKey, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
   });
   const event = await getJson<EventInfo>(`/api/events/${config.eventId}`);

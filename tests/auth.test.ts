@@ -524,3 +524,35 @@ Deno.test("JWKS: during an outage the cached keys keep verifying, and a burst of
   assert.equal((await verify(`Bearer ${await unknown()}`)).sub, sub, "found once it recovers");
   assert.equal(endpoint.state.fetches, 3);
 });
+
+Deno.test("JWKS inline (SUPABASE_JWKS): ES256 and RS256 verify, nothing is fetched, an unknown kid or a stranger's key is 401", async () => {
+  const { es, rs, jwks } = await keys();
+  const verify = createTokenVerifier({ jwks: structuredClone(jwks) });
+  const sub = crypto.randomUUID();
+  assert.equal((await verify(`Bearer ${await signJwt(userClaims(sub), es)}`)).sub, sub);
+  assert.equal((await verify(`Bearer ${await signJwt(userClaims(sub), rs)}`)).sub, sub);
+  const stranger = await generateKeyPair("ES256", { kid: "es-1" });
+  await rejects401(verify(`Bearer ${await signJwt(userClaims(sub), stranger)}`), "stranger");
+  const unknown = await signJwt(userClaims(sub), es, { header: { kid: "es-9" } });
+  const results = await Promise.allSettled(
+    Array.from({ length: 5 }, () => verify(`Bearer ${unknown}`)),
+  );
+  assert.deepEqual(results.map((r) => r.status), Array(5).fill("rejected"));
+  await rejects401(verify(`Bearer ${await userToken(sub)}`), "HS256 without the legacy secret");
+});
+
+Deno.test("a legacy API key verifier takes only its role: anon for anon, service_role for service_role", async () => {
+  const anon = createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET, requiredRole: "anon" });
+  const service = createTokenVerifier({
+    jwtSecret: LOCAL_JWT_SECRET,
+    requiredRole: "service_role",
+  });
+  const exp = nowSeconds() + 3600;
+  const anonKey = await signJwt({ iss: "supabase", role: "anon", exp });
+  const serviceKey = await signJwt({ iss: "supabase", role: "service_role", exp });
+  assert.equal((await anon(`Bearer ${anonKey}`)).role, "anon");
+  assert.equal((await service(`Bearer ${serviceKey}`)).role, "service_role");
+  await rejects401(anon(`Bearer ${serviceKey}`), "service_role is not anon");
+  await rejects401(service(`Bearer ${anonKey}`), "anon is not service_role");
+  await rejects401(anon(`Bearer ${await userToken(crypto.randomUUID())}`), "a user is not anon");
+});

@@ -8,6 +8,7 @@ import {
   checkoutRequest,
   type Harness,
   newKey,
+  PUBLISHABLE_KEY,
   rowCounts,
   startHarness,
 } from "./support/checkout-harness.ts";
@@ -66,6 +67,7 @@ function context(h: Harness, endpoint: Endpoint, token: string): Ctx {
       origin: ALLOWED_ORIGIN,
       "idempotency-key": newKey(),
       authorization: endpoint === "enhanced-checkout" ? `Bearer ${token}` : null,
+      apikey: PUBLISHABLE_KEY,
       ...init.headers,
     };
     const method = init.method ?? "POST";

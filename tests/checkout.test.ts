@@ -9,6 +9,7 @@ import {
   checkoutRequest,
   guestBody,
   newKey,
+  PUBLISHABLE_KEY,
   rowCounts,
   withHarness,
 } from "./support/checkout-harness.ts";
@@ -56,6 +57,7 @@ function largestAcceptedTtl(): number {
     SUPABASE_DB_URL: "postgresql://localhost/postgres",
     STRIPE_SECRET_KEY: "sk_test_ttl",
     SITE_URL: "http://shop.test",
+    SUPABASE_PUBLISHABLE_KEY: PUBLISHABLE_KEY,
   };
   for (let ttl = 48 * 60; ttl >= 30; ttl--) {
     env.CHECKOUT_SESSION_TTL_MINUTES = String(ttl);

@@ -82,10 +82,119 @@ Deno.test("enhanced-checkout loads with either the JWT secret or the project URL
   assert.equal(jwksOnly.jwksUrl?.href, "https://p.supabase.co/auth/v1/.well-known/jwks.json");
 });
 
-Deno.test("guest-checkout needs neither SUPABASE_JWT_SECRET nor SUPABASE_URL", () => {
-  const config = load({ SUPABASE_JWT_SECRET: undefined, SUPABASE_URL: undefined }, false);
-  assert.equal(config.jwtSecret, null);
-  assert.equal(config.jwksUrl, null);
+Deno.test("guest-checkout needs a publishable key, or a legacy anon key or JWT secret", () => {
+  const none = { SUPABASE_JWT_SECRET: undefined, SUPABASE_URL: undefined };
+  throwsNaming("SUPABASE_PUBLISHABLE_KEYS", none, false);
+  throwsNaming("SUPABASE_PUBLISHABLE_KEY", { ...none, SUPABASE_PUBLISHABLE_KEYS: "{}" }, false);
+  const publishable = load({ ...none, SUPABASE_PUBLISHABLE_KEY: "sb_publishable_a" }, false);
+  assert.deepEqual(publishable.publishableKeys, { default: "sb_publishable_a" });
+  assert.equal(publishable.jwtSecret, null);
+  assert.equal(publishable.jwksUrl, null);
+  assert.equal(load({ ...none, SUPABASE_ANON_KEY: "eyJ.anon.key" }, false).anonKey, "eyJ.anon.key");
+  assert.equal(load({ SUPABASE_URL: undefined }, false).jwtSecret, BASE.SUPABASE_JWT_SECRET);
+});
+
+/** The variables the Supabase platform provisions today, and nothing legacy. */
+const NEW_ONLY: Overrides = {
+  SUPABASE_JWT_SECRET: undefined,
+  SUPABASE_URL: "https://project.supabase.co",
+  SUPABASE_PUBLISHABLE_KEYS: '{"default":"sb_publishable_one","web":"sb_publishable_two"}',
+  SUPABASE_SECRET_KEYS: '{"default":"sb_secret_one"}',
+  SUPABASE_JWKS: '{"keys":[{"kty":"EC","crv":"P-256","x":"x","y":"y","kid":"k1","alg":"ES256"}]}',
+};
+
+Deno.test("every function loads from the new variables alone (no JWT secret, no legacy key)", () => {
+  const env = { ...BASE, ...NEW_ONLY };
+  const read = (name: string) => env[name];
+  for (const requireUserAuth of [false, true]) {
+    const config = loadCheckoutConfig(read, { requireUserAuth });
+    assert.deepEqual(config.publishableKeys, {
+      default: "sb_publishable_one",
+      web: "sb_publishable_two",
+    });
+    assert.deepEqual(config.secretKeys, { default: "sb_secret_one" });
+    assert.equal(config.jwks?.keys[0]?.kid, "k1");
+    assert.equal(config.jwksUrl, null, "SUPABASE_JWKS inline is the whole truth: nothing fetched");
+    assert.equal(config.jwtSecret, null);
+    assert.equal(config.jwtIssuer, "https://project.supabase.co/auth/v1");
+  }
+  assert.deepEqual(loadReconcileConfig(read).secretKeys, { default: "sb_secret_one" });
+});
+
+Deno.test("SUPABASE_PUBLISHABLE_KEYS / SUPABASE_SECRET_KEYS: a JSON object, a JSON array or a comma-separated list", () => {
+  const keys = (value: string, singular?: string) =>
+    load({ SUPABASE_PUBLISHABLE_KEYS: value, SUPABASE_PUBLISHABLE_KEY: singular }).publishableKeys;
+  assert.deepEqual(keys('{"web":"sb_publishable_a"}'), { web: "sb_publishable_a" });
+  assert.deepEqual(keys('["sb_publishable_a","sb_publishable_b"]'), {
+    0: "sb_publishable_a",
+    1: "sb_publishable_b",
+  });
+  assert.deepEqual(keys(" sb_publishable_a , sb_publishable_b "), {
+    0: "sb_publishable_a",
+    1: "sb_publishable_b",
+  });
+  assert.deepEqual(keys('{"web":"sb_publishable_a"}', "sb_publishable_b"), {
+    web: "sb_publishable_a",
+    default: "sb_publishable_b",
+  });
+  assert.deepEqual(keys("", "sb_publishable_b"), { default: "sb_publishable_b" });
+  throwsNaming("SUPABASE_PUBLISHABLE_KEYS", { SUPABASE_PUBLISHABLE_KEYS: '{"default":' });
+  throwsNaming("SUPABASE_PUBLISHABLE_KEYS", { SUPABASE_PUBLISHABLE_KEYS: '{"default":1}' });
+  throwsNaming("SUPABASE_SECRET_KEYS", { SUPABASE_SECRET_KEYS: '{"a":""}' });
+});
+
+Deno.test("a key of the other kind in SUPABASE_PUBLISHABLE_KEYS or SUPABASE_SECRET_KEYS stops the start, without the key in the message", () => {
+  const secret = "sb_secret_must_not_appear_in_messages";
+  const publishable = "sb_publishable_must_not_appear_either";
+  for (
+    const [variable, value] of [
+      ["SUPABASE_PUBLISHABLE_KEYS", JSON.stringify({ default: secret })],
+      ["SUPABASE_PUBLISHABLE_KEY", secret],
+      ["SUPABASE_SECRET_KEYS", JSON.stringify({ default: publishable })],
+      ["SUPABASE_SECRET_KEY", publishable],
+    ]
+  ) {
+    assert.throws(() => load({ [variable!]: value }), (error: unknown) => {
+      assert.ok(error instanceof ConfigError);
+      assert.match(error.message, /SUPABASE_(PUBLISHABLE|SECRET)_KEYS/);
+      assert.ok(!error.message.includes(secret) && !error.message.includes(publishable));
+      return true;
+    });
+  }
+});
+
+Deno.test("SUPABASE_JWKS is a JWKS object or a bare array; anything else stops the start", () => {
+  const jwk = { kty: "RSA", n: "n", e: "AQAB", kid: "r1" };
+  assert.equal(load({ SUPABASE_JWKS: JSON.stringify([jwk]) }, true).jwks?.keys[0]?.kid, "r1");
+  assert.deepEqual(load({ SUPABASE_JWKS: '{"keys":[]}' }, true).jwks, { keys: [] });
+  for (const bad of ["{", '{"keys":{}}', '{"keys":[1]}', '"text"', "null"]) {
+    throwsNaming("SUPABASE_JWKS", { SUPABASE_JWKS: bad }, true);
+  }
+  // An empty inline set verifies nobody: enhanced-checkout needs another source then.
+  throwsNaming(
+    "SUPABASE_JWKS",
+    { SUPABASE_JWKS: '{"keys":[]}', SUPABASE_JWT_SECRET: undefined },
+    true,
+  );
+});
+
+Deno.test("the JWKS is fetched over https only (http on loopback), else SUPABASE_JWKS_URL is refused", () => {
+  const url = (overrides: Overrides) => load(overrides, false).jwksUrl?.href ?? null;
+  assert.equal(
+    url({ SUPABASE_URL: "http://127.0.0.1:54321" }),
+    "http://127.0.0.1:54321/auth/v1/.well-known/jwks.json",
+  );
+  assert.equal(url({ SUPABASE_URL: "http://kong:8000" }), null, "plain http elsewhere: no JWKS");
+  assert.equal(
+    url({ SUPABASE_JWKS_URL: "https://auth.example.com/jwks.json" }),
+    "https://auth.example.com/jwks.json",
+  );
+  throwsNaming("SUPABASE_JWKS_URL", { SUPABASE_JWKS_URL: "http://auth.example.com/jwks.json" });
+  throwsNaming(
+    "SUPABASE_URL",
+    { SUPABASE_URL: "http://kong:8000", SUPABASE_JWT_SECRET: undefined },
+    true,
+  );
 });
 
 Deno.test("an unparsable SITE_URL, STRIPE_API_BASE or SUPABASE_URL throws a ConfigError naming it", () => {
@@ -243,7 +352,9 @@ Deno.test("webhook and reconcile configurations name what they miss", () => {
       loadReconcileConfig(
         env({ SUPABASE_DB_URL: "postgresql://x", STRIPE_SECRET_KEY: "sk_test_x" }),
       ),
-    (e: unknown) => e instanceof ConfigError && e.message.includes("SUPABASE_JWT_SECRET"),
+    (e: unknown) =>
+      e instanceof ConfigError && e.message.includes("SUPABASE_SECRET_KEYS") &&
+      e.message.includes("SUPABASE_JWT_SECRET"),
   );
   const reconcile = loadReconcileConfig(env({
     SUPABASE_DB_URL: "postgresql://x",

@@ -1,12 +1,24 @@
 /**
- * The pieces of `npm start`: the functions host (each index.ts loaded unchanged), the local
- * Stripe server's hosted checkout page with signed webhook forwarding, and the local keys.
+ * The pieces of `npm start`: the functions host (each index.ts loaded unchanged, started with
+ * only the variables Supabase provisions today), the local Stripe server's hosted checkout page
+ * with signed webhook forwarding, and the local keys.
  */
 import assert from "node:assert/strict";
 import Stripe from "stripe";
 import { createTokenVerifier } from "../supabase/functions/_shared/auth.ts";
-import { captureServeHandler, parseFunctionConfig } from "../scripts/functions-host.ts";
-import { apiKey, LOCAL_JWT_SECRET, verifyJwt } from "../scripts/lib/jwt.ts";
+import {
+  captureServeHandler,
+  createGateway,
+  parseFunctionConfig,
+} from "../scripts/functions-host.ts";
+import { apiKey, LOCAL_JWT_SECRET, userToken, verifyJwt } from "../scripts/lib/jwt.ts";
+import {
+  functionsAuthEnv,
+  generateLocalKeys,
+  localJwks,
+  readLocalKeys,
+  saveLocalKeys,
+} from "../scripts/lib/local-keys.ts";
 import { localUserToken, parseTokenArgs } from "../scripts/mint-token.ts";
 import { databaseUrl } from "./support/database.ts";
 import {
@@ -172,16 +184,48 @@ Deno.test("functions host: captures the handler an index.ts passes to Deno.serve
   }
 });
 
+Deno.test("functions host: the gateway's JWT check applies to a verify_jwt = true function only, and it serves the JWKS", async () => {
+  const echo = () => new Response("reached");
+  const gateway = createGateway([
+    { name: "open", entrypoint: new URL("file:///open.ts"), verifyJwt: false, handler: echo },
+    { name: "closed", entrypoint: new URL("file:///closed.ts"), verifyJwt: true, handler: echo },
+  ], { jwtSecret: LOCAL_JWT_SECRET, jwks: { keys: [] } });
+  const info = {
+    remoteAddr: { transport: "tcp", hostname: "127.0.0.1", port: 1 },
+    completed: Promise.resolve(),
+  } as Deno.ServeHandlerInfo<Deno.NetAddr>;
+  const call = async (path: string, headers: Record<string, string> = {}) => {
+    const response = await gateway(
+      new Request(`http://host.test${path}`, { method: "POST", headers }),
+      info,
+    );
+    return [response.status, await response.text()] as const;
+  };
+  assert.deepEqual(await call("/functions/v1/open"), [200, "reached"]);
+  assert.equal((await call("/functions/v1/closed"))[0], 401);
+  const anon = `Bearer ${await apiKey("anon", LOCAL_JWT_SECRET)}`;
+  assert.deepEqual(await call("/functions/v1/closed", { authorization: anon }), [200, "reached"]);
+  const jwksResponse = await gateway(
+    new Request("http://host.test/auth/v1/.well-known/jwks.json"),
+    info,
+  );
+  assert.deepEqual(await jwksResponse.json(), { keys: [] });
+});
+
 Deno.test("functions host: config.toml verify_jwt per function", async () => {
   const config = parseFunctionConfig(
     await Deno.readTextFile(new URL("../supabase/config.toml", import.meta.url)),
   );
-  assert.equal(config.get("stripe-webhook")?.verifyJwt, false);
-  assert.equal(config.get("guest-checkout")?.verifyJwt, true);
+  for (
+    const name of ["enhanced-checkout", "guest-checkout", "reconcile-checkouts", "stripe-webhook"]
+  ) {
+    assert.equal(config.get(name)?.verifyJwt, false, `${name} checks its caller itself`);
+  }
   assert.equal(config.get("guest-checkout")?.entrypoint, "./functions/guest-checkout/index.ts");
 });
 
-Deno.test("functions host: serves the real functions with the gateway's JWT check", async () => {
+Deno.test("functions host: the real functions start with only the new variables and check their callers themselves", async () => {
+  const keys = await generateLocalKeys();
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -192,14 +236,19 @@ Deno.test("functions host: serves the real functions with the gateway's JWT chec
       "scripts/functions-host.ts",
     ],
     cwd: new URL("../", import.meta.url).pathname,
+    // No SUPABASE_JWT_SECRET, no anon or service_role key; SUPABASE_URL is the host's own.
+    clearEnv: true,
     env: {
+      PATH: Deno.env.get("PATH") ?? "",
+      HOME: Deno.env.get("HOME") ?? "/root",
+      ...(Deno.env.get("DENO_DIR") ? { DENO_DIR: Deno.env.get("DENO_DIR")! } : {}),
       PORT: "0",
       SUPABASE_DB_URL: databaseUrl(),
       STRIPE_SECRET_KEY: "sk_test_local",
       STRIPE_API_BASE: "http://127.0.0.1:9",
       SITE_URL: "http://shop.test",
-      SUPABASE_JWT_SECRET: LOCAL_JWT_SECRET,
       STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET,
+      ...await functionsAuthEnv(keys),
       NO_COLOR: "1",
     },
     stdout: "piped",
@@ -217,46 +266,75 @@ Deno.test("functions host: serves the real functions with the gateway's JWT chec
       base = /listening on (http:\/\/\S+?)\/functions\/v1\//.exec(output)?.[1];
     }
     assert.ok(base, `the host did not start:\n${output}`);
+    assert.doesNotMatch(output, /FAILED/);
     for (
       const name of ["enhanced-checkout", "guest-checkout", "reconcile-checkouts", "stripe-webhook"]
     ) {
-      assert.match(output, new RegExp(`functions-host: ${name} \\(`), `${name} loaded`);
+      assert.match(output, new RegExp(`functions-host: ${name} \\(checks its caller itself\\)`));
     }
-    const anon = await apiKey("anon", LOCAL_JWT_SECRET);
     const call = async (path: string, init: RequestInit = {}) => {
       const response = await fetch(`${base}/functions/v1/${path}`, init);
       return [response.status, await response.json().catch(() => null)] as const;
     };
+    const post = (headers: Record<string, string>, body = "{}") => ({
+      method: "POST",
+      headers: { "content-type": "application/json", ...headers },
+      body,
+    });
     assert.deepEqual(await call("nope", { method: "POST" }), [404, {
       error: { code: "not_found", message: "Function not found" },
     }]);
-    assert.deepEqual(await call("guest-checkout", { method: "POST" }), [401, {
-      msg: "Error: Missing authorization header",
-    }]);
-    assert.deepEqual(
-      (await call("guest-checkout", {
-        method: "POST",
-        headers: { authorization: "Bearer x.y.z" },
-      }))[0],
-      401,
-    );
-    // With a valid key the request reaches guest-checkout's own handler, which wants a key.
-    const [status, body] = await call("guest-checkout", {
-      method: "POST",
-      headers: { authorization: `Bearer ${anon}`, "content-type": "application/json" },
-      body: "{}",
-    });
+    // The local stand-in for Supabase Auth publishes the signing key.
+    const jwksResponse = await fetch(`${base}/auth/v1/.well-known/jwks.json`);
+    assert.deepEqual(await jwksResponse.json(), await localJwks(keys));
+
+    // guest-checkout: no key → its own 401; the publishable key → on to the Idempotency-Key.
+    const [noKey, noKeyBody] = await call("guest-checkout", post({}));
+    assert.equal(noKey, 401);
+    assert.equal(noKeyBody.error.code, "unauthorized");
+    const [status, body] = await call("guest-checkout", post({ apikey: keys.publishableKey }));
     assert.equal(status, 400);
     assert.equal(body.error.code, "idempotency_key_missing");
-    // stripe-webhook has verify_jwt = false: no token needed, its handler checks the signature.
+
+    // enhanced-checkout: an ES256 token from the local signing key, issued by the host's
+    // SUPABASE_URL, passes (the empty body is then refused); an HS256 one does not.
+    const idempotency = { "idempotency-key": `local-dev-${crypto.randomUUID()}` };
+    const es256 = await localUserToken(crypto.randomUUID(), {
+      key: keys.signingKey,
+      supabaseUrl: base,
+    });
+    const [userStatus, userBody] = await call(
+      "enhanced-checkout",
+      post({ authorization: `Bearer ${es256}`, ...idempotency }),
+    );
+    assert.equal(userStatus, 400, JSON.stringify(userBody));
+    assert.equal(userBody.error.code, "validation_failed");
+    const hs256 = await userToken(crypto.randomUUID(), { iss: `${base}/auth/v1` });
+    assert.equal(
+      (await call("enhanced-checkout", post({ authorization: `Bearer ${hs256}`, ...idempotency })))[
+        0
+      ],
+      401,
+      "no legacy secret configured: HS256 is refused",
+    );
+
+    // stripe-webhook: no credential needed, its handler checks the signature.
     const [hookStatus] = await call("stripe-webhook", { method: "POST", body: "{}" });
     assert.equal(hookStatus, 400);
-    // reconcile-checkouts wants the service role itself; the anon key passes only the gateway.
-    const [reconcileStatus] = await call("reconcile-checkouts", {
-      method: "POST",
-      headers: { authorization: `Bearer ${anon}` },
-    });
-    assert.equal(reconcileStatus, 401);
+    // reconcile-checkouts: the secret key only.
+    assert.equal(
+      (await call("reconcile-checkouts", post({ apikey: keys.publishableKey })))[0],
+      401,
+    );
+    assert.equal(
+      (await call("reconcile-checkouts", post({ authorization: `Bearer ${es256}` })))[0],
+      401,
+    );
+    const [reconciled, summary] = await call(
+      "reconcile-checkouts",
+      post({ apikey: keys.secretKey }),
+    );
+    assert.equal(reconciled, 200, JSON.stringify(summary));
   } finally {
     child.kill("SIGTERM");
     await reader.cancel().catch(() => {});
@@ -264,17 +342,44 @@ Deno.test("functions host: serves the real functions with the gateway's JWT chec
   }
 });
 
-Deno.test("local keys: the demo API keys and minted user tokens verify like Supabase's", async () => {
-  // The anon key is exactly the one a local Supabase prints.
+Deno.test("local keys: kept across restarts; npm run token's ES256 tokens verify against the published JWKS", async () => {
+  // The legacy demo anon key is still exactly the one a local Supabase prints.
   assert.equal(
     await apiKey("anon", LOCAL_JWT_SECRET),
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6ImFub24iLCJleHAiOjE5ODM4MTI5OTZ9.CRXP1A7WOeoJeXxjNni43kdQwgnWNReilDMblYTn_I0",
   );
+  const dir = await Deno.makeTempDir();
+  try {
+    const file = `${dir}/keys.json`;
+    const keys = await generateLocalKeys();
+    assert.match(keys.publishableKey, /^sb_publishable_[0-9a-f]{32}$/);
+    assert.match(keys.secretKey, /^sb_secret_[0-9a-f]{48}$/);
+    await saveLocalKeys(file, keys, "http://127.0.0.1:54321");
+    assert.equal((await Deno.stat(file)).mode! & 0o777, 0o600, "readable by its owner only");
+    const saved = await readLocalKeys(file);
+    assert.equal(saved?.supabaseUrl, "http://127.0.0.1:54321");
+    assert.equal(saved?.keys.publishableKey, keys.publishableKey);
+    assert.deepEqual(await localJwks(saved!.keys), await localJwks(keys), "the same key pair");
+
+    const userId = crypto.randomUUID();
+    const token = await localUserToken(userId, {
+      key: saved!.keys.signingKey,
+      supabaseUrl: "http://127.0.0.1:54321",
+      email: "a@b.co",
+    });
+    assert.equal(JSON.parse(atob(token.split(".")[0]!)).alg, "ES256");
+    const verify = createTokenVerifier({
+      jwks: await localJwks(keys),
+      issuer: "http://127.0.0.1:54321/auth/v1",
+    });
+    const claims = await verify(`Bearer ${token}`);
+    assert.equal(claims.sub, userId);
+    assert.equal(claims.email, "a@b.co");
+    assert.equal(await verifyJwt(token, LOCAL_JWT_SECRET), null, "not an HS256 token");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
   const userId = crypto.randomUUID();
-  const token = await localUserToken(userId);
-  const claims = await createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET })(`Bearer ${token}`);
-  assert.equal(claims.sub, userId);
-  assert.equal(await verifyJwt(token, "another-secret-that-is-at-least-32-chars"), null);
   assert.deepEqual(parseTokenArgs([userId.toUpperCase(), "--email", "a@b.co"]), {
     userId,
     email: "a@b.co",

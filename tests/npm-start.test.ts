@@ -2,12 +2,13 @@
  * `npm start` from a checkout the `postgres` user cannot reach (root's home is 0700 on Debian, so
  * is a `mktemp -d` folder): initdb and the server run as `postgres`, so the cluster must live
  * where that user can reach it. The test copies this working tree into such a folder, runs
- * `npm start` there on free ports, makes one real checkout, then stops it with SIGINT.
+ * `npm start` there on free ports, makes one real guest checkout with the publishable key it
+ * prints and one signed-in checkout with a token from `npm run token` (ES256), then stops it
+ * with SIGINT.
  *
  * It starts a PostgreSQL of its own (the one `npm start` makes), not the pipeline's database.
  */
 import assert from "node:assert/strict";
-import { apiKey, LOCAL_JWT_SECRET } from "../scripts/lib/jwt.ts";
 import { DEMO_EVENT_ID, DEMO_TIERS } from "../scripts/lib/local.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
@@ -150,11 +151,15 @@ Deno.test({
       cluster = await clusterDir(checkout);
 
       // One real request: a guest checkout through the functions host, the database and the
-      // local Stripe server.
+      // local Stripe server, with the publishable key the banner prints (no JWT anywhere).
+      const publishableKey = /Publishable\s+(sb_publishable_\S+)/.exec(output.text())?.[1];
+      assert.ok(publishableKey, `the banner prints the publishable key:\n${output.text()}`);
+      assert.doesNotMatch(output.text(), /sb_secret_/, "the secret key is never printed");
+      assert.match(output.text(), new RegExp(`-H 'apikey: ${publishableKey}'`), "the curl line");
       const response = await fetch(`http://127.0.0.1:${functions}/functions/v1/guest-checkout`, {
         method: "POST",
         headers: {
-          authorization: `Bearer ${await apiKey("anon", LOCAL_JWT_SECRET)}`,
+          apikey: publishableKey,
           "content-type": "application/json",
           "idempotency-key": `npm-start-test-${crypto.randomUUID()}`,
         },
@@ -170,6 +175,38 @@ Deno.test({
         String(body.url).startsWith(`http://127.0.0.1:${stripe}/`),
         `the session is the local Stripe server's: ${body.url}`,
       );
+
+      // `npm run token` signs a user's token with the local ES256 key: enhanced-checkout takes it.
+      const minted = await new Deno.Command("npm", {
+        args: ["run", "-s", "token"],
+        cwd: checkout,
+        clearEnv: true,
+        env: { ...env, DB_PORT: String(db), PORT: String(functions) },
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const token = new TextDecoder().decode(minted.stdout).trim();
+      assert.equal(minted.code, 0, new TextDecoder().decode(minted.stderr));
+      assert.equal(JSON.parse(atob(token.split(".")[0]!)).alg, "ES256");
+      const signedIn = await fetch(
+        `http://127.0.0.1:${functions}/functions/v1/enhanced-checkout`,
+        {
+          method: "POST",
+          headers: {
+            authorization: `Bearer ${token}`,
+            apikey: publishableKey,
+            "content-type": "application/json",
+            "idempotency-key": `npm-start-test-${crypto.randomUUID()}`,
+          },
+          body: JSON.stringify({
+            eventId: DEMO_EVENT_ID,
+            items: [{ tierId: DEMO_TIERS.general, quantity: 1 }],
+          }),
+        },
+      );
+      const signedInBody = await signedIn.json();
+      assert.equal(signedIn.status, 201, JSON.stringify(signedInBody));
 
       child.kill("SIGINT");
       const stopped = timeout(STOP_TIMEOUT_MS, "npm start did not stop after SIGINT");

@@ -3,7 +3,7 @@
  * session or a released hold, safe beside live traffic and beside itself.
  */
 import assert from "node:assert/strict";
-import { createTokenVerifier } from "../supabase/functions/_shared/auth.ts";
+import { operatorCaller } from "../supabase/functions/_shared/auth.ts";
 import type { CheckoutStore } from "../supabase/functions/_shared/checkout.ts";
 import { createReconcileHandler } from "../supabase/functions/_shared/reconcile.ts";
 import {
@@ -11,6 +11,7 @@ import {
   type Harness,
   newKey,
   reconcileNow,
+  startHarness,
   withHarness,
 } from "./support/checkout-harness.ts";
 import { LOCAL_JWT_SECRET, signJwt, userToken } from "../scripts/lib/jwt.ts";
@@ -174,23 +175,25 @@ Deno.test("recent attempts are left alone: only leases expired longer than the t
     assert.equal(summary.settled + summary.failed + summary.skipped, 0);
   }));
 
-Deno.test("reconcile-checkouts accepts only the service role's token", () =>
-  withHarness(async (h) => {
+Deno.test("reconcile-checkouts accepts only a secret key or the legacy service role's token", async () => {
+  const h = await startHarness();
+  try {
+    const secretKey = "sb_secret_reconcile_test_0123456789";
     const handler = createReconcileHandler({
       sql: h.sql,
       stripe: h.stripeClient,
       staleSeconds: 600,
       log: () => {},
-      verifyToken: createTokenVerifier({
-        jwtSecret: LOCAL_JWT_SECRET,
-        requiredRole: "service_role",
-      }),
+      authenticate: operatorCaller({ keys: { default: secretKey }, jwtSecret: LOCAL_JWT_SECRET }),
     });
-    const call = (token?: string) =>
+    const call = (token?: string, apikey?: string) =>
       handler(
         new Request("http://functions.test/functions/v1/reconcile-checkouts", {
           method: "POST",
-          headers: token ? { authorization: `Bearer ${token}` } : {},
+          headers: {
+            ...(token ? { authorization: `Bearer ${token}` } : {}),
+            ...(apikey ? { apikey } : {}),
+          },
         }),
       );
     assert.equal((await call()).status, 401);
@@ -201,19 +204,30 @@ Deno.test("reconcile-checkouts accepts only the service role's token", () =>
     );
     const anon = await signJwt({ role: "anon", exp: Math.floor(Date.now() / 1000) + 60 });
     assert.equal((await call(anon)).status, 401);
+    assert.equal((await call(undefined, "sb_publishable_reconcile_test")).status, 401);
+    assert.equal((await call(undefined, `${secretKey}x`)).status, 401, "another secret key");
     const service = await signJwt({
       role: "service_role",
       exp: Math.floor(Date.now() / 1000) + 60,
     });
-    const ok = await call(service);
-    assert.equal(ok.status, 200);
-    assert.deepEqual(Object.keys(await ok.json()).sort(), [
-      "failed",
-      "remaining",
-      "settled",
-      "skipped",
-    ]);
-  }));
+    for (
+      const [why, ok] of [
+        ["the legacy service_role token", await call(service)],
+        ["a secret key in apikey", await call(undefined, secretKey)],
+      ] as const
+    ) {
+      assert.equal(ok.status, 200, why);
+      assert.deepEqual(Object.keys(await ok.json()).sort(), [
+        "failed",
+        "remaining",
+        "settled",
+        "skipped",
+      ]);
+    }
+  } finally {
+    await h.close();
+  }
+});
 
 /** A stuck attempt whose every try died before Stripe saw it: no session exists under its key. */
 async function stuckBeforeStripe(h: Harness, key = newKey(), quantity = 1): Promise<string> {

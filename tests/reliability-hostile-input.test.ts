@@ -16,6 +16,7 @@ import { createStripeClient, Stripe } from "../supabase/functions/_shared/stripe
 import {
   ALLOWED_ORIGIN,
   type Harness,
+  PUBLISHABLE_KEY,
   rowCounts,
   startHarness,
 } from "./support/checkout-harness.ts";
@@ -307,6 +308,7 @@ Deno.test("hostile input: 1,000+ generated bad requests per endpoint get a docum
       knownIds: new Set(ids.map((row) => row.id.toLowerCase())),
       userId,
       validToken,
+      publishableKey: PUBLISHABLE_KEY,
     });
 
     // The builders make valid requests when asked to: the defects are the only difference.

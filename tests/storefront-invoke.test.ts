@@ -4,18 +4,17 @@
  */
 import assert from "node:assert/strict";
 import { createClient, FunctionsHttpError, type SupabaseClient } from "@supabase/supabase-js";
-import { type Harness, newKey, startHarness } from "./support/checkout-harness.ts";
+import { type Harness, newKey, PUBLISHABLE_KEY, startHarness } from "./support/checkout-harness.ts";
 import { serveFunctions } from "./support/functions-server.ts";
-import { signJwt, userToken } from "../scripts/lib/jwt.ts";
-
-const ANON_KEY = await signJwt({ role: "anon", iss: "supabase-demo", exp: 4102444800 });
+import { userToken } from "../scripts/lib/jwt.ts";
 
 async function withStorefront(
   fn: (h: Harness, supabase: SupabaseClient) => Promise<void>,
 ): Promise<void> {
   const h = await startHarness();
   const functions = serveFunctions({ "guest-checkout": h.guest, "enhanced-checkout": h.enhanced });
-  const supabase = createClient(functions.url, ANON_KEY, {
+  // A new project's storefront: the publishable key, which supabase-js sends in apikey.
+  const supabase = createClient(functions.url, PUBLISHABLE_KEY, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
   });
   try {

@@ -13,8 +13,8 @@ import {
   type StripeServer,
 } from "../../local/stripe/mod.ts";
 import { startStorefrontServer, type StorefrontServer } from "../storefront-server.ts";
-import { apiKey } from "./jwt.ts";
 import { DEMO_EVENT_ID } from "./local.ts";
+import { functionsAuthEnv, type LocalKeys } from "./local-keys.ts";
 import { terminate } from "./process.ts";
 
 /** Where Stripe is: the local server this stack starts, or one given (real Stripe, stripe-mock). */
@@ -28,12 +28,16 @@ export interface LocalStackOptions {
   functionsPort: number;
   storefrontPort: number;
   stripe: StripeSetting;
-  jwtSecret: string;
+  /** The project's publishable, secret and signing keys (the functions get only these). */
+  keys: LocalKeys;
   webhookSecret: string;
   /** Where the storefront bundle is written. */
   bundleFile: string;
   eventId?: string;
-  /** Extra environment for the functions (e.g. CHECKOUT_SESSION_TTL_MINUTES). */
+  /**
+   * Extra environment for the functions (e.g. CHECKOUT_SESSION_TTL_MINUTES, or a legacy
+   * SUPABASE_JWT_SECRET side by side with the keys).
+   */
   functionsEnv?: Record<string, string>;
   /** Where the functions host's output lines go (default: this process's stdout). */
   log?: (line: string) => void;
@@ -47,8 +51,10 @@ export interface LocalStack {
   stripe: StripeServer | null;
   /** STRIPE_API_BASE the functions use (null: api.stripe.com). */
   stripeApiBase: string | null;
-  anonKey: string;
-  serviceRoleKey: string;
+  /** The storefront's key (apikey header). */
+  publishableKey: string;
+  /** The operator endpoints' key (apikey header). */
+  secretKey: string;
   /** The functions that failed to load, with the reason. */
   failedFunctions: string[];
   close(): Promise<void>;
@@ -80,8 +86,7 @@ async function start(
   stops: (() => Promise<unknown>)[],
 ): Promise<Omit<LocalStack, "close">> {
   const eventId = options.eventId ?? DEMO_EVENT_ID;
-  const anonKey = await apiKey("anon", options.jwtSecret);
-  const serviceRoleKey = await apiKey("service_role", options.jwtSecret);
+  const { publishableKey, secretKey } = options.keys;
   let functionsUrl = "";
 
   let stripe: StripeServer | null = null;
@@ -100,7 +105,7 @@ async function start(
     port: options.storefrontPort,
     databaseUrl: options.databaseUrl,
     bundleFile: options.bundleFile,
-    config: () => ({ supabaseUrl: functionsUrl, anonKey, eventId }),
+    config: () => ({ supabaseUrl: functionsUrl, publishableKey, eventId }),
   });
   stops.push(() => storefront.close());
 
@@ -110,7 +115,8 @@ async function start(
     SUPABASE_DB_URL: options.databaseUrl,
     SITE_URL: storefront.url,
     CHECKOUT_ALLOWED_ORIGINS: origins.join(","),
-    SUPABASE_JWT_SECRET: options.jwtSecret,
+    // What the platform provisions for a new project; SUPABASE_URL is the host's own.
+    ...await functionsAuthEnv(options.keys),
     STRIPE_WEBHOOK_SECRET: options.webhookSecret,
     ...(stripe
       ? { STRIPE_SECRET_KEY: LOCAL_STRIPE_KEY, STRIPE_API_BASE: stripe.url }
@@ -131,8 +137,8 @@ async function start(
     storefrontUrl: storefront.url,
     stripe,
     stripeApiBase: env.STRIPE_API_BASE ?? null,
-    anonKey,
-    serviceRoleKey,
+    publishableKey,
+    secretKey,
     failedFunctions: host.failed,
   };
 }

@@ -1,7 +1,10 @@
 /**
- * Settings of the local stack (`npm start`, the browser test): LOCAL USE ONLY. Its keys and
- * tokens (the local JWT secret, API keys, user tokens) are made by ./jwt.ts.
+ * Settings of the local stack (`npm start`, the browser test): LOCAL USE ONLY. Its keys are
+ * made and kept by ./local-keys.ts, tokens signed by ./jwt.ts.
  */
+
+/** Where `npm start` keeps the local project's keys, relative to the checkout. */
+export const LOCAL_KEYS_FILE = ".local/keys.json";
 
 /** The demo event of supabase/seed.sql. */
 export const DEMO_EVENT_ID = "00000000-0000-4000-8000-000000000001";

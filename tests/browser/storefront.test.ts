@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { type BrowserContext, chromium, type Page } from "playwright-core";
-import { LOCAL_JWT_SECRET } from "../../scripts/lib/jwt.ts";
+import { generateLocalKeys } from "../../scripts/lib/local-keys.ts";
 import { DEMO_EVENT_ID, DEMO_TIERS } from "../../scripts/lib/local.ts";
 import { type LocalStack, startLocalStack } from "../../scripts/lib/local-stack.ts";
 import { openPool } from "../support/database.ts";
@@ -49,7 +49,7 @@ async function withStorefront(fn: (fixture: Fixture) => Promise<void>): Promise<
     functionsPort: 0,
     storefrontPort: 0,
     stripe: { mode: "local", port: 0 },
-    jwtSecret: LOCAL_JWT_SECRET,
+    keys: await generateLocalKeys(),
     webhookSecret: `whsec_browser_test_${crypto.randomUUID().replaceAll("-", "")}`,
     bundleFile: `${scratch}/app.js`,
     log: (line) => logs.push(line),
@@ -177,6 +177,8 @@ interface Cart {
   email: string;
   /** The Idempotency-Key of every guest-checkout POST the page has sent so far. */
   keys: string[];
+  /** Their `apikey` and `Authorization` headers: a new project's storefront sends no JWT. */
+  credentials: string[];
 }
 
 /** Double-clicks Pay; checks that one session came of it and the browser is on its page. */
@@ -205,12 +207,16 @@ function storefrontTest(
         const email = uniqueEmail(shot);
         await fillCart(page, stack, email, shot);
         const keys: string[] = [];
+        const credentials: string[] = [];
         page.on("request", (request) => {
           if (request.method() === "POST" && request.url().endsWith("/guest-checkout")) {
             keys.push(request.headers()["idempotency-key"] ?? "");
+            credentials.push(
+              `${request.headers()["apikey"]} ${request.headers()["authorization"]}`,
+            );
           }
         });
-        await fn({ stack, page, email, keys });
+        await fn({ stack, page, email, keys, credentials });
       }),
   });
 }
@@ -224,6 +230,11 @@ storefrontTest({
   const { stack, page, email, keys } = cart;
   assert.ok(keys.length >= 1 && new Set(keys).size === 1, `one key: ${keys.join(", ")}`);
   await screenshot(page, "double-click-3-hosted-checkout");
+  assert.deepEqual(
+    [...new Set(cart.credentials)],
+    [`${stack.publishableKey} undefined`],
+    "its key",
+  );
 
   await payAndSeePaid(stack, page, email, "double-click-4-paid");
   assert.equal(stack.stripe!.sessions.get(sessionId)?.status, "complete");

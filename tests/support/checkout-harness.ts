@@ -2,7 +2,11 @@
  * Builds both checkout handlers exactly as index.ts does, but against the test database and
  * the local Stripe-compatible server, with a fresh published event per harness.
  */
-import { createTokenVerifier } from "../../supabase/functions/_shared/auth.ts";
+import {
+  createTokenVerifier,
+  publishableKeyCaller,
+  userCaller,
+} from "../../supabase/functions/_shared/auth.ts";
 import {
   type CheckoutStore,
   createCheckoutHandler,
@@ -21,6 +25,8 @@ import { startStripeServer, type StripeServer } from "../../local/stripe/mod.ts"
 import { LOCAL_JWT_SECRET } from "../../scripts/lib/jwt.ts";
 
 export const SITE_URL = "http://shop.test";
+/** The harness project's publishable key: guest-checkout's apikey (checkoutRequest sends it). */
+export const PUBLISHABLE_KEY = "sb_publishable_harness_0123456789abcdef";
 export const ALLOWED_ORIGIN = "http://shop.test";
 
 /** A published event with three tiers, made for one harness. */
@@ -93,11 +99,15 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     event,
     logs,
     store,
-    guest: createCheckoutHandler({ ...common, endpoint: "guest-checkout" }),
+    guest: createCheckoutHandler({
+      ...common,
+      endpoint: "guest-checkout",
+      authenticate: publishableKeyCaller({ keys: { default: PUBLISHABLE_KEY } }),
+    }),
     enhanced: createCheckoutHandler({
       ...common,
       endpoint: "enhanced-checkout",
-      verifyToken: createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET }),
+      authenticate: userCaller(createTokenVerifier({ jwtSecret: LOCAL_JWT_SECRET })),
     }),
     async close() {
       await stripe.close();
@@ -166,11 +176,16 @@ export function newKey(): string {
   return `sf-${crypto.randomUUID()}`;
 }
 
-/** A checkout POST as the storefront sends it. */
+/**
+ * A checkout POST as the storefront sends it: with the project's publishable key in `apikey`
+ * (as supabase-js always sends it; `apikey: null` leaves it out) and, for a signed-in buyer,
+ * the access token.
+ */
 export function checkoutRequest(
   body: unknown,
   options: {
     key?: string | null;
+    apikey?: string | null;
     token?: string;
     headers?: Record<string, string>;
     method?: string;
@@ -179,6 +194,7 @@ export function checkoutRequest(
   const headers: Record<string, string> = {
     "content-type": "application/json",
     origin: ALLOWED_ORIGIN,
+    ...(options.apikey === null ? {} : { apikey: options.apikey ?? PUBLISHABLE_KEY }),
     ...options.headers,
   };
   if (options.key !== null) headers["idempotency-key"] = options.key ?? newKey();

@@ -391,6 +391,8 @@ export interface CheckoutWorld {
   knownIds: Set<string>;
   userId: string;
   validToken: string;
+  /** The project's publishable key: every request carries it in apikey, as supabase-js sends it. */
+  publishableKey: string;
 }
 
 const GUEST_KEYS = ["eventId", "items", "successUrl", "cancelUrl", "email", "name"];
@@ -583,7 +585,7 @@ export async function buildCheckoutRequest(
   world: CheckoutWorld,
   bytes: Uint8Array<ArrayBuffer> | null,
 ): Promise<Request> {
-  const headers = new Headers({ origin: ALLOWED_ORIGIN });
+  const headers = new Headers({ origin: ALLOWED_ORIGIN, apikey: world.publishableKey });
   if (spec.contentType !== null) headers.set("content-type", spec.contentType);
   for (const key of spec.keys) headers.append("idempotency-key", key);
   if (spec.auth.kind === "valid") headers.set("authorization", `Bearer ${world.validToken}`);

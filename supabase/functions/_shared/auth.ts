@@ -1,8 +1,16 @@
 /**
- * Verification of Supabase user access tokens (JWTs) with Web Crypto: HS256 with the project's
- * JWT secret (local Supabase) or RS256/ES256 with the project's JWKS (asymmetric signing keys).
- * The function verifies tokens itself, so it never trusts a gateway setting alone.
+ * Who is calling: every function checks its caller itself, before it reads the body (the
+ * gateway's `verify_jwt` is off for all of them).
+ *
+ * - API keys (`apikey` header): the project's publishable keys for the storefront, its secret
+ *   keys for operator endpoints, matched in constant time by `@supabase/server`; side by side,
+ *   the legacy `anon` / `service_role` JWTs (equal to SUPABASE_ANON_KEY /
+ *   SUPABASE_SERVICE_ROLE_KEY, or HS256-signed with SUPABASE_JWT_SECRET, with that role).
+ * - User access tokens (`Authorization: Bearer`), verified here with Web Crypto: ES256/RS256
+ *   against the project's JWKS (inline, or fetched and cached with one refetch per unknown
+ *   kid), HS256 only with the legacy JWT secret.
  */
+import { verifyCredentials } from "@supabase/server/core";
 import { apiError, type HttpError } from "./errors.ts";
 
 /** The verified claims this project uses. */
@@ -23,18 +31,23 @@ export interface Jwk extends JsonWebKey {
 export interface VerifierOptions {
   /** HS256 secret (SUPABASE_JWT_SECRET). */
   jwtSecret?: string | null;
+  /** The signing keys inline (SUPABASE_JWKS): the whole truth, never fetched. */
+  jwks?: { keys: Jwk[] } | null;
   /**
-   * Fetches the JWKS; called again when a token names an unknown kid, at most once a minute,
-   * and concurrent requests share the one fetch in flight.
+   * Fetches the JWKS (when no inline keys are given); called again when a token names an
+   * unknown kid, at most once a minute, and concurrent requests share the one fetch in flight.
    */
   fetchJwks?: () => Promise<{ keys: Jwk[] }>;
   /** Seconds of clock skew tolerated on exp and nbf. */
   leewaySeconds?: number;
-  /** The role a token must carry: a signed-in user (default), or the service role (cron jobs). */
-  requiredRole?: "authenticated" | "service_role";
+  /**
+   * The role a token must carry: a signed-in user (default), or a legacy API key's role
+   * (`anon`, `service_role`).
+   */
+  requiredRole?: "authenticated" | LegacyRole;
   /**
    * The `aud` a token must carry (as a string, or in an array); null: not checked. Defaults to
-   * "authenticated" for user tokens and null for the service role, whose keys carry no aud.
+   * "authenticated" for user tokens and null for the legacy API keys, which carry no aud.
    */
   audience?: string | null;
   /** The `iss` a token must carry exactly (`<SUPABASE_URL>/auth/v1`); null or absent: not checked. */
@@ -46,6 +59,9 @@ export interface VerifierOptions {
 
 /** Verifies a bearer token and returns its claims, or throws 401 `unauthorized`. */
 export type TokenVerifier = (authorization: string | null) => Promise<UserClaims>;
+
+/** The role of a legacy API key (a JWT signed with the legacy JWT secret). */
+export type LegacyRole = "anon" | "service_role";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const JWKS_REFRESH_MS = 60_000;
@@ -70,7 +86,11 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
       ["verify"],
     )
     : null;
-  const jwks = options.fetchJwks ? createJwksCache(options.fetchJwks, now) : null;
+  const jwks = options.jwks
+    ? createJwksCache(() => Promise.resolve(options.jwks!), now, options.jwks.keys)
+    : options.fetchJwks
+    ? createJwksCache(options.fetchJwks, now)
+    : null;
 
   return async (authorization) => {
     const token = /^Bearer\s+([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)$/.exec(
@@ -123,7 +143,7 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
           : `the token is not ${requiredRole}'s`,
       );
     }
-    if (requiredRole === "service_role") {
+    if (requiredRole !== "authenticated") {
       return { sub: "", role: requiredRole, exp: payload.exp };
     }
     if (typeof payload.sub !== "string" || !UUID.test(payload.sub)) {
@@ -167,9 +187,14 @@ function importParams(alg: "RS256" | "ES256"): RsaHashedImportParams | EcKeyImpo
     : { name: "ECDSA", namedCurve: "P-256" };
 }
 
-function createJwksCache(fetchJwks: () => Promise<{ keys: Jwk[] }>, now: () => number) {
-  let keys: Jwk[] = [];
-  let fetchedAt = -Infinity;
+function createJwksCache(
+  fetchJwks: () => Promise<{ keys: Jwk[] }>,
+  now: () => number,
+  inline?: Jwk[],
+) {
+  let keys: Jwk[] = inline ?? [];
+  // Inline keys never change: "fetching" them again could find nothing new.
+  let fetchedAt = inline ? Infinity : -Infinity;
   let inFlight: Promise<void> | null = null;
   const imported = new Map<string, Promise<CryptoKey>>();
 
@@ -178,7 +203,7 @@ function createJwksCache(fetchJwks: () => Promise<{ keys: Jwk[] }>, now: () => n
   // tokens naming made-up kids cannot turn into a stream of JWKS requests.
   function refresh(): Promise<void> {
     if (inFlight) return inFlight;
-    if (now() - fetchedAt < JWKS_REFRESH_MS) return Promise.resolve();
+    if (fetchedAt === Infinity || now() - fetchedAt < JWKS_REFRESH_MS) return Promise.resolve();
     fetchedAt = now();
     inFlight = Promise.resolve().then(fetchJwks).then(
       (jwks) => {
@@ -241,4 +266,112 @@ function decodeJson(part: string): unknown {
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+// ---------------------------------------------------------------- callers
+
+/** Who called, once checked. Never carries a key or a token. */
+export type Caller =
+  | { kind: "user"; claims: UserClaims }
+  | { kind: "publishable" | "secret"; keyName: string }
+  | { kind: "legacy"; role: LegacyRole };
+
+/** Checks a request's credentials from its headers alone; throws 401 `unauthorized`. */
+export type CallerCheck = (request: Request) => Promise<Caller>;
+
+/** enhanced-checkout: the user's access token in `Authorization: Bearer`. */
+export function userCaller(verifyToken: TokenVerifier): CallerCheck {
+  return async (request) => ({
+    kind: "user",
+    claims: await verifyToken(request.headers.get("authorization")),
+  });
+}
+
+/** The keys one kind of API key check accepts; see {@link publishableKeyCaller}. */
+export interface ApiKeyCheckOptions {
+  /** The project's keys of that kind, by name (SUPABASE_PUBLISHABLE_KEYS / SUPABASE_SECRET_KEYS). */
+  keys: Readonly<Record<string, string>>;
+  /** Legacy: the JWT key itself (SUPABASE_ANON_KEY / SUPABASE_SERVICE_ROLE_KEY). */
+  legacyKey?: string | null;
+  /** Legacy: the JWT secret; a JWT it signed with the right role is accepted. */
+  jwtSecret?: string | null;
+}
+
+/**
+ * guest-checkout: a publishable key in the `apikey` header, or (while the project has them)
+ * the legacy anon JWT, in `apikey` or, as the legacy gateway read it, `Authorization: Bearer`.
+ */
+export function publishableKeyCaller(options: ApiKeyCheckOptions): CallerCheck {
+  return apiKeyCaller("publishable", "anon", options);
+}
+
+/**
+ * Operator endpoints (reconcile-checkouts, and every refund or cancellation endpoint): a secret
+ * key in the `apikey` header, or (while the project has them) the legacy service_role JWT.
+ * A publishable key, a user's token or anything else is 401.
+ */
+export function operatorCaller(options: ApiKeyCheckOptions): CallerCheck {
+  return apiKeyCaller("secret", "service_role", options);
+}
+
+/** Where the project's legacy key sits in the set handed to the matcher. */
+const LEGACY_KEY_NAME = "\u0000legacy";
+
+function apiKeyCaller(
+  kind: "publishable" | "secret",
+  legacyRole: LegacyRole,
+  options: ApiKeyCheckOptions,
+): CallerCheck {
+  // One constant-time match over the new keys and the legacy key alike.
+  const keys: Record<string, string> = { ...options.keys };
+  if (options.legacyKey) keys[LEGACY_KEY_NAME] = options.legacyKey;
+  const legacyToken = options.jwtSecret
+    ? createTokenVerifier({ jwtSecret: options.jwtSecret, requiredRole: legacyRole })
+    : null;
+  const refuse = (why: string) =>
+    apiError("unauthorized", {
+      reason: `not authenticated: ${why}`,
+      headers: { "www-authenticate": `apikey realm="${kind} key"` },
+    });
+
+  return async (request) => {
+    const apikey = request.headers.get("apikey")?.trim() || null;
+    const bearer = /^Bearer\s+(\S+)$/i.exec(request.headers.get("authorization")?.trim() ?? "")
+      ?.[1] ?? null;
+    // The apikey header decides when present, so a bad key is never rescued by another header.
+    const credential = apikey ?? bearer;
+    if (!credential) throw refuse(`the ${kind} key is required in the apikey header`);
+    if (!apikey && credential.startsWith("sb_")) {
+      throw refuse("an API key belongs in the apikey header, not in Authorization");
+    }
+    const keyName = await matchKey(kind, credential, keys);
+    if (keyName === LEGACY_KEY_NAME) return { kind: "legacy", role: legacyRole };
+    if (keyName !== null) return { kind, keyName };
+    if (legacyToken && !credential.startsWith("sb_")) {
+      await legacyToken(`Bearer ${credential}`);
+      return { kind: "legacy", role: legacyRole };
+    }
+    throw refuse(`the apikey is not one of this project's ${kind} keys`);
+  };
+}
+
+/** The name of the key in `keys` that equals `candidate` (constant time), or null. */
+async function matchKey(
+  kind: "publishable" | "secret",
+  candidate: string,
+  keys: Readonly<Record<string, string>>,
+): Promise<string | null> {
+  if (Object.keys(keys).length === 0) return null;
+  // @supabase/server's own check (`publishable:*` / `secret:*`), fed our parsed configuration
+  // so that it reads nothing from the environment itself.
+  const { data } = await verifyCredentials({ token: null, apikey: candidate }, {
+    auth: `${kind}:*`,
+    env: {
+      url: "http://localhost",
+      publishableKeys: kind === "publishable" ? { ...keys } : {},
+      secretKeys: kind === "secret" ? { ...keys } : {},
+      jwks: { keys: [] },
+    },
+  });
+  return data?.keyName ?? null;
 }

@@ -6,7 +6,7 @@
  * against a real database and the local Stripe server.
  */
 import type Stripe from "stripe";
-import type { TokenVerifier } from "./auth.ts";
+import type { CallerCheck } from "./auth.ts";
 import { checkoutSessionParams, HOLD_GRACE_SECONDS } from "./checkout-session.ts";
 import { fingerprint, makeStripeIdempotencyKey, OPERATION } from "./checkout-utils.ts";
 import { clientAddress, type ClientAddressConfig } from "./client-address.ts";
@@ -78,8 +78,11 @@ export interface CheckoutDeps {
    * ended (CHECKOUT_HOLD_GRACE_MINUTES; default 60 minutes).
    */
   holdGraceSeconds?: number;
-  /** Required for enhanced-checkout. */
-  verifyToken?: TokenVerifier;
+  /**
+   * Checks the caller from the headers, before the body is read: the user's access token for
+   * enhanced-checkout (userCaller), a publishable key for guest-checkout (publishableKeyCaller).
+   */
+  authenticate: CallerCheck;
   /** How long an attempt may hold the operation before another request may take over. */
   leaseSeconds?: number;
   /** Hold-flooding limits for new checkouts; absent means unlimited. */
@@ -126,9 +129,6 @@ interface DefaultRedirects {
 
 /** Builds the handler for one endpoint. */
 export function createCheckoutHandler(deps: CheckoutDeps): (request: Request) => Promise<Response> {
-  if (deps.endpoint === "enhanced-checkout" && !deps.verifyToken) {
-    throw new Error("enhanced-checkout needs a token verifier");
-  }
   // {CHECKOUT_SESSION_ID} is Stripe's template and must stay unescaped, so it is appended, not
   // passed through URL.
   const defaults: DefaultRedirects = {
@@ -162,9 +162,14 @@ async function parseCheckout(
   defaults: DefaultRedirects,
   context: RequestContext,
 ): Promise<CheckoutClaimInput> {
-  const claims = deps.verifyToken
-    ? await deps.verifyToken(request.headers.get("authorization"))
+  // Who calls, from the headers alone: a refused caller has had nothing read or written.
+  const caller = await deps.authenticate(request);
+  const claims = deps.endpoint === "enhanced-checkout"
+    ? (caller.kind === "user" ? caller.claims : null)
     : null;
+  if (deps.endpoint === "enhanced-checkout" && !claims) {
+    throw apiError("unauthorized", { reason: "not authenticated: a signed-in user is required" });
+  }
   const clientKey = requireIdempotencyKey(request);
   context.note({ operation: `${OPERATION.checkoutCreate}:${clientKey}` });
   const raw = await readJsonBody(request);

@@ -3,6 +3,7 @@ import {
   STRIPE_SESSION_MAX_SECONDS,
   STRIPE_SESSION_MIN_SECONDS,
 } from "./checkout-session.ts";
+import type { Jwk } from "./auth.ts";
 import type { ClientAddressConfig } from "./client-address.ts";
 import type { HoldLimits } from "./db.ts";
 
@@ -12,7 +13,7 @@ import type { HoldLimits } from "./db.ts";
  */
 
 /** Everything the checkout functions read from the environment. */
-export interface CheckoutConfig extends BaseConfig, TokenKeys, UserTokenRules {
+export interface CheckoutConfig extends BaseConfig, AuthKeys, UserTokenRules {
   siteUrl: URL;
   allowedOrigins: ReadonlySet<string>;
   sessionTtlMinutes: number;
@@ -50,10 +51,28 @@ export interface BaseConfig {
   stripeApiBase: URL | null;
 }
 
-/** Keys that verify Supabase-issued tokens. */
-export interface TokenKeys {
-  jwtSecret: string | null;
+/**
+ * The project's credentials, as Supabase provisions them for Edge Functions: the API keys
+ * (`SUPABASE_PUBLISHABLE_KEYS`, `SUPABASE_SECRET_KEYS`), the JWT signing keys (`SUPABASE_JWKS`,
+ * else the JWKS at `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`), and, side by side while a
+ * project still has them, the legacy ones (`SUPABASE_JWT_SECRET`, `SUPABASE_ANON_KEY`,
+ * `SUPABASE_SERVICE_ROLE_KEY`). Values are never put in an error message.
+ */
+export interface AuthKeys {
+  /** Publishable keys by name (SUPABASE_PUBLISHABLE_KEYS, SUPABASE_PUBLISHABLE_KEY as "default"). */
+  publishableKeys: Readonly<Record<string, string>>;
+  /** Secret keys by name (SUPABASE_SECRET_KEYS, SUPABASE_SECRET_KEY as "default"). */
+  secretKeys: Readonly<Record<string, string>>;
+  /** SUPABASE_JWKS: the signing keys inline; when set it is the whole truth, never fetched. */
+  jwks: { keys: Jwk[] } | null;
+  /** Without SUPABASE_JWKS: SUPABASE_JWKS_URL, else the project's well-known JWKS URL. */
   jwksUrl: URL | null;
+  /** Legacy: the HS256 JWT secret (SUPABASE_JWT_SECRET). */
+  jwtSecret: string | null;
+  /** Legacy: the anon key (SUPABASE_ANON_KEY), a JWT. */
+  anonKey: string | null;
+  /** Legacy: the service_role key (SUPABASE_SERVICE_ROLE_KEY), a JWT. */
+  serviceRoleKey: string | null;
 }
 
 /** What a signed-in buyer's token must say, beyond its signature, role and expiry. */
@@ -79,21 +98,151 @@ export function loadBaseConfig(env: EnvReader): BaseConfig {
   return { databaseUrl, stripeSecretKey, stripeApiBase };
 }
 
-/** The HS256 secret and/or the JWKS location; `purpose` names what they are for in errors. */
-export function loadTokenKeys(env: EnvReader, purpose: string | null): TokenKeys {
-  const jwtSecret = env("SUPABASE_JWT_SECRET") || null;
-  const jwksSource = env("SUPABASE_JWKS_URL") ||
-    (env("SUPABASE_URL")
-      ? `${env("SUPABASE_URL")!.replace(/\/+$/, "")}/auth/v1/.well-known/jwks.json`
-      : "");
-  const jwksName = env("SUPABASE_JWKS_URL") ? "SUPABASE_JWKS_URL" : "SUPABASE_URL";
-  const jwksUrl = jwksSource ? url(jwksName, jwksSource) : null;
-  if (purpose && !jwtSecret && !jwksUrl) {
+/** Every credential variable, parsed; which ones a function needs is checked by its loader. */
+export function loadAuthKeys(env: EnvReader): AuthKeys {
+  const jwks = parseJwks(env("SUPABASE_JWKS"));
+  return {
+    publishableKeys: keySet(env, "SUPABASE_PUBLISHABLE_KEYS", "SUPABASE_PUBLISHABLE_KEY", {
+      kind: "publishable",
+      other: "sb_secret_",
+    }),
+    secretKeys: keySet(env, "SUPABASE_SECRET_KEYS", "SUPABASE_SECRET_KEY", {
+      kind: "secret",
+      other: "sb_publishable_",
+    }),
+    jwks,
+    jwksUrl: jwks ? null : jwksUrl(env),
+    jwtSecret: env("SUPABASE_JWT_SECRET") || null,
+    anonKey: env("SUPABASE_ANON_KEY")?.trim() || null,
+    serviceRoleKey: env("SUPABASE_SERVICE_ROLE_KEY")?.trim() || null,
+  };
+}
+
+/** Who may call a function, for the start-up check that it can verify that caller at all. */
+export type CallerKind = "publishable" | "user" | "operator";
+
+/** Throws a ConfigError when `keys` cannot verify any caller of `kind`. */
+export function requireCallerKeys(keys: AuthKeys, kind: CallerKind): void {
+  if (kind === "publishable") {
+    if (Object.keys(keys.publishableKeys).length || keys.anonKey || keys.jwtSecret) return;
     throw new ConfigError(
-      `Missing environment variable SUPABASE_JWT_SECRET or SUPABASE_URL (for the JWKS): cannot verify ${purpose}`,
+      "Missing environment variable SUPABASE_PUBLISHABLE_KEYS (or SUPABASE_PUBLISHABLE_KEY; " +
+        "legacy: SUPABASE_ANON_KEY or SUPABASE_JWT_SECRET): cannot verify the storefront's apikey",
     );
   }
-  return { jwtSecret, jwksUrl };
+  if (kind === "operator") {
+    if (Object.keys(keys.secretKeys).length || keys.serviceRoleKey || keys.jwtSecret) return;
+    throw new ConfigError(
+      "Missing environment variable SUPABASE_SECRET_KEYS (or SUPABASE_SECRET_KEY; legacy: " +
+        "SUPABASE_SERVICE_ROLE_KEY or SUPABASE_JWT_SECRET): cannot verify the operator's apikey",
+    );
+  }
+  if ((keys.jwks && keys.jwks.keys.length > 0) || keys.jwksUrl || keys.jwtSecret) return;
+  throw new ConfigError(
+    "Missing environment variable SUPABASE_JWKS or SUPABASE_URL (for the JWKS; legacy: " +
+      "SUPABASE_JWT_SECRET): cannot verify user tokens",
+  );
+}
+
+/**
+ * SUPABASE_PUBLISHABLE_KEYS / SUPABASE_SECRET_KEYS: the platform provisions a JSON object of
+ * name → key; a JSON array or a comma-separated list is accepted too. The singular variable
+ * adds one key, named "default" unless the set already has one.
+ */
+function keySet(
+  env: EnvReader,
+  plural: string,
+  singular: string,
+  rule: { kind: string; other: string },
+): Record<string, string> {
+  const keys: Record<string, string> = {};
+  const text = env(plural)?.trim();
+  if (text) {
+    let entries: [string, unknown][];
+    if (text.startsWith("{") || text.startsWith("[")) {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        throw new ConfigError(`${plural} is not valid JSON (a JSON object of name → key)`);
+      }
+      entries = Array.isArray(parsed)
+        ? parsed.map((value, i) => [String(i), value])
+        : Object.entries(parsed as Record<string, unknown>);
+    } else {
+      entries = text.split(",").map((value, i) => [String(i), value.trim()]);
+    }
+    for (const [name, value] of entries) {
+      if (typeof value !== "string" || value.trim() === "") {
+        throw new ConfigError(`${plural}: the key named ${JSON.stringify(name)} is not a string`);
+      }
+      keys[name] = value.trim();
+    }
+  }
+  const single = env(singular)?.trim();
+  if (single) keys[keys.default === undefined ? "default" : singular] = single;
+  for (const [name, value] of Object.entries(keys)) {
+    // A key of the other kind here would let a browser's key open an operator endpoint, or
+    // hand a secret key to a storefront: refuse to start rather than guess.
+    if (value.startsWith(rule.other)) {
+      throw new ConfigError(
+        `${plural}: the key named ${
+          JSON.stringify(name)
+        } is not a ${rule.kind} key (${rule.other}…)`,
+      );
+    }
+  }
+  return keys;
+}
+
+/** SUPABASE_JWKS: `{"keys": [...]}` (what the platform provisions) or a bare array of JWKs. */
+function parseJwks(text: string | undefined): { keys: Jwk[] } | null {
+  if (!text?.trim()) return null;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new ConfigError('SUPABASE_JWKS is not valid JSON (a JWKS: {"keys": [...]})');
+  }
+  const keys = Array.isArray(parsed) ? parsed : (parsed as { keys?: unknown } | null)?.keys;
+  if (
+    !Array.isArray(keys) ||
+    keys.some((k) => k === null || typeof k !== "object" || Array.isArray(k))
+  ) {
+    throw new ConfigError('SUPABASE_JWKS is not a JWKS (a JSON object {"keys": [...]})');
+  }
+  return { keys: keys as Jwk[] };
+}
+
+/**
+ * SUPABASE_JWKS_URL, else `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`. Keys fetched in clear
+ * text could be swapped on the way, so the URL must be https, or http on a loopback address;
+ * a project URL that is neither (the CLI's `http://kong:8000`) gives no JWKS URL.
+ */
+function jwksUrl(env: EnvReader): URL | null {
+  const explicit = env("SUPABASE_JWKS_URL");
+  if (explicit) {
+    const parsed = url("SUPABASE_JWKS_URL", explicit);
+    if (!safeTransport(parsed)) {
+      throw new ConfigError("SUPABASE_JWKS_URL must be https (http only on a loopback address)");
+    }
+    return parsed;
+  }
+  const project = env("SUPABASE_URL");
+  if (!project) return null;
+  const derived = url(
+    "SUPABASE_URL",
+    `${project.replace(/\/+$/, "")}/auth/v1/.well-known/jwks.json`,
+  );
+  return safeTransport(derived) ? derived : null;
+}
+
+function safeTransport(address: URL): boolean {
+  if (address.protocol === "https:") return true;
+  if (address.protocol !== "http:") return false;
+  const host = address.hostname;
+  return host === "localhost" || host.endsWith(".localhost") || host === "[::1]" ||
+    /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
 /** The audience, issuer and anonymous-user rules for signed-in buyers' tokens. */
@@ -123,7 +272,8 @@ export function loadCheckoutConfig(
 ): CheckoutConfig {
   const base = loadBaseConfig(env);
   const siteUrl = url("SITE_URL", required(env, "SITE_URL"));
-  const keys = loadTokenKeys(env, options.requireUserAuth ? "user tokens" : null);
+  const keys = loadAuthKeys(env);
+  requireCallerKeys(keys, options.requireUserAuth ? "user" : "publishable");
 
   const origins = (env("CHECKOUT_ALLOWED_ORIGINS") || siteUrl.origin).split(",").map((o) =>
     o.trim()
@@ -197,7 +347,7 @@ export function loadWebhookConfig(env: EnvReader): WebhookConfig {
 }
 
 /** Configuration of reconcile-checkouts. */
-export interface ReconcileConfig extends BaseConfig, TokenKeys {
+export interface ReconcileConfig extends BaseConfig, AuthKeys {
   staleSeconds: number;
   /** RECONCILE_MAX_ATTEMPTS: runs without an answer from Stripe before an attempt is given up. */
   maxAttempts: number;
@@ -211,10 +361,17 @@ export function loadReconcileConfig(env: EnvReader): ReconcileConfig {
   }
   return {
     ...loadBaseConfig(env),
-    ...loadTokenKeys(env, "the cron job's service role token"),
+    ...loadOperatorKeys(env),
     staleSeconds: minutes * 60,
     maxAttempts: integer(env, "RECONCILE_MAX_ATTEMPTS", 5, 1, 100),
   };
+}
+
+/** The credentials of an operator endpoint (reconcile-checkouts, refunds): a secret key. */
+export function loadOperatorKeys(env: EnvReader): AuthKeys {
+  const keys = loadAuthKeys(env);
+  requireCallerKeys(keys, "operator");
+  return keys;
 }
 
 /** A pending-hold limit: a positive integer, or "off"/"0" for none. */

@@ -13,7 +13,7 @@
  * request.
  */
 import type Stripe from "stripe";
-import type { TokenVerifier } from "./auth.ts";
+import type { CallerCheck } from "./auth.ts";
 import { checkoutSessionParams } from "./checkout-session.ts";
 import {
   type ArmedClaim,
@@ -159,9 +159,9 @@ function isReplay(session: Stripe.Response<unknown>): boolean {
   return value === "true";
 }
 
-/** The reconcile endpoint: cron calls it with the service role's token. */
+/** The reconcile endpoint: cron calls it with a secret key (operatorCaller). */
 export function createReconcileHandler(
-  deps: ReconcileDeps & { verifyToken: TokenVerifier },
+  deps: ReconcileDeps & { authenticate: CallerCheck },
 ): (request: Request) => Promise<Response> {
   return envelope(
     {
@@ -171,7 +171,7 @@ export function createReconcileHandler(
       unexpected: apiError("temporarily_unavailable", { reason: "the next run retries" }),
     },
     async (request, context) => {
-      await deps.verifyToken(request.headers.get("authorization"));
+      await deps.authenticate(request);
       const summary = await reconcileStuckCheckouts(deps);
       context.note({ outcome: "reconciled", ...summary });
       return json(200, summary);

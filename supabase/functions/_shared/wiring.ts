@@ -2,15 +2,24 @@
  * Wiring for the entry points: environment → clients → handler. Only the index.ts files call
  * these, with Deno.env, so only they read the environment. Bad configuration fails at start-up.
  */
-import { createTokenVerifier, type Jwk, type TokenVerifier, type VerifierOptions } from "./auth.ts";
+import {
+  type CallerCheck,
+  createTokenVerifier,
+  type Jwk,
+  operatorCaller,
+  publishableKeyCaller,
+  type TokenVerifier,
+  userCaller,
+  type VerifierOptions,
+} from "./auth.ts";
 import { createCheckoutHandler, sqlCheckoutStore } from "./checkout.ts";
 import {
+  type AuthKeys,
   type BaseConfig,
   type EnvReader,
   loadCheckoutConfig,
   loadReconcileConfig,
   loadWebhookConfig,
-  type TokenKeys,
 } from "./config.ts";
 import { createSql, type Sql } from "./db.ts";
 import { createReconcileHandler } from "./reconcile.ts";
@@ -36,14 +45,18 @@ export function checkoutHandlerFromEnv(
     holdGraceSeconds: config.holdGraceSeconds,
     holdLimits: config.holdLimits,
     clientAddress: config.clientAddress,
-    verifyToken: endpoint === "enhanced-checkout"
-      ? tokenVerifier(config, {
+    authenticate: endpoint === "enhanced-checkout"
+      ? userCaller(tokenVerifier(config, {
         requiredRole: "authenticated",
         audience: config.jwtAudience,
         issuer: config.jwtIssuer,
         allowAnonymous: config.allowAnonymousUsers,
-      })
-      : undefined,
+      }))
+      : publishableKeyCaller({
+        keys: config.publishableKeys,
+        legacyKey: config.anonKey,
+        jwtSecret: config.jwtSecret,
+      }),
   });
 }
 
@@ -63,8 +76,20 @@ export function reconcileHandlerFromEnv(env: EnvReader): Handler {
     ...clients(config),
     staleSeconds: config.staleSeconds,
     maxAttempts: config.maxAttempts,
-    // The service role key says iss "supabase" and has no aud: only its role is checked.
-    verifyToken: tokenVerifier(config, { requiredRole: "service_role" }),
+    authenticate: operatorAuthentication(config),
+  });
+}
+
+/**
+ * The caller check of every operator endpoint (reconcile-checkouts, refunds, cancellations): a
+ * secret key, or the legacy service_role key (whose JWT says iss "supabase" and has no aud:
+ * only its signature and role are checked).
+ */
+export function operatorAuthentication(keys: AuthKeys): CallerCheck {
+  return operatorCaller({
+    keys: keys.secretKeys,
+    legacyKey: keys.serviceRoleKey,
+    jwtSecret: keys.jwtSecret,
   });
 }
 
@@ -83,13 +108,14 @@ function openDatabase(url: string): Sql {
 }
 
 function tokenVerifier(
-  keys: TokenKeys,
+  keys: AuthKeys,
   rules: Pick<VerifierOptions, "requiredRole" | "audience" | "issuer" | "allowAnonymous">,
 ): TokenVerifier {
   const jwksUrl = keys.jwksUrl;
   return createTokenVerifier({
     ...rules,
     jwtSecret: keys.jwtSecret,
+    jwks: keys.jwks,
     fetchJwks: jwksUrl
       ? async () => {
         const response = await fetch(jwksUrl, { signal: AbortSignal.timeout(5_000) });
