@@ -66,102 +66,143 @@ export type LegacyRole = "anon" | "service_role";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const JWKS_REFRESH_MS = 60_000;
 
-/** Builds a verifier over the configured keys. */
+/** What a verifier checks a token's claims against. */
+interface ClaimRules {
+  requiredRole: "authenticated" | LegacyRole;
+  audience: string | null;
+  issuer: string | null;
+  allowAnonymous: boolean;
+  leeway: number;
+  now: () => number;
+}
+
+/** The keys a verifier checks a signature with. */
+interface SigningKeys {
+  hmacKey: Promise<CryptoKey> | null;
+  jwks: ReturnType<typeof createJwksCache> | null;
+}
+
+/** Builds a verifier over the configured keys: parse → signature → claims. */
 export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
-  const leeway = options.leewaySeconds ?? 30;
   const requiredRole = options.requiredRole ?? "authenticated";
-  const audience = options.audience !== undefined
-    ? options.audience
-    : requiredRole === "authenticated"
-    ? "authenticated"
-    : null;
-  const issuer = options.issuer ?? null;
   const now = options.now ?? (() => Date.now());
-  const hmacKey = options.jwtSecret
-    ? crypto.subtle.importKey(
-      "raw",
-      new TextEncoder().encode(options.jwtSecret),
-      { name: "HMAC", hash: "SHA-256" },
-      false,
-      ["verify"],
-    )
-    : null;
-  const jwks = options.jwks
-    ? createJwksCache(() => Promise.resolve(options.jwks!), now, options.jwks.keys)
-    : options.fetchJwks
-    ? createJwksCache(options.fetchJwks, now)
-    : null;
-
+  const rules: ClaimRules = {
+    requiredRole,
+    audience: options.audience !== undefined
+      ? options.audience
+      : requiredRole === "authenticated"
+      ? "authenticated"
+      : null,
+    issuer: options.issuer ?? null,
+    allowAnonymous: options.allowAnonymous ?? false,
+    leeway: options.leewaySeconds ?? 30,
+    now,
+  };
+  const keys: SigningKeys = {
+    hmacKey: options.jwtSecret
+      ? crypto.subtle.importKey(
+        "raw",
+        new TextEncoder().encode(options.jwtSecret),
+        { name: "HMAC", hash: "SHA-256" },
+        false,
+        ["verify"],
+      )
+      : null,
+    jwks: options.jwks
+      ? createJwksCache(() => Promise.resolve(options.jwks!), now, options.jwks.keys)
+      : options.fetchJwks
+      ? createJwksCache(options.fetchJwks, now)
+      : null,
+  };
   return async (authorization) => {
-    const token = /^Bearer\s+([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)$/.exec(
-      authorization?.trim() ?? "",
-    )
-      ?.[1];
-    if (!token) throw unauthorized("a bearer token is required");
-    const [headerPart = "", payloadPart = "", signaturePart = ""] = token.split(".");
-    const header = decodeJson(headerPart);
-    const payload = decodeJson(payloadPart);
-    if (!isRecord(header) || !isRecord(payload)) throw unauthorized("the token is malformed");
+    const token = parseBearer(authorization);
+    await verifySignature(token, keys);
+    return checkClaims(token.payload, rules);
+  };
+}
 
-    const signed = new TextEncoder().encode(`${headerPart}.${payloadPart}`);
-    const signature = decodeBase64Url(signaturePart);
-    if (!signature || signature.length === 0) throw unauthorized("the token is not signed");
+interface ParsedToken {
+  header: Record<string, unknown>;
+  payload: Record<string, unknown>;
+  signed: Uint8Array<ArrayBuffer>;
+  signature: Uint8Array<ArrayBuffer>;
+}
 
-    let valid = false;
-    if (header.alg === "HS256" && hmacKey) {
-      valid = await crypto.subtle.verify("HMAC", await hmacKey, signature, signed);
-    } else if ((header.alg === "RS256" || header.alg === "ES256") && jwks) {
-      const key = await jwks.key(
-        typeof header.kid === "string" ? header.kid : undefined,
-        header.alg,
-      );
-      if (!key) throw unauthorized("the token's signing key is not published");
-      valid = await crypto.subtle.verify(verifyParams(header.alg), key, signature, signed);
-    } else {
-      throw unauthorized("the token's algorithm is not accepted");
-    }
-    if (!valid) throw unauthorized("the token's signature is invalid");
+/** The bearer token's parts, decoded, or 401. */
+function parseBearer(authorization: string | null): ParsedToken {
+  const token = /^Bearer\s+([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)$/.exec(
+    authorization?.trim() ?? "",
+  )?.[1];
+  if (!token) throw unauthorized("a bearer token is required");
+  const [headerPart = "", payloadPart = "", signaturePart = ""] = token.split(".");
+  const header = decodeJson(headerPart);
+  const payload = decodeJson(payloadPart);
+  if (!isRecord(header) || !isRecord(payload)) throw unauthorized("the token is malformed");
+  const signature = decodeBase64Url(signaturePart);
+  if (!signature || signature.length === 0) throw unauthorized("the token is not signed");
+  const signed = new TextEncoder().encode(`${headerPart}.${payloadPart}`);
+  return { header, payload, signed, signature };
+}
 
-    const nowSeconds = now() / 1000;
-    if (typeof payload.exp !== "number" || payload.exp + leeway < nowSeconds) {
-      throw unauthorized("the token has expired");
-    }
-    if (typeof payload.nbf === "number" && payload.nbf - leeway > nowSeconds) {
-      throw unauthorized("the token is not valid yet");
-    }
-    // A token issued for another audience or by another project is not for us.
-    if (audience !== null && !hasAudience(payload.aud, audience)) {
-      throw unauthorized("the token is not for this audience");
-    }
-    if (issuer !== null && payload.iss !== issuer) {
-      throw unauthorized("the token is from another issuer");
-    }
-    if (payload.role !== requiredRole) {
-      throw unauthorized(
-        requiredRole === "authenticated"
-          ? "the token is not a signed-in user's"
-          : `the token is not ${requiredRole}'s`,
-      );
-    }
-    if (requiredRole !== "authenticated") {
-      return { sub: "", role: requiredRole, exp: payload.exp };
-    }
-    if (typeof payload.sub !== "string" || !UUID.test(payload.sub)) {
-      throw unauthorized("the token has no user id");
-    }
-    // Anonymous sign-ins also carry role authenticated; anything but an explicit false is one.
-    if (
-      !options.allowAnonymous && payload.is_anonymous !== undefined &&
-      payload.is_anonymous !== false
-    ) {
-      throw unauthorized("anonymous users cannot buy; sign in first");
-    }
-    return {
-      sub: payload.sub.toLowerCase(),
-      role: requiredRole,
-      exp: payload.exp,
-      email: typeof payload.email === "string" ? payload.email : undefined,
-    };
+/** HS256 with the legacy secret, or RS256/ES256 with a published key; 401 otherwise. */
+async function verifySignature(token: ParsedToken, keys: SigningKeys): Promise<void> {
+  const { header, signed, signature } = token;
+  let valid = false;
+  if (header.alg === "HS256" && keys.hmacKey) {
+    valid = await crypto.subtle.verify("HMAC", await keys.hmacKey, signature, signed);
+  } else if ((header.alg === "RS256" || header.alg === "ES256") && keys.jwks) {
+    const key = await keys.jwks.key(
+      typeof header.kid === "string" ? header.kid : undefined,
+      header.alg,
+    );
+    if (!key) throw unauthorized("the token's signing key is not published");
+    valid = await crypto.subtle.verify(verifyParams(header.alg), key, signature, signed);
+  } else {
+    throw unauthorized("the token's algorithm is not accepted");
+  }
+  if (!valid) throw unauthorized("the token's signature is invalid");
+}
+
+/** Expiry, audience, issuer, role, user id and the anonymous-user rule; 401 otherwise. */
+function checkClaims(payload: Record<string, unknown>, rules: ClaimRules): UserClaims {
+  const nowSeconds = rules.now() / 1000;
+  if (typeof payload.exp !== "number" || payload.exp + rules.leeway < nowSeconds) {
+    throw unauthorized("the token has expired");
+  }
+  if (typeof payload.nbf === "number" && payload.nbf - rules.leeway > nowSeconds) {
+    throw unauthorized("the token is not valid yet");
+  }
+  // A token issued for another audience or by another project is not for us.
+  if (rules.audience !== null && !hasAudience(payload.aud, rules.audience)) {
+    throw unauthorized("the token is not for this audience");
+  }
+  if (rules.issuer !== null && payload.iss !== rules.issuer) {
+    throw unauthorized("the token is from another issuer");
+  }
+  if (payload.role !== rules.requiredRole) {
+    throw unauthorized(
+      rules.requiredRole === "authenticated"
+        ? "the token is not a signed-in user's"
+        : `the token is not ${rules.requiredRole}'s`,
+    );
+  }
+  if (rules.requiredRole !== "authenticated") {
+    return { sub: "", role: rules.requiredRole, exp: payload.exp };
+  }
+  if (typeof payload.sub !== "string" || !UUID.test(payload.sub)) {
+    throw unauthorized("the token has no user id");
+  }
+  // Anonymous sign-ins also carry role authenticated; anything but an explicit false is one.
+  if (
+    !rules.allowAnonymous && payload.is_anonymous !== undefined && payload.is_anonymous !== false
+  ) {
+    throw unauthorized("anonymous users cannot buy; sign in first");
+  }
+  return {
+    sub: payload.sub.toLowerCase(),
+    role: rules.requiredRole,
+    exp: payload.exp,
+    email: typeof payload.email === "string" ? payload.email : undefined,
   };
 }
 
