@@ -1,4 +1,7 @@
-/** Helpers the local Stripe server's modules share: the host, Stripe-style ids, a sleep. */
+/**
+ * Helpers the local Stripe server's modules share: the host, Stripe-style ids, amounts in a
+ * currency's major unit, a sleep.
+ */
 
 /** The server listens on loopback only. */
 export const HOST = "127.0.0.1";
@@ -23,4 +26,29 @@ export function sleep(ms: number, signal: AbortSignal): Promise<void> {
     const timer = setTimeout(finish, ms);
     signal.addEventListener("abort", finish, { once: true });
   });
+}
+
+// Stripe's zero-decimal currencies: amounts are in the major unit (docs.stripe.com/currencies).
+const ZERO_DECIMAL = new Set(
+  "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split(" "),
+);
+
+/** An amount in minor units as its major unit, without a symbol: 5000 usd → "50.00". */
+export function majorUnits(amount: number, currency: string): string {
+  return ZERO_DECIMAL.has(currency) ? String(amount) : (amount / 100).toFixed(2);
+}
+
+/** An amount in minor units with its currency, as Stripe's messages show it: "$50.00". */
+export function formatMoney(amount: number, currency: string): string {
+  const digits = ZERO_DECIMAL.has(currency) ? 0 : 2;
+  try {
+    return new Intl.NumberFormat("en-US", {
+      style: "currency",
+      currency: currency.toUpperCase(),
+      minimumFractionDigits: digits,
+      maximumFractionDigits: digits,
+    }).format(amount / 10 ** digits);
+  } catch {
+    return `${majorUnits(amount, currency)} ${currency.toUpperCase()}`;
+  }
 }

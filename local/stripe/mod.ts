@@ -2,9 +2,18 @@
  * The local Stripe-compatible server's public API: what `npm start`, the bench and the tests
  * import. README.md maps the modules behind it.
  */
+export type {
+  CheckoutEventType,
+  EventContext,
+  EventListener,
+  EventObject,
+  RefundEventType,
+  StripeEventType,
+} from "./events.ts";
 export type { Fault, FaultFilter, FaultTarget } from "./faults.ts";
 export { decodeStripeForm, FormDecodeError, type FormObject, type FormValue } from "./form.ts";
 export type { CheckoutMode, PriceFixture, UiMode } from "./params.ts";
+export type { Charge, Refund, RefundReason, RefundStatus } from "./refunds.ts";
 export {
   type RequestRecord,
   startStripeServer,
@@ -12,11 +21,11 @@ export {
   type StripeServerOptions,
 } from "./server.ts";
 export type { CheckoutSession } from "./session-object.ts";
-export type { CheckoutEventType } from "./sessions.ts";
 export {
   checkoutSessionEvent,
   createWebhookForwarder,
   hmacSha256,
+  stripeEvent,
   stripeSignatureHeader,
   WEBHOOK_API_VERSION,
   type WebhookDelivery,

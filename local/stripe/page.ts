@@ -3,9 +3,10 @@
  * buttons. "Pay" completes the session and redirects to `success_url`; "Cancel" returns to
  * `cancel_url` (the session stays open, as on Stripe).
  */
-import { sleep } from "./helpers.ts";
+import { majorUnits, sleep } from "./helpers.ts";
+import { decodePathSegment } from "./routes.ts";
 import type { CheckoutSession } from "./session-object.ts";
-import { changeSession, decodePathSegment, findSession, type SessionState } from "./sessions.ts";
+import { changeSession, findSession, type SessionState } from "./sessions.ts";
 
 /** What the page answers with: the sessions, the request's id, and the server's lifetime. */
 export interface PageContext {
@@ -15,9 +16,6 @@ export interface PageContext {
   closed: AbortSignal;
 }
 
-const ZERO_DECIMAL = new Set(
-  "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split(" "),
-);
 /** How long "Pay" waits for the webhook delivery before redirecting anyway. */
 const PAY_DELIVERY_WAIT_MS = 15_000;
 
@@ -47,7 +45,7 @@ export async function pageResponse(request: Request, context: PageContext): Prom
     });
   }
   if (action === "cancel") return redirect(session.cancel_url, session, headers);
-  const delivered = changeSession(state, session, "checkout.session.completed");
+  const delivered = changeSession(state, { session, type: "checkout.session.completed" });
   await Promise.race([delivered, sleep(PAY_DELIVERY_WAIT_MS, context.closed)]);
   return redirect(session.success_url, session, headers);
 }
@@ -91,8 +89,7 @@ ${actions}
 }
 
 function formatAmount(amount: number | null, currency: string | null): string {
-  if (amount === null) return "0";
-  return currency && ZERO_DECIMAL.has(currency) ? String(amount) : (amount / 100).toFixed(2);
+  return amount === null ? "0" : majorUnits(amount, currency ?? "");
 }
 
 function escapeHtml(text: string): string {

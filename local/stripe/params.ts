@@ -1,7 +1,8 @@
 /**
  * Parameter validation for the endpoints, with Stripe's answers: a problem found before the
  * endpoint runs is a 400 `invalid_request_error` naming the `param` (and a `code` where Stripe
- * gives one), and it is not saved under the idempotency key.
+ * gives one), and it is not saved under the idempotency key. The readers here serve every
+ * endpoint (refunds.ts validates its own parameters with them).
  *
  * Checkout Session creation follows SessionCreateParams of the SDK's pinned API version: unknown
  * parameters are rejected; `expires_at` must be 30 minutes to 24 hours after creation and
@@ -48,13 +49,15 @@ export function paramErrorOutcome(error: ParamError): Outcome {
 // Readers: one decoded form value as the type a parameter needs
 // ---------------------------------------------------------------------------------------------
 
-function readString(value: FormValue | undefined, param: string): string | undefined {
+/** A string parameter, or undefined when absent. */
+export function readString(value: FormValue | undefined, param: string): string | undefined {
   if (value === undefined) return undefined;
   if (typeof value !== "string") throw new ParamError(`Invalid string: ${param}`, param);
   return value;
 }
 
-function readInteger(value: FormValue | undefined, param: string): number | undefined {
+/** An integer parameter (`parameter_invalid_integer` otherwise), or undefined when absent. */
+export function readInteger(value: FormValue | undefined, param: string): number | undefined {
   const text = readString(value, param);
   if (text === undefined) return undefined;
   if (!/^-?\d+$/.test(text)) {
@@ -174,7 +177,12 @@ export function parseCreateParams(params: FormObject, context: CreateContext): C
   };
 }
 
-function parseEnum<T extends string>(value: string, allowed: readonly T[], param: string): T {
+/** `value` if it is one of `allowed`, else a `parameter_invalid_enum` error. */
+export function parseEnum<T extends string>(
+  value: string,
+  allowed: readonly T[],
+  param: string,
+): T {
   const found = allowed.find((candidate) => candidate === value);
   if (!found) {
     throw new ParamError(
@@ -399,9 +407,11 @@ function parseClientReferenceId(value: FormValue | undefined): string | null {
   return id;
 }
 
-// Stripe metadata: up to 50 keys, keys up to 40 characters, values up to 500; an empty value
-// means "unset", so it is left out.
-function parseMetadata(value: FormValue | undefined, param: string): Record<string, string> {
+/**
+ * Stripe metadata: up to 50 keys, keys up to 40 characters, values up to 500; an empty value
+ * means "unset", so it is left out.
+ */
+export function parseMetadata(value: FormValue | undefined, param: string): Record<string, string> {
   const metadata = readObject(value, param) ?? {};
   const entries = Object.entries(metadata);
   if (entries.length > 50) {

@@ -1,26 +1,31 @@
 /**
  * A local stand-in for api.stripe.com, for `npm start`, the bench and the tests.
  *
- * It serves the Checkout Session calls this project makes, with Stripe's documented semantics for
- * authentication, form-encoded parameters, idempotent requests and errors, so that code using the
- * official `stripe` SDK (pointed here with `host`/`port`/`protocol`) behaves as it would against
- * Stripe. Tests inspect what happened (`sessions`, `requests`) and inject faults (`faults`).
+ * It serves the Checkout Session and Refund calls this project makes, with Stripe's documented
+ * semantics for authentication, form-encoded parameters, idempotent requests and errors, so that
+ * code using the official `stripe` SDK (pointed here with `host`/`port`/`protocol`) behaves as it
+ * would against Stripe. Tests inspect what happened (`sessions`, `refunds`, `requests`) and
+ * inject faults (`faults`).
  *
  * Stripe behaviour encoded (docs.stripe.com/api/idempotent_requests, /error-low-level,
  * /api/errors, /payments/checkout/managing-limited-inventory, and the SDK's pinned API spec); an
  * API request goes through these steps in Stripe's order, each rule in the module named:
  * 1. the API key (auth.ts): a missing or wrong one is a 401;
  * 2. the `Idempotency-Key` header (idempotency.ts): 1 to 255 characters, else a 400;
- * 3. the form body, decoded from Stripe's bracket encoding (form.ts), and the route
- *    (sessions.ts): an unknown path is a 404, a wrong method a 405;
+ * 3. the form body, decoded from Stripe's bracket encoding (form.ts), and the route (routes.ts,
+ *    with the endpoints of sessions.ts and refunds.ts): an unknown path is a 404, a wrong method
+ *    a 405;
  * 4. the endpoint, run under the key (idempotency.ts): its first result (500s too) is saved per
  *    API key and replayed for the same parameters; other parameters are a 400
  *    `idempotency_error`, a request while the first runs a 409 `idempotency_key_in_use`; keys
  *    are forgotten after 24 hours. Parameter problems (params.ts: unknown parameters, `expires_at`
- *    30 minutes to 24 hours ahead, line items, metadata) are 400s that are not saved.
+ *    30 minutes to 24 hours ahead, line items, metadata; refunds.ts: payment_intent or charge,
+ *    amount, reason) are 400s that are not saved; refusals that depend on state when the endpoint
+ *    runs (a session no longer open, `charge_already_refunded`, `amount_too_large`) are saved.
  * An injected fault (faults.ts) acts around these steps; connection faults cut the client's TCP
  * connection through a relay. Outside /v1/, a session's `url` serves the hosted checkout page
- * (page.ts), and `createWebhookForwarder` (webhooks.ts) delivers session changes as signed events.
+ * (page.ts), and `createWebhookForwarder` (webhooks.ts) delivers the server's events (events.ts:
+ * sessions completed or expired, `charge.refunded`, `refund.updated`) signed.
  *
  * Run it alone with: deno run --allow-net local/stripe/server.ts --port 12111
  *   [--forward-to http://127.0.0.1:54321/functions/v1/stripe-webhook --webhook-secret whsec_...]
@@ -49,22 +54,33 @@ import {
 import { errorOutcome, type Outcome } from "./outcome.ts";
 import { pageResponse } from "./page.ts";
 import { ParamError, paramErrorOutcome } from "./params.ts";
+import {
+  type Charge,
+  createRefundState,
+  recordPayment,
+  type Refund,
+  refundedAmount,
+  type RefundOptions,
+  refundRoutes,
+  type RefundState,
+  resetRefunds,
+  settleRefund,
+} from "./refunds.ts";
+import { type ApiCall, findRoute, type Route } from "./routes.ts";
 import type { CheckoutSession } from "./session-object.ts";
 import {
-  type ApiCall,
   changeOpenSession,
   createSessionState,
-  findRoute,
   resetSessions,
-  type Route,
   type SessionOptions,
+  sessionRoutes,
   type SessionState,
   sweepExpired,
 } from "./sessions.ts";
 import { createWebhookForwarder } from "./webhooks.ts";
 
 /** Options for `startStripeServer`. */
-export interface StripeServerOptions extends SessionOptions {
+export interface StripeServerOptions extends SessionOptions, RefundOptions {
   /** Port to listen on (default: a free one). */
   port?: number;
   /** Accept only this secret key (default: any key starting with `sk_test_`). */
@@ -93,6 +109,10 @@ export interface StripeServer extends AsyncDisposable {
   readonly port: number;
   /** Sessions by id. */
   readonly sessions: Map<string, CheckoutSession>;
+  /** Charges by id: one per session completed with a `payment_intent`. */
+  readonly charges: Map<string, Charge>;
+  /** Refunds by id. */
+  readonly refunds: Map<string, Refund>;
   /** API requests in arrival order. */
   readonly requests: RequestRecord[];
   /** Pending faults; push to add. Each is removed when a request takes it. */
@@ -105,7 +125,13 @@ export interface StripeServer extends AsyncDisposable {
   expireSession(id: string): CheckoutSession;
   /** Expires every open session whose `expires_at` has passed; returns their ids. */
   sweepExpired(): string[];
-  /** Forgets sessions, requests, faults and idempotency keys. */
+  /** Refunds actually created (replays do not count). */
+  refundsCreated(): number;
+  /** What a PaymentIntent's charge has refunded, pending and succeeded; throws if it is unknown. */
+  refundedAmount(paymentIntentId: string): number;
+  /** Settles a pending refund (option `refundStatus: "pending"`), emitting `refund.updated`. */
+  settleRefund(id: string, status: "succeeded" | "failed"): Refund;
+  /** Forgets sessions, charges, refunds, requests, faults and idempotency keys. */
   reset(): void;
   close(): Promise<void>;
 }
@@ -113,6 +139,9 @@ export interface StripeServer extends AsyncDisposable {
 interface State {
   options: StripeServerOptions;
   checkout: SessionState;
+  refunds: RefundState;
+  /** Every endpoint, in the order they are matched. */
+  routes: Route[];
   idempotency: IdempotencyStore;
   requests: RequestRecord[];
   faults: Fault[];
@@ -210,12 +239,16 @@ async function answerApi(state: State, call: ApiRequest): Promise<Outcome> {
     if (error instanceof FormDecodeError) return paramErrorOutcome(new ParamError(error.message));
     throw error;
   }
-  const found = findRoute(record.method, record.path);
+  const found = findRoute(state.routes, record);
   if (!("route" in found)) return found;
   const execute = () =>
     executeRoute(state, {
       route: found.route,
-      call: { state: state.checkout, params, pathArgs: found.args },
+      call: {
+        params,
+        pathArgs: found.args,
+        request: { id: record.requestId, idempotencyKey: key },
+      },
       fault: call.fault,
     });
   if (key === null || call.apiKey === null) return await execute();
@@ -292,9 +325,17 @@ export function startStripeServer(options: StripeServerOptions = {}): Promise<St
   const port = (listener.addr as Deno.NetAddr).port;
   const now = options.now ?? Date.now;
   const lifetime = new AbortController();
+  const refunds = createRefundState(options, now);
+  const checkout = createSessionState(options, {
+    baseUrl: `http://${HOST}:${port}`,
+    now,
+    paid: (session) => recordPayment(refunds, session),
+  });
   const state: State = {
     options,
-    checkout: createSessionState(options, { baseUrl: `http://${HOST}:${port}`, now }),
+    checkout,
+    refunds,
+    routes: [...sessionRoutes(checkout), ...refundRoutes(refunds)],
     idempotency: createIdempotencyStore(now),
     requests: [],
     faults: [],
@@ -329,19 +370,25 @@ function serverHandle(
   state: State,
   { port, close }: { port: number; close: () => Promise<void> },
 ): StripeServer {
-  const { checkout } = state;
+  const { checkout, refunds } = state;
   return {
     url: checkout.baseUrl,
     port,
     sessions: checkout.sessions,
+    charges: refunds.charges,
+    refunds: refunds.refunds,
     requests: state.requests,
     faults: state.faults,
     sessionsCreated: () => checkout.created,
     completeSession: (id) => changeOpenSession(checkout, id, "checkout.session.completed"),
     expireSession: (id) => changeOpenSession(checkout, id, "checkout.session.expired"),
     sweepExpired: () => sweepExpired(checkout),
+    refundsCreated: () => refunds.created,
+    refundedAmount: (paymentIntentId) => refundedAmount(refunds, paymentIntentId),
+    settleRefund: (id, status) => settleRefund(refunds, { id, status }),
     reset: () => {
       resetSessions(checkout);
+      resetRefunds(refunds);
       state.requests.length = 0;
       state.faults.length = 0;
       state.idempotency.entries.clear();
@@ -377,9 +424,7 @@ if (import.meta.main) {
   }
   const server = await startStripeServer({
     port: portFromArgs(Deno.args),
-    onSessionChange: forwardTo && secret
-      ? createWebhookForwarder({ url: forwardTo, secret })
-      : undefined,
+    onEvent: forwardTo && secret ? createWebhookForwarder({ url: forwardTo, secret }) : undefined,
   });
   console.log(server.url);
   const stop = () => server.close().then(() => Deno.exit(0));

@@ -3,8 +3,10 @@
  *
  * As on Stripe, an open session expires at `expires_at` (here: when it is next looked at), only an
  * open session can be expired, and `expand[]=line_items` embeds the line items. Each completion
- * or expiry is told to `onSessionChange` (see webhooks.ts).
+ * or expiry is told to `onSessionChange` and `onEvent` (events.ts, webhooks.ts); a completed
+ * payment is told to `paid` first, so its charge exists (refunds.ts) before anyone hears of it.
  */
+import { type CheckoutEventType, type EventContext, type EventOptions, notify } from "./events.ts";
 import type { FormObject } from "./form.ts";
 import { errorOutcome, okOutcome, type Outcome } from "./outcome.ts";
 import {
@@ -14,6 +16,7 @@ import {
   rejectUnknown,
   type ResolvedLineItem,
 } from "./params.ts";
+import type { ApiCall, Route } from "./routes.ts";
 import {
   buildSession,
   type CheckoutSession,
@@ -22,16 +25,14 @@ import {
   markExpired,
 } from "./session-object.ts";
 
-/** Stripe event types a Checkout Session change corresponds to. */
-export type CheckoutEventType = "checkout.session.completed" | "checkout.session.expired";
-
 /** The options the session state reads (at each use, as given to `startStripeServer`). */
-export interface SessionOptions {
+export interface SessionOptions extends EventOptions {
   /** Prices that line items may reference by id. */
   prices?: Record<string, PriceFixture>;
   /**
    * Called after a session completes or expires (for a webhook forwarder). A returned promise is
-   * awaited (for at most 15 s) by the hosted page's "Pay" before it redirects to `success_url`.
+   * awaited (for at most 15 s) by the hosted page's "Pay" before it redirects to `success_url`,
+   * as is one `onEvent` returned.
    */
   onSessionChange?: (session: CheckoutSession, eventType: CheckoutEventType) => unknown;
 }
@@ -47,20 +48,23 @@ export interface SessionState {
   lineItems: Map<string, ResolvedLineItem[]>;
   /** Sessions actually created (replays do not count). */
   created: number;
+  /** Told about each session completed with a `payment_intent`, before any listener. */
+  paid: (session: CheckoutSession) => void;
 }
 
 /** Empty session state; `options` is read at each use. */
 export function createSessionState(
   options: SessionOptions,
-  clock: { baseUrl: string; now: () => number },
+  context: { baseUrl: string; now: () => number; paid?: (session: CheckoutSession) => void },
 ): SessionState {
   return {
     options,
-    baseUrl: clock.baseUrl,
-    now: clock.now,
+    baseUrl: context.baseUrl,
+    now: context.now,
     sessions: new Map(),
     lineItems: new Map(),
     created: 0,
+    paid: context.paid ?? (() => {}),
   };
 }
 
@@ -80,25 +84,30 @@ const CHANGES: Record<CheckoutEventType, (session: CheckoutSession) => void> = {
   "checkout.session.expired": markExpired,
 };
 
+/** A session change: the session, what happens to it, and what caused it. */
+export interface SessionChange {
+  session: CheckoutSession;
+  type: CheckoutEventType;
+  context?: EventContext;
+}
+
 /**
- * Completes or expires `session` and tells `onSessionChange`; the promise settles when a promise
- * it returned does (never rejects).
+ * Completes or expires a session and tells `onSessionChange` and `onEvent`; the promise settles
+ * when promises they returned do (never rejects).
  */
-export function changeSession(
-  state: SessionState,
-  session: CheckoutSession,
-  eventType: CheckoutEventType,
-): Promise<void> {
-  CHANGES[eventType](session);
-  const failed = (error: unknown) =>
-    console.error(`stripe-server: onSessionChange threw for ${eventType}:`, error);
-  try {
-    const result = state.options.onSessionChange?.(structuredClone(session), eventType);
-    return Promise.resolve(result).then(() => {}, failed);
-  } catch (error) {
-    failed(error);
-    return Promise.resolve();
-  }
+export function changeSession(state: SessionState, change: SessionChange): Promise<void> {
+  const { session, type } = change;
+  CHANGES[type](session);
+  if (type === "checkout.session.completed" && session.payment_intent) state.paid(session);
+  const { onSessionChange, onEvent } = state.options;
+  const event = { object: session, type, context: change.context };
+  return Promise.all([
+    notify(
+      onSessionChange && ((object) => onSessionChange(object as CheckoutSession, type)),
+      event,
+    ),
+    notify(onEvent, event),
+  ]).then(() => {});
 }
 
 /**
@@ -108,7 +117,7 @@ export function changeSession(
 export function findSession(state: SessionState, id: string): CheckoutSession | undefined {
   const session = state.sessions.get(id);
   if (session?.status === "open" && session.expires_at <= nowSeconds(state)) {
-    changeSession(state, session, "checkout.session.expired");
+    changeSession(state, { session, type: "checkout.session.expired" });
   }
   return session;
 }
@@ -124,7 +133,7 @@ export function changeOpenSession(
   if (session.status !== "open") {
     throw new Error(`Cannot change session ${id}: its status is ${session.status}, not open`);
   }
-  changeSession(state, session, eventType);
+  changeSession(state, { session, type: eventType });
   return structuredClone(session);
 }
 
@@ -140,35 +149,36 @@ export function sweepExpired(state: SessionState): string[] {
 // API routes
 // ---------------------------------------------------------------------------------------------
 
-/** One API call as a route sees it: decoded parameters and the path's captured ids. */
-export interface ApiCall {
-  state: SessionState;
-  params: FormObject;
-  pathArgs: string[];
+/** The Checkout Session endpoints, bound to `state`. */
+export function sessionRoutes(state: SessionState): Route[] {
+  return [
+    {
+      method: "POST",
+      pattern: /^\/v1\/checkout\/sessions$/,
+      handle: (call) => createSession(state, call),
+    },
+    {
+      method: "GET",
+      pattern: /^\/v1\/checkout\/sessions\/([^/]+)$/,
+      handle: (call) => retrieveSession(state, call),
+    },
+    {
+      method: "POST",
+      pattern: /^\/v1\/checkout\/sessions\/([^/]+)\/expire$/,
+      handle: (call) => expireSession(state, call),
+    },
+    {
+      method: "GET",
+      pattern: /^\/v1\/checkout\/sessions\/([^/]+)\/line_items$/,
+      handle: (call) => listLineItems(state, call),
+    },
+  ];
 }
-
-/** An endpoint: method, path pattern and handler. */
-export interface Route {
-  method: "GET" | "POST";
-  pattern: RegExp;
-  handle: (call: ApiCall) => Outcome;
-}
-
-const ROUTES: Route[] = [
-  { method: "POST", pattern: /^\/v1\/checkout\/sessions$/, handle: createSession },
-  { method: "GET", pattern: /^\/v1\/checkout\/sessions\/([^/]+)$/, handle: retrieveSession },
-  { method: "POST", pattern: /^\/v1\/checkout\/sessions\/([^/]+)\/expire$/, handle: expireSession },
-  {
-    method: "GET",
-    pattern: /^\/v1\/checkout\/sessions\/([^/]+)\/line_items$/,
-    handle: listLineItems,
-  },
-];
 
 const EXPAND_ONLY = new Set(["expand"]);
 const LIST_PARAMS = new Set(["expand", "limit", "starting_after", "ending_before"]);
 
-function createSession({ state, params }: ApiCall): Outcome {
+function createSession(state: SessionState, { params }: ApiCall): Outcome {
   const now = nowSeconds(state);
   const input = parseCreateParams(params, { nowSeconds: now, prices: state.options.prices ?? {} });
   const session = buildSession(input, state.baseUrl, now);
@@ -187,14 +197,15 @@ function missingSession(id: string): Outcome {
   });
 }
 
-function retrieveSession({ state, params, pathArgs: [id = ""] }: ApiCall): Outcome {
+function retrieveSession(state: SessionState, { params, pathArgs: [id = ""] }: ApiCall): Outcome {
   rejectUnknown(params, EXPAND_ONLY);
   const session = findSession(state, id);
   return session ? okOutcome(withExpansions(state, session, params)) : missingSession(id);
 }
 
 // Stripe: "A Checkout Session can be expired when it is in one of these statuses: open".
-function expireSession({ state, params, pathArgs: [id = ""] }: ApiCall): Outcome {
+function expireSession(state: SessionState, call: ApiCall): Outcome {
+  const { params, pathArgs: [id = ""] } = call;
   rejectUnknown(params, EXPAND_ONLY);
   const session = findSession(state, id);
   if (!session) return missingSession(id);
@@ -206,11 +217,15 @@ function expireSession({ state, params, pathArgs: [id = ""] }: ApiCall): Outcome
         `${id} has status "${session.status}".`,
     }, true);
   }
-  changeSession(state, session, "checkout.session.expired");
+  changeSession(state, {
+    session,
+    type: "checkout.session.expired",
+    context: { request: call.request },
+  });
   return okOutcome(withExpansions(state, session, params));
 }
 
-function listLineItems({ state, params, pathArgs: [id = ""] }: ApiCall): Outcome {
+function listLineItems(state: SessionState, { params, pathArgs: [id = ""] }: ApiCall): Outcome {
   rejectUnknown(params, LIST_PARAMS);
   const session = findSession(state, id);
   if (!session) return missingSession(id);
@@ -236,40 +251,4 @@ function withExpansions(
   const copy: Record<string, unknown> = structuredClone(session);
   if (expand.includes("line_items")) copy.line_items = lineItemList(state, session);
   return copy;
-}
-
-/** A path segment decoded, or as it is when it is not valid percent-encoding. */
-export function decodePathSegment(segment: string): string {
-  try {
-    return decodeURIComponent(segment);
-  } catch {
-    return segment;
-  }
-}
-
-/** The route for a request, with its path arguments, or the 404 or 405 Stripe answers. */
-export function findRoute(
-  method: string,
-  path: string,
-): { route: Route; args: string[] } | Outcome {
-  const candidates = ROUTES.flatMap((route) => {
-    const match = route.pattern.exec(path);
-    return match ? [{ route, args: match.slice(1).map(decodePathSegment) }] : [];
-  });
-  const hit = candidates.find((candidate) => candidate.route.method === method);
-  if (hit) return hit;
-  if (candidates.length > 0) {
-    const allowed = candidates.map((candidate) => candidate.route.method).join(", ");
-    return {
-      ...errorOutcome(405, {
-        type: "invalid_request_error",
-        message: `Unrecognized request URL (${method}: ${path}). This path accepts ${allowed}.`,
-      }),
-      headers: { allow: allowed },
-    };
-  }
-  return errorOutcome(404, {
-    type: "invalid_request_error",
-    message: `Unrecognized request URL (${method}: ${path}).`,
-  });
 }

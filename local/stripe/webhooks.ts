@@ -1,12 +1,12 @@
 /**
  * Webhook forwarding, as `stripe listen --forward-to` does: with `createWebhookForwarder` as
- * `onSessionChange`, completed and expired sessions are delivered as signed events
- * (`Stripe-Signature: t=…,v1=…`) to a webhook endpoint, retried (bounded) as Stripe retries a
- * failed delivery.
+ * `onEvent` (every event: sessions completed or expired, charges refunded, refunds updated) or as
+ * `onSessionChange` (sessions only), events are delivered signed (`Stripe-Signature: t=…,v1=…`)
+ * to a webhook endpoint, retried (bounded) as Stripe retries a failed delivery.
  */
+import type { CheckoutEventType, EventContext, EventObject, StripeEventType } from "./events.ts";
 import { randomId } from "./helpers.ts";
 import type { CheckoutSession } from "./session-object.ts";
-import type { CheckoutEventType } from "./sessions.ts";
 
 /** The API version stamped on forwarded events (the one the project's SDK pins). */
 export const WEBHOOK_API_VERSION = "2026-10-28.endive";
@@ -28,7 +28,7 @@ export interface WebhookForwarderOptions {
 /** How an event's delivery ended. */
 export interface WebhookDelivery {
   eventId: string;
-  type: CheckoutEventType;
+  type: StripeEventType;
   /** The endpoint's last status, or null when it was never reached. */
   status: number | null;
   attempts: number;
@@ -60,18 +60,31 @@ export async function hmacSha256(
   return new Uint8Array(await crypto.subtle.sign("HMAC", key, data));
 }
 
-/** The event Stripe sends for a Checkout Session change. */
-export function checkoutSessionEvent(session: CheckoutSession, type: CheckoutEventType): string {
+/**
+ * The event JSON Stripe sends about `object`: `data.previous_attributes` and `request` (the API
+ * request and idempotency key behind it, null for none) from `context`.
+ */
+export function stripeEvent(
+  object: EventObject,
+  type: StripeEventType,
+  context: EventContext = {},
+): string {
+  const data = context.previousAttributes
+    ? { object, previous_attributes: context.previousAttributes }
+    : { object };
   return JSON.stringify(
     {
       id: randomId("evt_", 24),
       object: "event",
       api_version: WEBHOOK_API_VERSION,
       created: Math.floor(Date.now() / 1000),
-      data: { object: session },
+      data,
       livemode: false,
       pending_webhooks: 1,
-      request: { id: null, idempotency_key: null },
+      request: {
+        id: context.request?.id ?? null,
+        idempotency_key: context.request?.idempotencyKey ?? null,
+      },
       type,
     },
     null,
@@ -79,18 +92,27 @@ export function checkoutSessionEvent(session: CheckoutSession, type: CheckoutEve
   );
 }
 
+/** The event Stripe sends for a Checkout Session change. */
+export function checkoutSessionEvent(session: CheckoutSession, type: CheckoutEventType): string {
+  return stripeEvent(session, type);
+}
+
 /**
- * An `onSessionChange` that POSTs each change as a signed event to `url`, retrying (bounded) on
- * a network failure or a non-2xx answer, as Stripe retries a failed delivery.
+ * An `onEvent` (or `onSessionChange`) that POSTs each event signed to `url`, retrying (bounded)
+ * on a network failure or a non-2xx answer, as Stripe retries a failed delivery.
  */
 export function createWebhookForwarder(
   options: WebhookForwarderOptions,
-): (session: CheckoutSession, type: CheckoutEventType) => Promise<WebhookDelivery> {
+): (
+  object: EventObject,
+  type: StripeEventType,
+  context?: EventContext,
+) => Promise<WebhookDelivery> {
   const attempts = Math.max(1, options.attempts ?? 4);
   const timeoutMs = options.timeoutMs ?? 10_000;
   const log = options.log ?? ((line: string) => console.log(line));
-  return async (session, type) => {
-    const payload = checkoutSessionEvent(session, type);
+  return async (object, type, context) => {
+    const payload = stripeEvent(object, type, context);
     const eventId = (JSON.parse(payload) as { id: string }).id;
     const delivery: WebhookDelivery = { eventId, type, status: null, attempts: 0 };
     for (let attempt = 1; attempt <= attempts; attempt++) {
@@ -115,7 +137,7 @@ export function createWebhookForwarder(
       } catch (error) {
         outcome = `failed (${error instanceof Error ? error.message : String(error)})`;
       }
-      log(`stripe-server: ${type} ${eventId} for ${session.id} -> ${url}: ${outcome}`);
+      log(`stripe-server: ${type} ${eventId} for ${object.id} -> ${url}: ${outcome}`);
       if (delivery.status !== null && delivery.status >= 200 && delivery.status < 300) break;
     }
     return delivery;

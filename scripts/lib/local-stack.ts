@@ -93,7 +93,7 @@ async function start(
   if (options.stripe.mode === "local") {
     stripe = await startStripeServer({
       port: options.stripe.port,
-      onSessionChange: createWebhookForwarder({
+      onEvent: createWebhookForwarder({
         url: () => `${functionsUrl}/functions/v1/stripe-webhook`,
         secret: options.webhookSecret,
       }),
