@@ -137,7 +137,8 @@ async function start(
   };
 }
 
-interface HostProcess {
+/** A functions host running in a process of its own (scripts/functions_host.ts). */
+export interface HostProcess {
   url: string;
   failed: string[];
   stop(): Promise<void>;
@@ -145,9 +146,12 @@ interface HostProcess {
 
 const HOST_START_TIMEOUT_MS = 120_000;
 
-// The functions host runs in its own process, so that the functions read exactly the
-// environment given here (index.ts reads Deno.env) and nothing of this process's servers.
-async function spawnFunctionsHost(
+/**
+ * Starts scripts/functions_host.ts in its own process, so that the functions read exactly the
+ * environment given here (index.ts reads Deno.env) and nothing of this process's servers; `log`
+ * gets its output lines. Resolves once it listens (PORT in `env`; 0 for a free port).
+ */
+export async function spawnFunctionsHost(
   env: FunctionsEnvironment,
   log: (line: string) => void,
 ): Promise<HostProcess> {
