@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
-import { type HostProcess, spawnFunctionsHost } from "../scripts/lib/local_stack.ts";
+import { startInstances } from "../scripts/lib/instances.ts";
 import { apiKey, LOCAL_JWT_SECRET } from "../scripts/lib/jwt.ts";
 import { startStripeServer, type StripeServer } from "../local/stripe/mod.ts";
 import { databaseUrl } from "./support/database.ts";
@@ -58,17 +58,8 @@ interface Stack {
 /** Four function processes through the pooler, and a round-robin front before them. */
 async function startStack(): Promise<Stack> {
   const stripe = await startStripeServer();
-  const hosts: HostProcess[] = [];
-  const served = Array.from({ length: INSTANCES }, () => 0);
-  let front: Deno.HttpServer | null = null;
-  const close = async () => {
-    await front?.shutdown();
-    await Promise.all(hosts.map((host) => host.stop()));
-    await stripe.close();
-  };
   try {
-    const env = {
-      PORT: "0",
+    const instances = await startInstances(INSTANCES, {
       SUPABASE_DB_URL: poolerUrl(),
       // The pooler may not be on 6543 here (a parallel run took it): say what it is.
       DB_TRANSACTION_POOLER: "true",
@@ -80,41 +71,19 @@ async function startStack(): Promise<Stack> {
       STRIPE_WEBHOOK_SECRET: "whsec_pooler_test",
       // The buyer's address is the entry before the one the functions host appends.
       CHECKOUT_TRUSTED_PROXY_HOPS: "2",
-    };
-    for (let i = 0; i < INSTANCES; i++) {
-      hosts.push(
-        await spawnFunctionsHost(env, (line) => {
-          if (line.startsWith("{")) served[i]! += 1;
-        }),
-      );
-    }
-    for (const host of hosts) assert.deepEqual(host.failed, [], "every function loaded");
-    let next = 0;
-    const server = Deno.serve(
-      { hostname: "127.0.0.1", port: 0, onListen: () => {} },
-      async (request) => {
-        const backend = hosts[next++ % hosts.length]!;
-        const url = new URL(request.url);
-        const headers = new Headers(request.headers);
-        headers.delete("host");
-        const answer = await fetch(`${backend.url}${url.pathname}${url.search}`, {
-          method: request.method,
-          headers,
-          body: request.method === "GET" ? undefined : await request.arrayBuffer(),
-        });
-        return new Response(answer.body, { status: answer.status, headers: answer.headers });
-      },
-    );
-    front = server;
+    });
     return {
-      url: `http://127.0.0.1:${server.addr.port}`,
+      url: instances.url,
       stripe,
       anonKey: await apiKey("anon", LOCAL_JWT_SECRET),
-      served,
-      close,
+      served: instances.served,
+      close: async () => {
+        await instances.close();
+        await stripe.close();
+      },
     };
   } catch (error) {
-    await close();
+    await stripe.close();
     throw error;
   }
 }

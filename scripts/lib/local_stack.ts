@@ -140,6 +140,7 @@ async function start(
 /** A functions host running in a process of its own (scripts/functions_host.ts). */
 export interface HostProcess {
   url: string;
+  pid: number;
   failed: string[];
   stop(): Promise<void>;
 }
@@ -190,7 +191,7 @@ export async function spawnFunctionsHost(
             log(next.value);
           }
         })();
-        return { url: listening[1]!, failed, stop };
+        return { url: listening[1]!, pid: child.pid, failed, stop };
       }
     }
   } catch (error) {
