@@ -8,7 +8,8 @@
 #
 # `reset` throws away the previous scratch cluster (DEV_DB_DIR, default /tmp/scx-dev-db-$UID;
 # it must be a folder the postgres user can reach) and prints the export lines for
-# DATABASE_URL and the PG* variables that pg_prove reads. `npm test` does not use it.
+# DATABASE_URL, POOLER_DATABASE_URL (PgBouncer in transaction mode in front of it, for
+# tests/pooler.test.ts) and the PG* variables that pg_prove reads. `npm test` does not use it.
 set -euo pipefail
 export RUST_BACKTRACE=0 NO_COLOR=1 DO_NOT_TRACK=1 SUPABASE_TELEMETRY_DISABLED=1
 
@@ -22,7 +23,7 @@ stop() {
 }
 
 reset() {
-  local port url
+  local port url pooler
   stop
   install_debian_packages "${PG_PACKAGES[@]}" >&2
   pg_init "$DIR/data" "$DIR/initdb.log" >&2
@@ -34,7 +35,9 @@ reset() {
   "$ROOT/node_modules/.bin/supabase" db push --db-url "$url" --include-seed --yes </dev/null >&2
   psql "$url" -XAtq -c 'set client_min_messages = warning;
     create extension if not exists pgtap with schema extensions' >&2
+  pooler="$(pgbouncer_start "$DIR/pgbouncer" "$url")"
   printf 'export DATABASE_URL=%q\n' "$url"
+  printf 'export POOLER_DATABASE_URL=%q\n' "$(pooler_url "$pooler")"
   printf 'export PGHOST=127.0.0.1 PGPORT=%s PGUSER=postgres PGPASSWORD=postgres PGDATABASE=postgres\n' "$port"
   printf "export PGOPTIONS='-c search_path=public,extensions'\n"
 }

@@ -7,6 +7,8 @@
 # then runs: second push (must be a no-op), `supabase db lint`, pgTAP
 # (pg_prove), deno fmt/lint/check, `deno test` and the browser test
 # (tests/browser/, Debian's chromium, installed when root and missing).
+# PgBouncer (transaction mode, port 6543 when free) stands in front of the
+# database for the tests that run many function processes through a pooler.
 #
 # Every step after the database is up runs even if an earlier one failed; the
 # last line of output is always `N passed, N failed`; exit 0 only if N failed = 0.
@@ -24,6 +26,8 @@ DENO="$ROOT/node_modules/.bin/deno"
 SUPABASE="$ROOT/node_modules/.bin/supabase"
 CLUSTER_DIR=""
 DB_URL=""
+POOLER_DIR=""  # PgBouncer's folder (inside CLUSTER_DIR when the cluster is ours)
+POOLER_URL=""
 JOB_PID="" # process group of a running run_logged job
 
 # ---------------------------------------------------------------- bookkeeping
@@ -104,7 +108,9 @@ cleanup() {
   trap - EXIT
   trap '' INT TERM
   if [[ -n "$JOB_PID" ]]; then kill -TERM -- "-$JOB_PID" 2>/dev/null || true; fi
+  if [[ -n "$POOLER_DIR" ]]; then pgbouncer_stop "$POOLER_DIR" 2>/dev/null || true; fi
   pg_discard "$CLUSTER_DIR"
+  if [[ -n "$POOLER_DIR" && -z "$CLUSTER_DIR" ]]; then rm -rf "$(dirname "$POOLER_DIR")"; fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -145,6 +151,22 @@ step_start_cluster() {
     return 1
   DB_URL="$(pg_url "$port")"
   echo "cluster $CLUSTER_DIR on 127.0.0.1:$port"
+}
+
+# PgBouncer in transaction mode on port 6543 (any free port if a parallel run holds it), in
+# front of the database, as Supabase's pooler: tests/pooler.test.ts runs four function
+# processes through it (POOLER_DATABASE_URL).
+step_start_pooler() {
+  local port
+  if [[ -n "$CLUSTER_DIR" ]]; then
+    POOLER_DIR="$CLUSTER_DIR/pgbouncer"
+  else
+    POOLER_DIR="$(mktemp -d -t pgbouncer-test.XXXXXX)/pgbouncer"
+    if [[ "$(id -u)" -eq 0 ]]; then chown postgres "$(dirname "$POOLER_DIR")" || return 1; fi
+  fi
+  port="$(pgbouncer_start "$POOLER_DIR" "$DB_URL")" || return 1
+  POOLER_URL="$(pooler_url "$port")"
+  echo "pgbouncer (transaction mode) on 127.0.0.1:$port"
 }
 
 step_bootstrap() {
@@ -272,8 +294,8 @@ step_deno_test() {
     echo "no *_test.ts or *.test.ts files under tests/ or local/"; return 0
   fi
   # tests/browser/ is the next step's; local/ holds the tools' own tests (local/stripe/).
-  DATABASE_URL="$DB_URL" run_logged "$logfile" "$DENO" test --allow-all --ignore=tests/browser \
-    tests/ local/ || rc=$?
+  DATABASE_URL="$DB_URL" POOLER_DATABASE_URL="$POOLER_URL" run_logged "$logfile" "$DENO" test \
+    --allow-all --ignore=tests/browser tests/ local/ || rc=$?
   count_deno_tests deno-test "$logfile" "$rc"
 }
 
@@ -311,6 +333,9 @@ main() {
     log "start throwaway cluster"
     timed "start cluster" step_start_cluster || setup_failed "cluster start"
   fi
+
+  log "start PgBouncer (transaction pooler)"
+  timed "start pooler" step_start_pooler || setup_failed "pgbouncer start"
 
   log "bootstrap Supabase roles/schemas"
   timed "bootstrap" step_bootstrap || setup_failed "bootstrap"

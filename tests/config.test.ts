@@ -363,3 +363,33 @@ Deno.test("webhook and reconcile configurations name what they miss", () => {
   }));
   assert.equal(reconcile.staleSeconds, 600, "10 minutes by default");
 });
+
+Deno.test("CHECKOUT_LOCK_TIMEOUT_MS defaults to 2000 and accepts whole milliseconds from 1 to 60000", () => {
+  assert.equal(load().lockTimeoutMs, 2000);
+  assert.equal(load({ CHECKOUT_LOCK_TIMEOUT_MS: "250" }).lockTimeoutMs, 250);
+  for (const bad of ["0", "60001", "1.5", "two seconds"]) {
+    throwsNaming("CHECKOUT_LOCK_TIMEOUT_MS", { CHECKOUT_LOCK_TIMEOUT_MS: bad });
+  }
+});
+
+Deno.test("DB_POOL_MAX defaults to 3 connections per instance and accepts 1 to 100", () => {
+  assert.equal(load().dbPoolMax, 3);
+  assert.equal(load({ DB_POOL_MAX: "10" }).dbPoolMax, 10);
+  for (const bad of ["0", "101", "many"]) throwsNaming("DB_POOL_MAX", { DB_POOL_MAX: bad });
+  const env = (vars: Record<string, string>) => (name: string) => vars[name];
+  const webhook = loadWebhookConfig(env({
+    SUPABASE_DB_URL: "postgresql://x",
+    STRIPE_SECRET_KEY: "sk_test_x",
+    STRIPE_WEBHOOK_SECRET: "whsec_x",
+    DB_POOL_MAX: "2",
+  }));
+  assert.equal(webhook.dbPoolMax, 2, "every function reads it");
+});
+
+Deno.test("prepared statements are off through a transaction pooler: port 6543, or DB_TRANSACTION_POOLER=true", () => {
+  assert.equal(load().dbPrepare, false, "Supabase's pooler port");
+  const direct = "postgresql://postgres:secret@db.example.com:5432/postgres";
+  assert.equal(load({ SUPABASE_DB_URL: direct }).dbPrepare, true);
+  assert.equal(load({ SUPABASE_DB_URL: direct, DB_TRANSACTION_POOLER: "true" }).dbPrepare, false);
+  throwsNaming("DB_TRANSACTION_POOLER", { DB_TRANSACTION_POOLER: "yes" });
+});

@@ -188,7 +188,8 @@ Deno.test("fault matrix: every case ends with one session, no lost order, no ove
         const claimKiller = faults.killClaim
           ? await armKiller(
             admin,
-            (tx) => tx`select 1 from events.ticket_tiers where id = ${h.event.floor} for update`,
+            (tx) =>
+              tx`select 1 from private.tier_capacity where tier_id = ${h.event.floor} for update`,
             "claim_checkout",
           )
           : null;

@@ -143,17 +143,22 @@ async function start(
   };
 }
 
-interface HostProcess {
+/** A functions host running in a process of its own (scripts/functions-host.ts). */
+export interface HostProcess {
   url: string;
+  pid: number;
   failed: string[];
   stop(): Promise<void>;
 }
 
 const HOST_START_TIMEOUT_MS = 120_000;
 
-// The functions host runs in its own process, so that the functions read exactly the
-// environment given here (index.ts reads Deno.env) and nothing of this process's servers.
-async function spawnFunctionsHost(
+/**
+ * Starts scripts/functions-host.ts in its own process, so that the functions read exactly the
+ * environment given here (index.ts reads Deno.env) and nothing of this process's servers; `log`
+ * gets its output lines. Resolves once it listens (PORT in `env`; 0 for a free port).
+ */
+export async function spawnFunctionsHost(
   env: FunctionsEnvironment,
   log: (line: string) => void,
 ): Promise<HostProcess> {
@@ -192,7 +197,7 @@ async function spawnFunctionsHost(
             log(next.value);
           }
         })();
-        return { url: listening[1]!, failed, stop };
+        return { url: listening[1]!, pid: child.pid, failed, stop };
       }
     }
   } catch (error) {

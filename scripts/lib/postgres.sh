@@ -8,7 +8,9 @@
 PG_BIN=/usr/lib/postgresql/15/bin
 # What the migrations need (pg_cron), and what the test pipeline adds (pgTAP, plpgsql_check).
 PG_SERVER_PACKAGES=(postgresql-15 postgresql-15-cron)
-PG_PACKAGES=("${PG_SERVER_PACKAGES[@]}" postgresql-15-pgtap postgresql-15-plpgsql-check)
+PG_PACKAGES=("${PG_SERVER_PACKAGES[@]}" postgresql-15-pgtap postgresql-15-plpgsql-check pgbouncer)
+# Debian's PgBouncer stands in for Supabase's transaction pooler (port 6543).
+PGBOUNCER_BIN=/usr/sbin/pgbouncer
 
 as_postgres() { # initdb/pg_ctl refuse to run as root
   if [[ "$(id -u)" -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
@@ -104,8 +106,79 @@ pg_stop() { # pg_stop DATA_DIR [MODE] — MODE fast (default, clean) or immediat
 
 pg_discard() { # pg_discard CLUSTER_DIR — stop a throwaway cluster (its data/) at once, delete it
   [[ -n "${1:-}" && -d "$1" ]] || return 0
+  pgbouncer_stop "$1/pgbouncer" 2>/dev/null || true
   pg_stop "$1/data" immediate 2>/dev/null || true
   rm -rf "$1"
+}
+
+# PgBouncer in transaction mode in front of one database, as Supabase's pooler is: port 6543
+# when free (else any free port: say so to the functions with DB_TRANSACTION_POOLER=true), trust
+# on loopback, run as postgres with its own config, pid and log file in DIR. pg_discard of the
+# cluster folder stops it too (DIR = CLUSTER_DIR/pgbouncer).
+pgbouncer_start() { # pgbouncer_start DIR DATABASE_URL — prints the pooler's port
+  local dir="$1" url="$2" target port attempt
+  # host=… port=… dbname=… user=… password=… of the database behind it.
+  target="$(node -e '
+    const u = new URL(process.argv[1]);
+    const d = decodeURIComponent;
+    const parts = { host: d(u.hostname), port: u.port || "5432",
+      dbname: d(u.pathname.slice(1)) || "postgres", user: d(u.username), password: d(u.password) };
+    console.log(Object.entries(parts).filter(([, v]) => v).map(([k, v]) => `${k}=${v}`).join(" "));
+  ' "$url")" || return 1
+  mkdir -p "$dir"
+  if [[ "$(id -u)" -eq 0 ]]; then chown postgres "$dir" || return 1; fi
+  port=6543
+  port_is_free "$port" || port="$(free_port)" || return 1
+  printf '"postgres" "postgres"
+' >"$dir/userlist.txt"
+  cat >"$dir/pgbouncer.ini" <<EOF_INI
+[databases]
+postgres = $target
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 1000
+ignore_startup_parameters = extra_float_digits,options
+admin_users = postgres
+stats_users = postgres
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+EOF_INI
+  if [[ "$(id -u)" -eq 0 ]]; then chown postgres "$dir"/*; fi
+  as_postgres "$PGBOUNCER_BIN" -d -q "$dir/pgbouncer.ini" || { cat "$dir/pgbouncer.log" >&2; return 1; }
+  for attempt in $(seq 1 100); do
+    if psql "postgresql://postgres@127.0.0.1:$port/postgres?sslmode=disable" -XAtqc 'select 1' \
+      >/dev/null 2>&1; then
+      printf '%s\n' "$port"
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "pgbouncer did not accept connections on $port; log:" >&2
+  cat "$dir/pgbouncer.log" >&2 || true
+  return 1
+}
+
+pgbouncer_stop() { # pgbouncer_stop DIR — stops the PgBouncer that pgbouncer_start ran there
+  local pid attempt
+  [[ -f "$1/pgbouncer.pid" ]] || return 0
+  pid="$(cat "$1/pgbouncer.pid")"
+  [[ -n "$pid" ]] || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for attempt in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+pooler_url() { # pooler_url PORT — the URL the functions use through the pooler
+  printf 'postgresql://postgres:postgres@127.0.0.1:%s/postgres?sslmode=disable' "$1"
 }
 
 pg_bootstrap() { # pg_bootstrap URL ROOT — what hosted Supabase has (idempotent; local/CI only)

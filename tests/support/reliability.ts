@@ -57,6 +57,8 @@ export interface Violations {
   doublePayments: number;
   /** Sessions Stripe says are paid whose order does not hold its seats (no refund exists yet). */
   paidWithoutSeats: number;
+  /** Tiers whose capacity counter disagrees with their orders (public.check_tier_capacity). */
+  capacityDisagreements: number;
 }
 
 /** Counters reported in RELIABILITY.md. */
@@ -74,6 +76,7 @@ function noViolations(): Violations {
     stuckAttempts: 0,
     doublePayments: 0,
     paidWithoutSeats: 0,
+    capacityDisagreements: 0,
   };
 }
 
@@ -113,7 +116,8 @@ export function reliabilitySuite(name: string): ReliabilitySuite {
  * - at most one live (open) Stripe session per operation, and every session handed out but one
  *   has ended at Stripe;
  * - no order lost: every 201 names an order that exists with that very session;
- * - no tier oversold;
+ * - no tier oversold, counted either way (the counters, and the orders recounted);
+ * - every tier's capacity counter agrees with its orders (public.check_tier_capacity);
  * - nothing stuck: once leases have run out, reconciliation leaves no attempt in progress;
  * - no operation is ever paid twice, and every session Stripe says is paid has its order paid
  *   (holding its seats) once its webhook has arrived, however late.
@@ -154,8 +158,9 @@ export async function checkInvariants(
   const oversold = await h.sql<{ id: string }[]>`
     select t.id from events.ticket_tiers t
     where t.event_id = ${h.event.id} and t.capacity is not null
-      and private.tier_seats_taken(t.id) > t.capacity`;
+      and greatest(private.tier_seats_taken(t.id), private.tier_seats_recounted(t.id)) > t.capacity`;
   tally.oversoldTiers += oversold.length;
+  await checkCapacityCounters(h, tally);
 
   // Let every lease run out, reconcile, and check nothing of this case is still in flight.
   await new Promise((r) => setTimeout(r, options.leaseSeconds * 1000 + 100));
@@ -166,6 +171,18 @@ export async function checkInvariants(
     where operation_type = 'checkout:create' and operation_id = any(${keys})
       and status = 'in_progress' and lease_expires_at < now()`;
   tally.stuckAttempts += stuck?.n ?? 0;
+  // Reconciliation released or settled orders too: the counters must still agree.
+  await checkCapacityCounters(h, tally);
+}
+
+/** Tiers (of any event) whose counter disagrees with the orders; each is printed. */
+async function checkCapacityCounters(h: Harness, tally: ReliabilityTally): Promise<void> {
+  const disagreeing = await h.sql<Record<string, unknown>[]>`
+    select * from public.check_tier_capacity()`;
+  for (const tier of disagreeing) {
+    console.error(`capacity counter disagrees: ${JSON.stringify(tier)}`);
+  }
+  tally.capacityDisagreements += disagreeing.length;
 }
 
 /** Late webhooks arrive for every paid session; then payments are counted per operation. */

@@ -10,6 +10,7 @@ import type { CallerCheck } from "./auth.ts";
 import { checkoutSessionParams, HOLD_GRACE_SECONDS } from "./checkout-session.ts";
 import { fingerprint, makeStripeIdempotencyKey, OPERATION } from "./checkout-utils.ts";
 import { clientAddress, type ClientAddressConfig } from "./client-address.ts";
+import { DEFAULT_LOCK_TIMEOUT_MS } from "./config.ts";
 import {
   type ArmedClaim,
   type CheckoutClaim,
@@ -20,6 +21,7 @@ import {
   releaseCheckout,
   settleCheckoutSession,
   type Sql,
+  SQLSTATE,
   sqlState,
   type WebhookResult,
 } from "./db.ts";
@@ -89,6 +91,11 @@ export interface CheckoutDeps {
   holdLimits?: HoldLimits;
   /** Where the per-address limit reads the client's address; absent means the rightmost XFF entry. */
   clientAddress?: ClientAddressConfig;
+  /**
+   * The longest a claim waits for its tier's lock (CHECKOUT_LOCK_TIMEOUT_MS; default 2000 ms);
+   * beyond it the buyer gets 503 temporarily_unavailable with Retry-After and nothing is written.
+   */
+  lockTimeoutMs?: number;
   log?: RequestLog;
 }
 
@@ -214,6 +221,7 @@ async function parseCheckout(
     holdSeconds: deps.sessionTtlMinutes * 60 + HOLD_GRACE_SECONDS,
     holdGraceSeconds: deps.holdGraceSeconds ?? DEFAULT_HOLD_GRACE_SECONDS,
     leaseSeconds: deps.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
+    lockTimeoutMs: deps.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS,
   };
 }
 
@@ -358,6 +366,14 @@ function fromSqlError(error: unknown): unknown {
     return apiError("unauthorized", {
       reason: "the token's user does not exist",
       headers: { "www-authenticate": 'Bearer error="invalid_token"' },
+    });
+  }
+  // The tier (or the operation's row) stayed locked past CHECKOUT_LOCK_TIMEOUT_MS: the claim
+  // rolled back whole, so the same key may simply come again.
+  if (state === SQLSTATE.lockTimeout) {
+    return apiError("temporarily_unavailable", {
+      reason: "too many checkouts of this tier at once, retry with the same Idempotency-Key",
+      retryAfter: 1,
     });
   }
   const code = state ? SQL_ERRORS[state] : undefined;

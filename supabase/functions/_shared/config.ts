@@ -21,6 +21,8 @@ export interface CheckoutConfig extends BaseConfig, AuthKeys, UserTokenRules {
   holdGraceSeconds: number;
   holdLimits: HoldLimits;
   clientAddress: ClientAddressConfig;
+  /** CHECKOUT_LOCK_TIMEOUT_MS: the longest a claim waits for its tier's lock. */
+  lockTimeoutMs: number;
 }
 
 /**
@@ -49,7 +51,23 @@ export interface BaseConfig {
   stripeSecretKey: string;
   /** e.g. http://127.0.0.1:12111 for a local Stripe-compatible server; null for Stripe itself. */
   stripeApiBase: URL | null;
+  /**
+   * DB_POOL_MAX: connections this function instance may open (default 3). Every isolate has its
+   * own pool, so the database sees up to instances × this (see the README's pool sizing).
+   */
+  dbPoolMax: number;
+  /**
+   * Whether statements are prepared: false through a transaction pooler, which cannot keep them
+   * (Supabase's on port 6543, or DB_TRANSACTION_POOLER=true for one on another port).
+   */
+  dbPrepare: boolean;
 }
+
+/** DB_POOL_MAX's default: small, since every function instance multiplies it. */
+export const DEFAULT_DB_POOL_MAX = 3;
+
+/** CHECKOUT_LOCK_TIMEOUT_MS's default: how long a claim waits for its tier's lock. */
+export const DEFAULT_LOCK_TIMEOUT_MS = 2000;
 
 /**
  * The project's credentials, as Supabase provisions them for Edge Functions: the API keys
@@ -95,7 +113,18 @@ export function loadBaseConfig(env: EnvReader): BaseConfig {
   const stripeApiBase = env("STRIPE_API_BASE")
     ? url("STRIPE_API_BASE", env("STRIPE_API_BASE")!)
     : null;
-  return { databaseUrl, stripeSecretKey, stripeApiBase };
+  const dbPoolMax = integer(env, "DB_POOL_MAX", DEFAULT_DB_POOL_MAX, 1, 100);
+  const pooled = flag(env, "DB_TRANSACTION_POOLER") || databasePort(databaseUrl) === "6543";
+  return { databaseUrl, stripeSecretKey, stripeApiBase, dbPoolMax, dbPrepare: !pooled };
+}
+
+/** The port of a postgres:// URL ("" when it names none or cannot be parsed). */
+function databasePort(databaseUrl: string): string {
+  try {
+    return new URL(databaseUrl.replace(/^postgres(ql)?:/, "http:")).port;
+  } catch {
+    return "";
+  }
 }
 
 /** Every credential variable, parsed; which ones a function needs is checked by its loader. */
@@ -317,6 +346,7 @@ export function loadCheckoutConfig(
     allowedOrigins: new Set(origins),
     sessionTtlMinutes,
     holdGraceSeconds: integer(env, "CHECKOUT_HOLD_GRACE_MINUTES", 60, 0, 1440) * 60,
+    lockTimeoutMs: integer(env, "CHECKOUT_LOCK_TIMEOUT_MS", DEFAULT_LOCK_TIMEOUT_MS, 1, 60_000),
   };
 }
 

@@ -142,6 +142,8 @@ export const SQLSTATE = {
   leaseNotHeld: "SI001",
   alreadyCompleted: "SI002",
   noSuchOperation: "P0002",
+  /** lock_not_available: a statement waited longer than its lock_timeout. */
+  lockTimeout: "55P03",
 } as const;
 
 /** The SQLSTATE of a database error, if `error` is one. */
@@ -180,6 +182,11 @@ export interface CheckoutClaimInput {
   clientAddress?: string | null;
   /** Hold-flooding limits; absent or null means unlimited. */
   limits?: HoldLimits;
+  /**
+   * The longest the claim waits for a lock (a hot tier's counter, the operation's row), in ms;
+   * beyond it the claim fails with SQLSTATE 55P03 and writes nothing. Absent: no bound.
+   */
+  lockTimeoutMs?: number;
 }
 
 /** How many pending checkouts one buyer / one client address may hold within a window. */
@@ -259,7 +266,8 @@ export async function claimCheckout(sql: Sql, input: CheckoutClaimInput): Promis
       ${input.successUrl}, ${input.cancelUrl}, ${input.holdSeconds}::int, ${input.leaseSeconds}::int,
       coalesce(${input.now ?? null}::timestamptz, now()), ${input.clientAddress ?? null}::inet,
       ${limits?.maxPendingPerBuyer ?? null}::int, ${limits?.maxPendingPerAddress ?? null}::int,
-      ${limits?.windowSeconds ?? 1800}::int, ${input.holdGraceSeconds ?? 3600}::int)`;
+      ${limits?.windowSeconds ?? 1800}::int, ${input.holdGraceSeconds ?? 3600}::int,
+      ${input.lockTimeoutMs ?? null}::int)`;
   if (!row) throw new Error("Cannot claim checkout: the database returned no row");
   return checkoutClaimFromRow(row);
 }

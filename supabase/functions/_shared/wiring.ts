@@ -45,6 +45,7 @@ export function checkoutHandlerFromEnv(
     holdGraceSeconds: config.holdGraceSeconds,
     holdLimits: config.holdLimits,
     clientAddress: config.clientAddress,
+    lockTimeoutMs: config.lockTimeoutMs,
     authenticate: endpoint === "enhanced-checkout"
       ? userCaller(tokenVerifier(config, {
         requiredRole: "authenticated",
@@ -96,15 +97,11 @@ export function operatorAuthentication(keys: AuthKeys): CallerCheck {
 /** The process's one database pool and one Stripe client. */
 function clients(config: BaseConfig): { sql: Sql; stripe: ReturnType<typeof createStripeClient> } {
   return {
-    sql: openDatabase(config.databaseUrl),
+    // Supabase's pooler (port 6543) runs in transaction mode, which cannot keep prepared
+    // statements; the pool is per instance (DB_POOL_MAX), and instances multiply it.
+    sql: createSql(config.databaseUrl, { max: config.dbPoolMax, prepare: config.dbPrepare }),
     stripe: createStripeClient(config.stripeSecretKey, { apiBase: config.stripeApiBase }),
   };
-}
-
-function openDatabase(url: string): Sql {
-  // Supabase's pooler (port 6543) runs in transaction mode, which cannot keep prepared statements.
-  const pooled = new URL(url.replace(/^postgres(ql)?:/, "http:")).port === "6543";
-  return createSql(url, { max: 5, prepare: !pooled });
 }
 
 function tokenVerifier(

@@ -41,7 +41,7 @@ select col_is_unique('public', 'orders', 'stripe_checkout_session_id', 'a sessio
 -- Every table has RLS on.
 select is(
   (select count(*)::int from pg_class c join pg_namespace n on n.oid = c.relnamespace
-   where n.nspname in ('public', 'events') and c.relkind = 'r' and not c.relrowsecurity),
+   where n.nspname in ('public', 'events', 'private') and c.relkind = 'r' and not c.relrowsecurity),
   0, 'RLS is enabled on every table');
 
 select function_returns('public', 'claim_stripe_idempotency',
@@ -72,7 +72,8 @@ select ok(
    join pg_namespace n on n.oid = p.pronamespace
    where n.nspname in ('public', 'private') and p.proname in (
      'claim_stripe_idempotency', 'record_stripe_idempotency', 'release_stripe_idempotency',
-     'cleanup_expired_idempotency_keys', 'tier_seats_taken')),
+     'cleanup_expired_idempotency_keys', 'tier_seats_taken', 'tier_seats_recounted',
+     'check_tier_capacity', 'repair_tier_capacity', 'release_lapsed_seat_holds')),
   'time-dependent functions take p_now');
 
 select col_default_is('public', 'stripe_idempotency_keys', 'status', 'in_progress',
