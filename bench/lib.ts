@@ -271,13 +271,14 @@ export interface Answer {
 /** POSTs a guest checkout and reads the whole answer. */
 export async function postCheckout(
   url: string,
-  options: { key: string; body: string; forwardedFor?: string },
+  options: { key: string; body: string; forwardedFor?: string; authorization?: string },
 ): Promise<Answer> {
   const headers: Record<string, string> = {
     "content-type": "application/json",
     "idempotency-key": options.key,
   };
   if (options.forwardedFor) headers["x-forwarded-for"] = options.forwardedFor;
+  if (options.authorization) headers.authorization = options.authorization;
   const started = performance.now();
   const response = await fetch(url, { method: "POST", headers, body: options.body });
   const body = await response.text();
