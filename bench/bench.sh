@@ -19,6 +19,7 @@ DENO="$ROOT/node_modules/.bin/deno"
 SUPABASE="$ROOT/node_modules/.bin/supabase"
 BENCH_DIR=""
 DB_URL=""
+POOLER_URL=""
 JOB_PID=""
 
 log() { printf '==> %s\n' "$*"; }
@@ -58,6 +59,10 @@ start_cluster() {
     "$BENCH_SERVER_OPTIONS")" || return 1
   DB_URL="$(pg_url "$port")"
   echo "cluster $BENCH_DIR on 127.0.0.1:$port"
+  # PgBouncer in transaction mode in front of it (stopped by pg_discard with the cluster).
+  port="$(pgbouncer_start "$BENCH_DIR/pgbouncer" "$DB_URL")" || return 1
+  POOLER_URL="$(pooler_url "$port")"
+  echo "pgbouncer (transaction mode) on 127.0.0.1:$port"
 }
 
 main() {
@@ -67,7 +72,7 @@ main() {
   log "node tools"
   node_tools
   log "debian packages"
-  install_debian_packages "${PG_SERVER_PACKAGES[@]}"
+  install_debian_packages "${PG_SERVER_PACKAGES[@]}" pgbouncer
   log "start throwaway cluster (fsync on)"
   start_cluster
   log "bootstrap Supabase roles/schemas"
@@ -79,7 +84,8 @@ main() {
   # Own process group, waited for: Ctrl-C reaches the trap at once, and cleanup stops every
   # process main.ts started (servers, load generators) with the group.
   set -m
-  DATABASE_URL="$DB_URL" BENCH_DIR="$BENCH_DIR" BENCH_ARTIFACTS="$ARTIFACTS" \
+  DATABASE_URL="$DB_URL" POOLER_DATABASE_URL="$POOLER_URL" BENCH_DIR="$BENCH_DIR" \
+    BENCH_ARTIFACTS="$ARTIFACTS" \
     "$DENO" run --allow-all "$ROOT/bench/main.ts" &
   JOB_PID=$!
   set +m

@@ -498,60 +498,17 @@ export async function dbOnlyBenchmark(
     file: string,
     clients: number,
     attempt: number,
-  ): Promise<Omit<PgbenchPoint, "retries">> => {
-    const prefix = `${dir}/${file}-${clients}-${attempt}`;
-    const meter = await startMeter([], bench.postmasterPid);
-    const cpuBefore = await clusterCpuMs(bench.postmasterPid);
-    // bash's `times` prints the CPU time of its children (pgbench) on its last line.
-    const output = await runCommand("bash", [
-      "-c",
-      'pgbench "$@" && times',
-      "pgbench",
-      "-n",
-      "-M",
-      "prepared",
-      "-c",
-      String(clients),
-      "-j",
-      String(Math.min(clients, 2)),
-      "-T",
-      String(options.seconds),
-      "-l",
-      `--log-prefix=${prefix}`,
-      ...Object.entries(variables).flatMap(([name, value]) => ["-D", `${name}=${value}`]),
-      "-f",
-      `${dir}/${file}.sql`,
-      bench.databaseUrl,
-    ]);
-    // pgbench's backends have just exited: let the postmaster reap them, so that their CPU time
-    // is in its children's total before it is read.
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    const cpuMs = (await clusterCpuMs(bench.postmasterPid)) - cpuBefore;
-    const childTimes = output.trim().split("\n").at(-1) ?? "";
-    const pgbenchMs = [...childTimes.matchAll(/(\d+)m([\d.]+)s/g)]
-      .reduce((total, m) => total + (Number(m[1]) * 60 + Number(m[2])) * 1000, 0);
-    const { otherCores } = await meter.stop(pgbenchMs);
-    const tps = Number(/tps = ([\d.]+)/.exec(output)?.[1] ?? Number.NaN);
-    const latencies: number[] = [];
-    for await (const entry of Deno.readDir(dir)) {
-      if (!entry.name.startsWith(`${file}-${clients}-${attempt}.`)) continue;
-      const text = await Deno.readTextFile(`${dir}/${entry.name}`);
-      for (const line of text.split("\n")) {
-        const micros = Number(line.split(" ")[2]);
-        if (line && Number.isFinite(micros)) latencies.push(micros / 1000);
-      }
-    }
-    return {
-      statement,
+  ): Promise<Omit<PgbenchPoint, "retries">> => ({
+    statement,
+    ...await runPgbench(bench, {
+      dir,
+      file,
       clients,
-      transactions: latencies.length,
-      tps: round(tps, 0),
-      latency: summarize(latencies),
-      postgresCpuMs: round(cpuMs / Math.max(1, latencies.length), 4),
-      pgbenchCpuMs: round(pgbenchMs / Math.max(1, latencies.length), 4),
-      otherCores: round(otherCores, 3),
-    };
-  };
+      seconds: options.seconds,
+      tag: `${clients}-${attempt}`,
+      variables,
+    }),
+  });
   const statements = [["replay claim_checkout", "replay"], [
     "baseline select",
     "baseline",
@@ -573,4 +530,95 @@ export async function dbOnlyBenchmark(
   }
   await Deno.remove(dir, { recursive: true });
   return { seconds: options.seconds, points };
+}
+
+/** What one pgbench run measured. */
+export interface PgbenchRun {
+  clients: number;
+  transactions: number;
+  /** Transactions that failed (pgbench counts them; a lock timeout or a unique violation). */
+  failed: number;
+  tps: number;
+  latency: LatencySummary;
+  /** Postgres CPU time per transaction (ms). */
+  postgresCpuMs: number;
+  /** pgbench's own CPU time per transaction (ms). */
+  pgbenchCpuMs: number;
+  /** Cores used by other processes meanwhile. */
+  otherCores: number;
+}
+
+/**
+ * Runs pgbench with `dir/file.sql` for `seconds` from `clients` connections (-M prepared unless
+ * `mode` says simple), logging every transaction; returns tps, latencies from the log, and the
+ * CPU Postgres and pgbench used per transaction.
+ */
+export async function runPgbench(
+  bench: Bench,
+  options: {
+    dir: string;
+    file: string;
+    clients: number;
+    seconds: number;
+    tag: string;
+    variables?: Record<string, string>;
+    mode?: "prepared" | "simple";
+  },
+): Promise<PgbenchRun> {
+  const { dir, file, clients, tag } = options;
+  const prefix = `${dir}/${file}-${tag}`;
+  const meter = await startMeter([], bench.postmasterPid);
+  const cpuBefore = await clusterCpuMs(bench.postmasterPid);
+  // bash's `times` prints the CPU time of its children (pgbench) on its last line.
+  const output = await runCommand("bash", [
+    "-c",
+    'pgbench "$@" && times',
+    "pgbench",
+    "-n",
+    "-M",
+    options.mode ?? "prepared",
+    "-c",
+    String(clients),
+    "-j",
+    String(Math.min(clients, 2)),
+    "-T",
+    String(options.seconds),
+    "-l",
+    `--log-prefix=${prefix}`,
+    ...Object.entries(options.variables ?? {}).flatMap((
+      [name, value],
+    ) => ["-D", `${name}=${value}`]),
+    "-f",
+    `${dir}/${file}.sql`,
+    bench.databaseUrl,
+  ]);
+  // pgbench's backends have just exited: let the postmaster reap them, so that their CPU time
+  // is in its children's total before it is read.
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  const cpuMs = (await clusterCpuMs(bench.postmasterPid)) - cpuBefore;
+  const childTimes = output.trim().split("\n").at(-1) ?? "";
+  const pgbenchMs = [...childTimes.matchAll(/(\d+)m([\d.]+)s/g)]
+    .reduce((total, m) => total + (Number(m[1]) * 60 + Number(m[2])) * 1000, 0);
+  const { otherCores } = await meter.stop(pgbenchMs);
+  const tps = Number(/tps = ([\d.]+)/.exec(output)?.[1] ?? Number.NaN);
+  const failed = Number(/number of failed transactions: (\d+)/.exec(output)?.[1] ?? 0);
+  const latencies: number[] = [];
+  for await (const entry of Deno.readDir(dir)) {
+    if (!entry.name.startsWith(`${file}-${tag}.`)) continue;
+    const text = await Deno.readTextFile(`${dir}/${entry.name}`);
+    for (const line of text.split("\n")) {
+      const micros = Number(line.split(" ")[2]);
+      if (line && Number.isFinite(micros)) latencies.push(micros / 1000);
+    }
+  }
+  return {
+    clients,
+    transactions: latencies.length,
+    failed,
+    tps: round(tps, 0),
+    latency: summarize(latencies),
+    postgresCpuMs: round(cpuMs / Math.max(1, latencies.length), 4),
+    pgbenchCpuMs: round(pgbenchMs / Math.max(1, latencies.length), 4),
+    otherCores: round(otherCores, 3),
+  };
 }

@@ -511,7 +511,13 @@ export async function roundTripBenchmark(
       counted.push(await statementsSinceReset(bench, n));
     }
     const [top, all] = counted as [StatementCount[], StatementCount[]];
-    const statementsPerRequest = round(top.reduce((s, row) => s + row.callsPerRequest, 0), 3);
+    // Round trips are what the function sends: a foreign-key check that Postgres runs by itself
+    // at commit (stripe_idempotency_keys.order_id is deferred) shows as top level, but is not one.
+    const statementsPerRequest = round(
+      top.filter((row) => !isIntegrityCheck(row.query))
+        .reduce((s, row) => s + row.callsPerRequest, 0),
+      3,
+    );
     passes.push({
       kind,
       requests: n,
@@ -525,6 +531,11 @@ export async function roundTripBenchmark(
   }
   await setTrack(bench, "top");
   return { passes };
+}
+
+/** The query a foreign key's trigger runs (ri_triggers.c), not one a client sent. */
+export function isIntegrityCheck(query: string): boolean {
+  return /^SELECT 1 FROM ONLY "[^"]+"\."[^"]+" x WHERE /.test(query);
 }
 
 function roundTripEmail(n: number): string {

@@ -277,7 +277,7 @@ export const BENCH_PUBLISHABLE_KEY = "sb_publishable_bench_local_only_0000";
 
 export async function postCheckout(
   url: string,
-  options: { key: string; body: string; forwardedFor?: string },
+  options: { key: string; body: string; forwardedFor?: string; authorization?: string },
 ): Promise<Answer> {
   const headers: Record<string, string> = {
     "content-type": "application/json",
@@ -285,6 +285,7 @@ export async function postCheckout(
     "idempotency-key": options.key,
   };
   if (options.forwardedFor) headers["x-forwarded-for"] = options.forwardedFor;
+  if (options.authorization) headers.authorization = options.authorization;
   const started = performance.now();
   const response = await fetch(url, { method: "POST", headers, body: options.body });
   const body = await response.text();

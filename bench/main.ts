@@ -2,13 +2,15 @@
  * `npm run bench` (through bench/bench.sh, which provides the throwaway database): runs every
  * benchmark in one run and writes BENCHMARKS.md and .bench-artifacts/results.json.
  *
- * Environment: DATABASE_URL (role postgres, migrated and seeded), BENCH_DIR (the cluster's
- * folder), BENCH_ARTIFACTS. BENCH_SCALE=quick shrinks every phase for a smoke run (its report
+ * Environment: DATABASE_URL (role postgres, migrated and seeded), POOLER_DATABASE_URL (PgBouncer
+ * in transaction mode in front of it; the on-sale through the pooler is skipped without it),
+ * BENCH_DIR (the cluster's folder), BENCH_ARTIFACTS. BENCH_SCALE=quick shrinks every phase for a smoke run (its report
  * goes to .bench-artifacts/BENCHMARKS.quick.md, never over BENCHMARKS.md).
  */
 import postgres from "postgres";
 import { type BenchEvent, openAdmin, type Services } from "./context.ts";
 import { cleanupBenchmark, dbOnlyBenchmark, sizeBenchmark } from "./db-phases.ts";
+import { historyBenchmark, hotTierBenchmark, onSaleBenchmark } from "./flash-phases.ts";
 import {
   freshBenchmark,
   mixedBenchmark,
@@ -58,6 +60,23 @@ const PLAN = {
     baselineSeconds: scale(10, 3),
   },
   size: { checkouts: scale(20_000, 2_000), perSecond: 100 },
+  onSale: {
+    buyers: scale(5_000, 500),
+    seats: scale(1_000, 100),
+    concurrency: 64,
+    tiers: 64,
+    instances: 4,
+  },
+  hotTier: { clients: [16, 64], seconds: scale(5, 2), tiers: 64 },
+  history: {
+    levels: scale([0, 100_000, 1_000_000], [0, 10_000, 50_000]),
+    events: scale(200, 50),
+    tiersPerEvent: 5,
+    soldSeats: scale(100_000, 10_000),
+    clients: [1, 8],
+    seconds: scale(5, 2),
+    latePayments: scale(300, 50),
+  },
 };
 
 function env(name: string): string {
@@ -208,6 +227,8 @@ async function startServices(
       STRIPE_API_BASE: urls.url,
       SITE_URL: "https://shop.example",
       SUPABASE_PUBLISHABLE_KEYS: JSON.stringify({ default: BENCH_PUBLISHABLE_KEY }),
+      // The baseline's pool size, so that the replay comparison stays like for like.
+      DB_POOL_MAX: "5",
     };
     // bench/server.ts in its two modes; it prints `listening <port>` once it serves.
     const server = (name: string, mode: "guest" | "baseline", stdoutFile?: string) =>
@@ -291,8 +312,20 @@ async function main(): Promise<void> {
     await admin`checkpoint`;
     progress("5. mixed load");
     const mixed = await mixedBenchmark(bench, PLAN.mixed);
+    await admin`checkpoint`;
+    progress("10. on-sale over HTTP (one tier, 64 tiers, through PgBouncer)");
+    const onSale = await onSaleBenchmark(bench, {
+      ...PLAN.onSale,
+      poolerUrl: Deno.env.get("POOLER_DATABASE_URL") || null,
+    });
     await stopServices(services);
     stopped = true;
+    await admin`checkpoint`;
+    progress("9. hot tier (pgbench)");
+    const hotTier = await hotTierBenchmark(bench, PLAN.hotTier);
+    progress("8. history");
+    const history = await historyBenchmark(bench, PLAN.history);
+    await admin`checkpoint`;
     progress("6. cleanup");
     const cleanup = await cleanupBenchmark(bench, PLAN.cleanup);
     await admin`checkpoint`;
@@ -314,6 +347,9 @@ async function main(): Promise<void> {
       mixed,
       cleanup,
       size,
+      history,
+      hotTier,
+      onSale,
     };
     await Deno.writeTextFile(`${artifacts}/results.json`, JSON.stringify(results, null, 2) + "\n");
     const reportPath = QUICK ? `${artifacts}/BENCHMARKS.quick.md` : `${root}/BENCHMARKS.md`;

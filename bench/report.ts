@@ -21,6 +21,15 @@ import type {
   StatementCount,
   StormResult,
 } from "./http-phases.ts";
+import type {
+  HistoryLevel,
+  HistoryResult,
+  HotTierPoint,
+  HotTierResult,
+  OnSaleResult,
+  OnSaleRun,
+} from "./flash-phases.ts";
+import type { PgbenchRun } from "./db-phases.ts";
 import { DISTURBED_CORES, fmt, type LatencySummary } from "./lib.ts";
 
 /** The machine the run was made on. */
@@ -57,6 +66,9 @@ export interface Results {
   mixed: MixedResult;
   cleanup: CleanupResult;
   size: SizeResult;
+  history: HistoryResult;
+  hotTier: HotTierResult;
+  onSale: OnSaleResult;
 }
 
 const ms = (value: number) => fmt(value, value < 10 ? 2 : 1);
@@ -206,6 +218,7 @@ type Section = (r: Results) => string[];
 /** The sections of BENCHMARKS.md, in order. */
 const SECTIONS: Section[] = [
   title,
+  flashGoals,
   summary,
   commandAndMachine,
   replaySection,
@@ -215,6 +228,9 @@ const SECTIONS: Section[] = [
   mixedSection,
   cleanupSection,
   sizeSection,
+  historySection,
+  hotTierSection,
+  onSaleSection,
   limitsSection,
 ];
 
@@ -713,7 +729,9 @@ function statementsSection(r: Results): string[] {
     `${replayPass.requests} sequential requests of each kind against warm servers. The ` +
     "functions connect as `postgres`; the bench's own bookkeeping connects as another role " +
     "and is excluded by user. WAL is what those statements wrote (pg_stat_statements' " +
-    "wal_records/wal_bytes; the commit record is not included).",
+    "wal_records/wal_bytes; the commit record is not included). A foreign key's own check " +
+    "(`SELECT 1 FROM ONLY …`, run by Postgres at commit for the deferred " +
+    "`stripe_idempotency_keys.order_id`) is listed but is not a round trip, so it is not counted.",
     table(
       ["request", "statements/req (target)", "WAL records/req", "WAL bytes/req", "statements"],
       [replayPass, freshPass, pass(r, "baseline")].map((p) => [
@@ -1029,13 +1047,401 @@ function limitsSection(r: Results): string[] {
     [
       "- Stripe's real latency and rate limits: the local server answers in about a millisecond.",
       "- Supabase's edge runtime and its gateway (JWT check, routing), and the network between " +
-      "function and database: here everything is on loopback. The transaction pooler (port " +
-      "6543, prepared statements off) is not in the path.",
+      "function and database: here everything is on loopback. Supabase's pooler (Supavisor) is " +
+      "stood in for by PgBouncer 1.18 in transaction mode (section 10 only).",
       `- Scaling beyond ${r.machine.nproc} cores: servers, Postgres and load generator share ` +
       "them, so throughput figures are ceilings of this machine, and the ratios compare servers " +
       "that pay the same load-generator tax.",
       "- The disk: its fdatasync latency (above) sets the price of every commit; a production " +
       "volume may be faster or slower.",
     ].join("\n"),
+  ];
+}
+
+// ---------------------------------------------------------------------- flash-sale goals (10)
+
+/** A figure compared with the empty database's: how many times it. */
+interface Against {
+  label: string;
+  ratio: number;
+  /** true when higher is better (throughput). */
+  higherIsBetter: boolean;
+}
+
+const HISTORY_LIMIT = 1.2;
+
+function claimsAt(level: HistoryLevel, clients: number): PgbenchRun | undefined {
+  return level.claims.find((run) => run.clients === clients);
+}
+
+/** Every comparison of goal 1: claims (fresh tier, sold tier) and late payments, per level. */
+function historyComparisons(h: HistoryResult): Against[] {
+  const empty = h.levels[0]!;
+  const out: Against[] = [];
+  for (const level of h.levels.slice(1)) {
+    const tiers: [string, PgbenchRun[]][] = [[`${int(level.orders)} orders`, level.claims]];
+    if (level.soldTier) tiers.push([`tier with ${int(h.soldSeats)} sold`, level.soldTier]);
+    for (const [name, runs] of tiers) {
+      for (const run of runs) {
+        const base = claimsAt(empty, run.clients);
+        if (!base) continue;
+        out.push(
+          {
+            label: `${name}, c${run.clients} claims/s`,
+            ratio: run.tps / base.tps,
+            higherIsBetter: true,
+          },
+          {
+            label: `${name}, c${run.clients} p50`,
+            ratio: run.latency.p50 / base.latency.p50,
+            higherIsBetter: false,
+          },
+          {
+            label: `${name}, c${run.clients} p99`,
+            ratio: run.latency.p99 / base.latency.p99,
+            higherIsBetter: false,
+          },
+        );
+      }
+    }
+    out.push(
+      {
+        label: `${int(level.orders)} orders, late payment p50`,
+        ratio: level.latePayment.p50 / empty.latePayment.p50,
+        higherIsBetter: false,
+      },
+      {
+        label: `${int(level.orders)} orders, late payment p99`,
+        ratio: level.latePayment.p99 / empty.latePayment.p99,
+        higherIsBetter: false,
+      },
+    );
+  }
+  return out;
+}
+
+/** Within 1.2× of the empty database (throughput at least 1/1.2 of it). */
+function withinHistoryLimit(a: Against): boolean {
+  return a.higherIsBetter ? a.ratio >= 1 / HISTORY_LIMIT : a.ratio <= HISTORY_LIMIT;
+}
+
+/** How many times worse than the empty database (1 = as good or better). */
+function worseness(a: Against): number {
+  return a.higherIsBetter ? 1 / a.ratio : a.ratio;
+}
+
+function hotPoint(h: HotTierResult, statement: HotTierPoint["statement"], clients: number) {
+  return h.points.find((p) => p.statement === statement && p.run.clients === clients)?.run;
+}
+
+function hotRatios(h: HotTierResult): { clients: number; ratio: number; vsSpread: number }[] {
+  const clients = [...new Set(h.points.map((p) => p.run.clients))];
+  return clients.map((c) => {
+    const row = hotPoint(h, "single-row update", c);
+    const hot = hotPoint(h, "claim, one tier", c);
+    const spread = hotPoint(h, "claim, 64 tiers", c);
+    return {
+      clients: c,
+      ratio: (hot?.tps ?? Number.NaN) / (row?.tps ?? Number.NaN),
+      vsSpread: (hot?.tps ?? Number.NaN) / (spread?.tps ?? Number.NaN),
+    };
+  });
+}
+
+/** Exactly the seats sold, every loser 409 sold_out, no 5xx, one session per sale. */
+function onSaleExact(run: OnSaleRun): boolean {
+  return run.sold === run.seats && run.soldOut === run.buyers - run.seats &&
+    run.fiveHundreds === 0 && run.sessionsCreated === run.sold && run.seatsTaken === run.seats &&
+    run.seatsRecounted === run.seats && run.disagreeingTiers === 0;
+}
+
+function onSaleRun(r: Results, label: OnSaleRun["label"]): OnSaleRun | undefined {
+  return r.onSale.runs.find((run) => run.label === label);
+}
+
+function onSaleCell(run: OnSaleRun): string {
+  return `${int(run.sold)} of ${int(run.seats)} seats sold to ${int(run.buyers)} buyers ` +
+    `(c${run.concurrency}), ${int(run.soldOut)} sold_out, ${int(run.fiveHundreds)} 5xx, ` +
+    `${int(run.sessionsCreated)} sessions; ${fmt(run.checkoutsPerSecond, 0)} checkouts/s`;
+}
+
+function flashGoals(r: Results): string[] {
+  const comparisons = historyComparisons(r.history);
+  const worst = comparisons.reduce(
+    (a, b) => (worseness(b) > worseness(a) ? b : a),
+    comparisons[0]!,
+  );
+  const claimsOk = comparisons.filter((c) => !c.label.includes("late")).every(withinHistoryLimit);
+  const lateOk = comparisons.filter((c) => c.label.includes("late")).every(withinHistoryLimit);
+  const top = r.history.levels.at(-1)!;
+  const empty = r.history.levels[0]!;
+  const hot = hotRatios(r.hotTier);
+  const worstHot = hot.reduce((a, b) => (b.ratio < a.ratio ? b : a), hot[0]!);
+  const direct = onSaleRun(r, "hot tier");
+  const spread = onSaleRun(r, "64 tiers");
+  const pooled = onSaleRun(r, "hot tier through PgBouncer, 4 instances");
+  const httpRatio = direct && spread ? direct.checkoutsPerSecond / spread.checkoutsPerSecond : NaN;
+  const replay = replayVerdicts(r.replay);
+  const worstReplay = replay.reduce((a, b) => (b.throughputRatio < a.throughputRatio ? b : a));
+  const cleanup = cleanupRatio(r.cleanup);
+  const rows: string[][] = [
+    [
+      "1. history: claims ≤ 1.2× the empty database's (p50, p99, claims/s)",
+      `worst: ${worst.label} ${x(worseness(worst))} worse; c1 p50 ` +
+      `${ms(claimsAt(empty, 1)?.latency.p50 ?? NaN)} → ${
+        ms(claimsAt(top, 1)?.latency.p50 ?? NaN)
+      } ms ` +
+      `at ${int(top.orders)} orders; buffers per claim ${int(empty.buffersPerClaim)} → ` +
+      `${int(top.buffersPerClaim)}`,
+      verdict(claimsOk, !claimsOk && `${x(worseness(worst))} against 1.2×`),
+    ],
+    [
+      "1. history: late payment ≤ 1.2× the empty database's",
+      `p50 ${ms(empty.latePayment.p50)} → ${ms(top.latePayment.p50)} ms, p99 ` +
+      `${ms(empty.latePayment.p99)} → ${ms(top.latePayment.p99)} ms`,
+      met(lateOk),
+    ],
+    [
+      "2. hot tier (SQL): claim_checkout on one tier ≥ 0.5× the single-row limit",
+      hot.map((h) => `c${h.clients} ${x(h.ratio)} (one tier / 64 tiers ${x(h.vsSpread)})`)
+        .join(", "),
+      verdict(
+        hot.every((h) => h.ratio >= 0.5),
+        worstHot.ratio < 0.5 && `worst c${worstHot.clients}, ${short(worstHot.ratio, 0.5)}`,
+      ),
+    ],
+  ];
+  if (direct && spread) {
+    rows.push(
+      [
+        "2. on-sale over HTTP: exact, losers 409 sold_out, no 5xx",
+        onSaleCell(direct),
+        met(onSaleExact(direct)),
+      ],
+      [
+        "2. on-sale: checkouts/s ≥ 0.9× the same load over 64 tiers",
+        `${fmt(direct.checkoutsPerSecond, 0)} vs ${fmt(spread.checkoutsPerSecond, 0)}/s: ` +
+        x(httpRatio),
+        verdict(httpRatio >= 0.9, httpRatio < 0.9 && short(httpRatio, 0.9)),
+      ],
+    );
+  }
+  if (pooled) {
+    rows.push([
+      "2. on-sale through PgBouncer (transaction mode), 4 function processes: exact, no 5xx",
+      onSaleCell(pooled),
+      met(onSaleExact(pooled)),
+    ]);
+  }
+  rows.push(
+    [
+      "3. replay ≥ 0.5× the one-select baseline (c1/16/64)",
+      replay.map((v) => `c${v.concurrency} ${x(v.throughputRatio)}`).join(", "),
+      verdict(
+        replay.every((v) => v.throughputRatio >= 0.5),
+        worstReplay.throughputRatio < 0.5 &&
+          `worst c${worstReplay.concurrency}, ${short(worstReplay.throughputRatio, 0.5)}; ` +
+            "see section 1, Where the time goes",
+      ),
+    ],
+    [
+      "4. claim p99 during a cleanup ≤ 2× without",
+      `${x(cleanup)} (${int(r.cleanup.expiredRows)} rows)`,
+      verdict(cleanupMet(r.cleanup), cleanup > 2 && over(cleanup, 2)),
+    ],
+  );
+  return [
+    "## Flash-sale goals",
+    "Goals 1–4 of the flash-sale issue, measured side by side in this run of `npm run bench` " +
+    "(sections 8–10 below, and sections 1 and 6 for goals 3 and 4).",
+    table(["goal", "result", "verdict"], rows),
+  ];
+}
+
+function historySection(r: Results): string[] {
+  const h = r.history;
+  const empty = h.levels[0]!;
+  const rows: string[][] = [];
+  for (const level of h.levels) {
+    const tiers: [string, PgbenchRun[]][] = [["fresh tier", level.claims]];
+    if (level.soldTier) tiers.push([`tier with ${int(h.soldSeats)} sold seats`, level.soldTier]);
+    for (const [name, runs] of tiers) {
+      for (const run of runs) {
+        const base = claimsAt(empty, run.clients);
+        rows.push([
+          int(level.orders),
+          name,
+          String(run.clients),
+          int(run.tps),
+          ms(run.latency.p50),
+          ms(run.latency.p99),
+          base && level !== empty
+            ? `${x(run.tps / base.tps)} / ${x(run.latency.p50 / base.latency.p50)} / ` +
+              x(run.latency.p99 / base.latency.p99)
+            : "–",
+          int(level.buffersPerClaim),
+          fmt(run.otherCores, 2),
+        ]);
+      }
+    }
+  }
+  const late = h.levels.map((level) => [
+    int(level.orders),
+    ms(level.latePayment.p50),
+    ms(level.latePayment.p99),
+    fmt(level.latePayment.perSecond, 0),
+    level === empty ? "–" : `${x(level.latePayment.p50 / empty.latePayment.p50)} / ` +
+      x(level.latePayment.p99 / empty.latePayment.p99),
+    int(level.disagreeingTiers),
+    fmt(level.latePayment.otherCores, 2),
+  ]);
+  return [
+    "## 8. History does not matter",
+    `Historical orders are added to the database in steps (${
+      h.levels.map((l) => int(l.orders)).join(" → ")
+    }), spread over ${int(h.events)} events × ${h.tiersPerEvent} tiers, paid, expired and ` +
+    `cancelled in turn; at the last step ${int(h.soldSeats)} of them are paid seats of one tier ` +
+    `(inserted in 50,000-row statements through the counters' triggers: ` +
+    `${fmt(h.fillSeconds, 1)} s for the last step). After each step (vacuum analyze, ` +
+    "checkpoint), pgbench calls `claim_checkout` for one seat of a tier made for that step " +
+    `(${h.seconds} s per client count, simple protocol), then of the sold tier; then ` +
+    `${int(h.latePayments)} payments that land after their hold ran out go through ` +
+    "`process_stripe_webhook_event` one at a time (the late-payment path checks the tier's " +
+    "room), and `EXPLAIN (ANALYZE, BUFFERS)` counts the shared buffers of one claim (fewest of " +
+    "5). tests/capacity-history.test.ts asserts the last figure in `npm test`.",
+    table(
+      [
+        "orders",
+        "tier",
+        "clients",
+        "claims/s",
+        "p50 ms",
+        "p99 ms",
+        "vs empty: claims/s / p50 / p99",
+        "buffers per claim",
+        "other processes (cores)",
+      ],
+      rows,
+    ),
+    table([
+      "orders",
+      "late payment p50 ms",
+      "p99 ms",
+      "per second",
+      "vs empty: p50 / p99",
+      "tiers whose counter disagrees",
+      "other processes (cores)",
+    ], late),
+  ];
+}
+
+function hotTierSection(r: Results): string[] {
+  const h = r.hotTier;
+  const ratios = hotRatios(h);
+  const rows = h.points.map((p) => {
+    const row = hotPoint(h, "single-row update", p.run.clients);
+    return [
+      String(p.run.clients),
+      p.statement,
+      int(p.run.tps),
+      ms(p.run.latency.p50),
+      ms(p.run.latency.p99),
+      int(p.run.failed),
+      p.statement === "single-row update" ? "–" : x(p.run.tps / (row?.tps ?? NaN)),
+      fmt(p.run.postgresCpuMs, 3),
+      fmt(p.run.otherCores, 2),
+    ];
+  });
+  return [
+    "## 9. Hot tier",
+    `pgbench, ${h.seconds} s per point, simple protocol: the single-row limit ` +
+    "(`update … set n = n + 1` of one row, fsync on: the ceiling of any design that " +
+    "serializes a tier on one row lock), `claim_checkout` for one seat of one tier, and the same " +
+    `claims spread over ${h.tiers} tiers of one event (each transaction draws its tier).`,
+    table(
+      [
+        "clients",
+        "statement",
+        "tps",
+        "p50 ms",
+        "p99 ms",
+        "failed",
+        "vs single-row",
+        "Postgres CPU ms/txn",
+        "other processes (cores)",
+      ],
+      rows,
+    ),
+    hotTierNote(h, ratios),
+  ];
+}
+
+function hotTierNote(h: HotTierResult, ratios: ReturnType<typeof hotRatios>): string {
+  const parts = ratios.map((ratio) => {
+    const row = hotPoint(h, "single-row update", ratio.clients);
+    const one = hotPoint(h, "claim, one tier", ratio.clients);
+    const spread = hotPoint(h, "claim, 64 tiers", ratio.clients);
+    return `at c${ratio.clients} one tier runs ${int(one?.tps ?? NaN)} claims/s against ` +
+      `${int(spread?.tps ?? NaN)} over ${h.tiers} tiers (${
+        x(ratio.vsSpread)
+      }): the tier's row is ` +
+      `held ${ms(1000 / (one?.tps ?? NaN))} ms per claim (1 / throughput) against ` +
+      `${ms(1000 / (row?.tps ?? NaN))} ms per single-row update`;
+  });
+  return "Capacity is one counter row per tier (`private.tier_capacity`), taken by the claim's " +
+    "last write (the counter update of its items' trigger) and held through the capacity check " +
+    `and the commit's WAL flush. ${parts.join("; ")}. Spread over ${h.tiers} tiers, claims are ` +
+    "bounded by the CPU one costs (Postgres CPU per transaction above) on " +
+    "cores shared with pgbench; on one tier, the row is also held while its holder waits for the " +
+    "commit flush and for a core among the other backends, which the single-row update (no other " +
+    "work) barely needs.";
+}
+
+function onSaleSection(r: Results): string[] {
+  const rows = r.onSale.runs.map((run) => [
+    run.label,
+    int(run.buyers),
+    `${int(run.seats)} (${run.tiers} tier${run.tiers > 1 ? "s" : ""})`,
+    fmt(run.checkoutsPerSecond, 0),
+    ms(run.latency.p50),
+    ms(run.latency.p99),
+    int(run.sold),
+    int(run.soldOut),
+    int(run.fiveHundreds),
+    int(run.sessionsCreated),
+    `${int(run.seatsTaken)} / ${int(run.seatsRecounted)}`,
+    counts(run.answers),
+    met(onSaleExact(run)),
+  ]);
+  const first = r.onSale.runs[0];
+  return [
+    "## 10. On-sale over HTTP",
+    `${first ? int(first.buyers) : "?"} distinct guests (each its own email and address), ` +
+    `${first?.concurrency ?? "?"} at a time, one seat each: for one tier of ` +
+    `${first ? int(first.seats) : "?"} seats through the guest-checkout process (pool of 5), ` +
+    "then the same load over 64 tiers of one event (buyer i takes tier i mod 64), then the one " +
+    "tier again through PgBouncer in transaction mode with four separate function processes " +
+    "(scripts/functions-host.ts, `DB_POOL_MAX=3`, prepared statements off) behind a round-robin " +
+    "front (scripts/lib/instances.ts). A 409 `idempotency_key_in_use` or a 503 would be retried " +
+    "with the same key and counted. Latency is per buyer, retries included.",
+    table(
+      [
+        "run",
+        "buyers",
+        "seats",
+        "checkouts/s",
+        "p50 ms",
+        "p99 ms",
+        "sold",
+        "sold_out",
+        "5xx",
+        "sessions",
+        "seats taken: counter / rows",
+        "all answers",
+        "exact",
+      ],
+      rows,
+    ),
+    otherNote(Math.max(...r.onSale.runs.map((run) => run.otherCores))),
   ];
 }

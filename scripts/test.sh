@@ -133,9 +133,9 @@ step_debian_packages() {
   local missing=()
   mapfile -t missing < <(missing_debian_packages "${PG_PACKAGES[@]}")
   if [[ ${#missing[@]} -gt 0 && "$(id -u)" -ne 0 && -n "${TEST_DATABASE_URL:-}" ]] &&
-    command -v pg_prove >/dev/null && command -v psql >/dev/null; then
+    command -v pg_prove >/dev/null && command -v psql >/dev/null && [[ -x "$PGBOUNCER_BIN" ]]; then
     # The server behind TEST_DATABASE_URL must provide pgtap, pg_cron and
-    # plpgsql_check itself; locally we only need the clients.
+    # plpgsql_check itself; locally we only need the clients (and PgBouncer).
     echo "not root; missing ${missing[*]}, but psql and pg_prove exist"
     return 0
   fi
@@ -294,8 +294,9 @@ step_deno_test() {
     echo "no *_test.ts or *.test.ts files under tests/ or local/"; return 0
   fi
   # tests/browser/ is the next step's; local/ holds the tools' own tests (local/stripe/).
-  DATABASE_URL="$DB_URL" POOLER_DATABASE_URL="$POOLER_URL" run_logged "$logfile" "$DENO" test \
-    --allow-all --ignore=tests/browser tests/ local/ || rc=$?
+  DATABASE_URL="$DB_URL" POOLER_DATABASE_URL="$POOLER_URL" run_logged "$logfile" \
+    "$DENO" test --allow-all --ignore=tests/browser \
+    tests/ local/ || rc=$?
   count_deno_tests deno-test "$logfile" "$rc"
 }
 

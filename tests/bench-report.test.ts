@@ -65,6 +65,53 @@ function cleanupRun(rows: number) {
   };
 }
 
+function pgbenchRun(clients: number, tps: number, p50: number) {
+  return {
+    clients,
+    transactions: tps * 2,
+    failed: 0,
+    tps,
+    latency: latency(p50, p50 * 3),
+    postgresCpuMs: 1.5,
+    pgbenchCpuMs: 0.05,
+    otherCores: 0.01,
+  };
+}
+
+function historyLevel(orders: number, slower: number) {
+  return {
+    orders,
+    claims: [pgbenchRun(1, 500 / slower, 2 * slower), pgbenchRun(8, 900 / slower, 9 * slower)],
+    soldTier: orders === 50_000 ? [pgbenchRun(1, 490, 2.1), pgbenchRun(8, 880, 9.1)] : null,
+    latePayment: { ...latency(1.5 * slower, 3 * slower), perSecond: 600, otherCores: 0.01 },
+    buffersPerClaim: 80,
+    disagreeingTiers: 0,
+  };
+}
+
+function onSaleRun(label: "hot tier" | "64 tiers", checkoutsPerSecond: number) {
+  return {
+    label,
+    buyers: 500,
+    seats: 100,
+    tiers: label === "hot tier" ? 1 : 64,
+    concurrency: 64,
+    seconds: 500 / checkoutsPerSecond,
+    checkoutsPerSecond,
+    latency: latency(80, 200, 500),
+    finals: { "201": 100, "409 sold_out": 400 },
+    answers: { "201": 100, "409 sold_out": 400 },
+    fiveHundreds: 0,
+    sold: 100,
+    soldOut: 400,
+    sessionsCreated: 100,
+    seatsTaken: 100,
+    seatsRecounted: 100,
+    disagreeingTiers: 0,
+    otherCores: 0.02,
+  };
+}
+
 function fixture(): Results {
   const replay = [1, 16].flatMap((c) => [
     point("baseline", c, 2000 * c ** 0.5),
@@ -195,6 +242,25 @@ function fixture(): Results {
       perDay: 8_640_000,
       projectedBytes: { asWritten: 1600 * 8_640_000, compact: 1300 * 8_640_000 },
     },
+    history: {
+      events: 50,
+      tiersPerEvent: 5,
+      soldSeats: 10_000,
+      seconds: 2,
+      latePayments: 50,
+      fillSeconds: 3.5,
+      levels: [historyLevel(0, 1), historyLevel(10_000, 1.05), historyLevel(50_000, 1.1)],
+    },
+    hotTier: {
+      seconds: 2,
+      tiers: 64,
+      points: [16, 64].flatMap((clients) => [
+        { statement: "single-row update" as const, run: pgbenchRun(clients, 2000, 8) },
+        { statement: "claim, one tier" as const, run: pgbenchRun(clients, 600, 25) },
+        { statement: "claim, 64 tiers" as const, run: pgbenchRun(clients, 620, 24) },
+      ]),
+    },
+    onSale: { runs: [onSaleRun("hot tier", 300), onSaleRun("64 tiers", 310)] },
   };
 }
 
@@ -203,6 +269,7 @@ Deno.test("bench report renders every section of BENCHMARKS.md, in order", () =>
   const headings = report.split("\n").filter((line) => line.startsWith("#"));
   assert.deepEqual(headings, [
     "# Benchmarks",
+    "## Flash-sale goals",
     "## Summary",
     "## Command and machine",
     "## 1. Replay path vs baseline",
@@ -214,6 +281,9 @@ Deno.test("bench report renders every section of BENCHMARKS.md, in order", () =>
     "## 5. Mixed load",
     "## 6. Cleanup",
     "## 7. Size",
+    "## 8. History does not matter",
+    "## 9. Hot tier",
+    "## 10. On-sale over HTTP",
     "## What this run cannot tell",
   ]);
   assert.ok(report.endsWith(".\n"), "the report ends with one newline");
@@ -233,4 +303,23 @@ Deno.test("bench report tables carry the run's figures and verdicts", () => {
     /\| 1\. replay throughput ≥ 0\.5× baseline \| c1 0\.60×, c16 0\.60× \| \*\*met\*\* \|/,
   );
   assert.match(report, /\*\*Quick scale \(BENCH_SCALE=quick\)/);
+});
+
+Deno.test("bench report gives each flash-sale goal its figures and a verdict", () => {
+  const lines = renderReport(fixture()).split("\n");
+  const row = (goal: string) => lines.find((line) => line.startsWith(`| ${goal}`)) ?? "";
+  assert.match(
+    row("1. history: claims"),
+    /worst: 50,000 orders, c1 claims\/s 1\.10× worse.*\*\*met\*\*/,
+  );
+  assert.match(row("2. hot tier (SQL)"), /c16 0\.30×.*\*\*not met\*\*: worst c16, 1\.67× short/);
+  assert.match(row("2. on-sale over HTTP"), /100 of 100 seats sold to 500 buyers.*\*\*met\*\*/);
+  assert.match(row("2. on-sale: checkouts/s"), /300 vs 310\/s: 0\.97× \| \*\*met\*\*/);
+  assert.match(row("4. claim p99 during a cleanup"), /1\.50× \(100,000 rows\) \| \*\*met\*\*/);
+  assert.ok(
+    lines.includes(
+      "| 50,000 | tier with 10,000 sold seats | 1 | 490 | 2.10 | 6.30 | 0.98× / 1.05× / 1.05× | 80 | 0.01 |",
+    ),
+    "the sold tier's claims are compared with the empty database's",
+  );
 });

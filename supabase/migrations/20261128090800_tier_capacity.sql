@@ -21,9 +21,9 @@
 --          One counter row per tier, not several: capacity is one number, so a claim that split
 --          it over N rows would have to lock all N to say "sold out" exactly, or give each row a
 --          share of the seats and move seats between them near the end. The claim instead takes
---          the tier's row as late as it can (everything else of the order is written first), so
---          the lock is held for a counter update and the commit, which is what a single-row
---          update costs; BENCHMARKS.md measures it against that limit.
+--          the tier's row with its last write (the order and its items are written first, the
+--          counter update comes last, the capacity check after it), so the lock is held for the
+--          check and the commit; BENCHMARKS.md measures it against the single-row limit.
 -- Risks:   the counters are derived data. Every change of an order's status or
 --          seats_held_until, of an order item, or of a tier's capacity goes through a trigger
 --          here, so a direct UPDATE by an operator keeps them exact too. TRUNCATE of order_items
@@ -31,8 +31,9 @@
 --          lists any tier that disagrees; repair_tier_capacity rebuilds one tier.
 -- Lock order (unchanged): the idempotency row → the order → the tiers in id order; a tier is now
 --          its private.tier_capacity row (events.ticket_tiers rows are no longer locked by
---          checkouts, only read). A hold row is touched only by whoever holds its tier's counter
---          row, so the count read under that lock is exact.
+--          checkouts, only read). A hold row changes only in a transaction that holds its tier's
+--          counter row (or, for a new order's holds, takes it before it commits), so the count
+--          read under that lock is exact.
 -- Errors:  CK003 sold out (as before); 55P03 lock_not_available when a claim waited longer than
 --          p_lock_timeout_ms for a lock (the function answers 503 temporarily_unavailable).
 
@@ -200,6 +201,26 @@ create trigger ticket_tiers_capacity_lock before update of capacity on events.ti
   for each row when (old.capacity is distinct from new.capacity)
   execute function private.lock_tier_for_capacity_change();
 
+-- Adds seats to a tier's counter, which locks it (the tier's lock; callers go in tier id order).
+create or replace function private.add_tier_seats(p_tier_id uuid, p_paid bigint, p_held bigint)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+  update private.tier_capacity c
+  set paid_seats = c.paid_seats + p_paid, held_seats = c.held_seats + p_held
+  where c.tier_id = p_tier_id;
+  if not found then
+    perform private.lock_tier_capacity(p_tier_id);
+    update private.tier_capacity c
+    set paid_seats = c.paid_seats + p_paid, held_seats = c.held_seats + p_held
+    where c.tier_id = p_tier_id;
+  end if;
+end;
+$$;
+
 -- New order items count at once: a pending order's seats are held, a paid order's sold. One
 -- statement may insert one item (a claim) or millions (a bulk load): the rows are walked in tier
 -- order with statements planned once per session, and each tier's counter is updated once per
@@ -220,9 +241,7 @@ begin
   for v_item in select i.order_id, i.tier_id, i.quantity from new_items i order by i.tier_id loop
     if v_tier is distinct from v_item.tier_id then
       if v_paid <> 0 or v_held <> 0 then
-        update private.tier_capacity c
-        set paid_seats = c.paid_seats + v_paid, held_seats = c.held_seats + v_held
-        where c.tier_id = v_tier;
+        perform private.add_tier_seats(v_tier, v_paid, v_held);
       end if;
       v_tier := v_item.tier_id;
       v_paid := 0;
@@ -238,9 +257,7 @@ begin
     end if;
   end loop;
   if v_paid <> 0 or v_held <> 0 then
-    update private.tier_capacity c
-    set paid_seats = c.paid_seats + v_paid, held_seats = c.held_seats + v_held
-    where c.tier_id = v_tier;
+    perform private.add_tier_seats(v_tier, v_paid, v_held);
   end if;
   return null;
 end;
@@ -448,10 +465,12 @@ $$;
 comment on function private.create_checkout_order(uuid, private.checkout_request) is
   'Internal to claim_checkout: a pending order priced from the tiers, holding seats, or an error.';
 
--- The order's lines: each tier's counter locked in id order (concurrent checkouts of overlapping
--- tiers queue, never deadlock) and its capacity checked against the count read under that lock,
--- then every line inserted in one statement (whose trigger adds the holds and the seats).
--- The caller has checked the tiers' rules. Returns how many lines it inserted.
+-- The order's lines, inserted in one statement: its trigger adds the holds and the seats to each
+-- tier's counter, which takes the counters' locks in tier id order (concurrent checkouts of
+-- overlapping tiers queue, never deadlock). Then, under those locks, each tier must still fit its
+-- capacity, this order's seats included; otherwise CK003 undoes it all. Taking the locks with
+-- the last write keeps a hot tier's lock for the check and the commit only. The caller has
+-- checked the tiers' rules. Returns how many lines it inserted.
 create or replace function private.hold_tier_seats(
   p_order_id uuid,
   p_event events.events,
@@ -465,35 +484,32 @@ set search_path = ''
 as $$
 declare
   v_item record;
-  v_capacity integer;
   v_found integer;
 begin
-  for v_item in
-    select (x ->> 'tierId')::uuid as tier_id, (x ->> 'quantity')::int as quantity
-    from jsonb_array_elements(p_items) x
-    order by 1
-  loop
-    perform private.lock_tier_capacity(v_item.tier_id);
-    -- Read after the lock: a capacity change waits for it too.
-    select t.capacity into v_capacity from events.ticket_tiers t where t.id = v_item.tier_id;
-    if private.tier_lacks_room(v_item.tier_id, v_capacity, v_item.quantity, p_now) then
-      raise exception using errcode = 'CK003',
-        message = format('Cannot create checkout: tier %s is sold out',
-                         (select t.name from events.ticket_tiers t where t.id = v_item.tier_id)),
-        detail = v_item.tier_id::text;
-    end if;
-  end loop;
   insert into public.order_items (order_id, tier_id, product_name, quantity, unit_amount)
   select p_order_id, t.id, p_event.title || ' — ' || t.name, (x ->> 'quantity')::int, t.unit_amount
   from jsonb_array_elements(p_items) x
   join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = p_event.id
   order by t.id;
   get diagnostics v_found = row_count;
+  -- Read after the locks: a capacity change waits for them too.
+  for v_item in
+    select t.id, t.name, t.capacity
+    from public.order_items i join events.ticket_tiers t on t.id = i.tier_id
+    where i.order_id = p_order_id and t.capacity is not null
+    order by t.id
+  loop
+    if private.tier_seats_taken(v_item.id, p_now) > v_item.capacity then
+      raise exception using errcode = 'CK003',
+        message = format('Cannot create checkout: tier %s is sold out', v_item.name),
+        detail = v_item.id::text;
+    end if;
+  end loop;
   return v_found;
 end;
 $$;
 comment on function private.hold_tier_seats(uuid, events.events, jsonb, timestamptz) is
-  'Internal to create_checkout_order: each tier''s counter locked in id order, capacity checked, lines inserted.';
+  'Internal to create_checkout_order: lines inserted (counters locked in tier id order), then capacity checked.';
 
 -- The first tier of an order that no longer has room for it, or null when all do. Locks the
 -- tiers' counters in id order (the order every seller uses). The order itself is not counted
