@@ -4,13 +4,9 @@
  * explicit idempotency keys; webhooks verified the way stripe-webhook verifies them.
  */
 import assert from "node:assert/strict";
+import { isStripeError, responseHeader, withLocalStripe } from "./test-support.ts";
 import { createStripeClient, Stripe } from "../../supabase/functions/_shared/stripe.ts";
-import {
-  createWebhookForwarder,
-  startStripeServer,
-  type StripeServer,
-  type StripeServerOptions,
-} from "./mod.ts";
+import { createWebhookForwarder, type StripeServer, type StripeServerOptions } from "./mod.ts";
 
 const WEBHOOK_SECRET = "whsec_local_refunds_test";
 
@@ -22,12 +18,11 @@ function stripeFor(server: StripeServer, maxNetworkRetries = 0): Stripe {
   });
 }
 
-async function withServer(
+function withServer(
   run: (server: StripeServer, stripe: Stripe) => Promise<void>,
   options: StripeServerOptions = {},
 ): Promise<void> {
-  await using server = await startStripeServer(options);
-  await run(server, stripeFor(server));
+  return withLocalStripe(run, options, (server) => stripeFor(server));
 }
 
 /** A paid 2 × 25.00 USD session; returns its payment intent id. */
@@ -44,21 +39,6 @@ async function paidSession(server: StripeServer, stripe: Stripe): Promise<string
   const paid = server.completeSession(session.id);
   assert.match(paid.payment_intent ?? "", /^pi_/);
   return paid.payment_intent ?? "";
-}
-
-function header(resource: { lastResponse: unknown }, name: string): string | null {
-  return (resource.lastResponse as { headers: Headers }).headers.get(name);
-}
-
-function isStripeError<T extends Stripe.errors.StripeError>(
-  type: new (...args: never[]) => T,
-  check: (error: T) => void = () => {},
-): (error: unknown) => boolean {
-  return (error) => {
-    assert.ok(error instanceof type, `expected ${type.name}, got ${String(error)}`);
-    check(error);
-    return true;
-  };
 }
 
 function invalidRequest(
@@ -100,7 +80,7 @@ Deno.test("refunds a paid session in full by payment_intent: a Refund shaped lik
     assert.match(String(refund.charge), /^ch_/);
     assert.deepEqual(refund.metadata, { order_id: "order_1" });
     assert.ok(refund.created >= before);
-    assert.equal(header(refund, "idempotent-replayed"), null);
+    assert.equal(responseHeader(refund, "idempotent-replayed"), null);
 
     assert.equal(server.refundedAmount(paymentIntent), 5000);
     assert.equal(server.charges.get(String(refund.charge))?.refunded, true);
@@ -223,8 +203,8 @@ Deno.test("replays a retried refund with the same key: same refund, Idempotent-R
     const first = await stripe.refunds.create(params, { idempotencyKey: "refund:k-1" });
     const again = await stripe.refunds.create(params, { idempotencyKey: "refund:k-1" });
     assert.equal(again.id, first.id);
-    assert.equal(header(again, "idempotent-replayed"), "true");
-    assert.equal(header(again, "original-request"), first.lastResponse.requestId);
+    assert.equal(responseHeader(again, "idempotent-replayed"), "true");
+    assert.equal(responseHeader(again, "original-request"), first.lastResponse.requestId);
     assert.equal(server.refundsCreated(), 1);
     assert.equal(server.refundedAmount(paymentIntent), 1500);
   });
@@ -268,7 +248,7 @@ Deno.test("two concurrent refunds with one key: one refund, one 409 idempotency_
     // The 409 was not saved: the retry replays the one refund.
     const retry = await create();
     assert.equal(retry.id, created[0]?.id);
-    assert.equal(header(retry, "idempotent-replayed"), "true");
+    assert.equal(responseHeader(retry, "idempotent-replayed"), "true");
     assert.equal(server.refundedAmount(paymentIntent), 5000);
   });
 });
@@ -317,13 +297,13 @@ Deno.test("faults reach the refund routes: a dropped answer's refund exists, the
     if (lostCall?.status === "rejected") {
       isStripeError(Stripe.errors.StripeConnectionError)(lostCall.reason);
     } else {
-      assert.equal(lostCall && header(lostCall.value, "idempotent-replayed"), "true");
+      assert.equal(lostCall && responseHeader(lostCall.value, "idempotent-replayed"), "true");
     }
     assert.equal(server.refundsCreated(), 1);
     const [lost] = server.refunds.keys();
     const retry = await stripe.refunds.create(params, { idempotencyKey: "refund:lost" });
     assert.equal(retry.id, lost);
-    assert.equal(header(retry, "idempotent-replayed"), "true");
+    assert.equal(responseHeader(retry, "idempotent-replayed"), "true");
 
     // A saved 500 is replayed; GET sees faults too.
     server.faults.push({ kind: "status", status: 500, storeUnderKey: true, path: "/v1/refunds" });

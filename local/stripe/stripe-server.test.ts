@@ -3,6 +3,7 @@
  * (fetch HTTP client, pinned API version, explicit idempotency keys, no SDK retries).
  */
 import assert from "node:assert/strict";
+import { isStripeError, responseHeader, withLocalStripe } from "./test-support.ts";
 import Stripe from "stripe";
 import {
   decodeStripeForm,
@@ -47,29 +48,11 @@ function ticketParams(
   };
 }
 
-async function withServer(
+function withServer(
   run: (server: StripeServer, stripe: Stripe) => Promise<void>,
   options: StripeServerOptions = {},
 ): Promise<void> {
-  await using server = await startStripeServer(options);
-  await run(server, stripeFor(server));
-}
-
-// Typed as a plain object, but with the fetch client `lastResponse` is the fetch Response itself.
-function responseHeader(resource: { lastResponse: unknown }, name: string): string | null {
-  const { headers } = resource.lastResponse as { headers: Headers | Record<string, string> };
-  return headers instanceof Headers ? headers.get(name) : headers[name] ?? null;
-}
-
-function isStripeError<T extends Stripe.errors.StripeError>(
-  type: new (...args: never[]) => T,
-  check: (error: T) => void = () => {},
-): (error: unknown) => boolean {
-  return (error) => {
-    assert.ok(error instanceof type, `expected ${type.name}, got ${String(error)}`);
-    check(error);
-    return true;
-  };
+  return withLocalStripe(run, options, (server) => stripeFor(server));
 }
 
 Deno.test("decodes Stripe's bracket encoding into nested objects and arrays", () => {

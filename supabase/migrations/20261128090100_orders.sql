@@ -91,16 +91,3 @@ create policy "buyers read their own order items" on public.order_items
     select 1 from public.orders o where o.id = order_id and o.user_id = (select auth.uid())
   ));
 
--- Seats of a tier currently taken: paid orders plus pending holds still held.
-create or replace function private.tier_seats_taken(p_tier_id uuid, p_now timestamptz default now())
-returns bigint
-language sql stable set search_path = ''
-as $$
-  select coalesce(sum(i.quantity), 0)
-  from public.order_items i
-  join public.orders o on o.id = i.order_id
-  where i.tier_id = p_tier_id
-    and (o.status = 'paid' or (o.status = 'pending' and o.seats_held_until > p_now));
-$$;
-comment on function private.tier_seats_taken(uuid, timestamptz) is
-  'Seats counted against a tier''s capacity: paid plus pending holds still held (seats_held_until).';

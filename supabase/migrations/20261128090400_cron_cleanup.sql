@@ -21,3 +21,11 @@ select cron.schedule(
   '17 3 * * *',
   $$delete from cron.job_run_details where end_time < now() - interval '7 days'$$
 );
+
+-- Seat holds that already stopped counting (see the capacity migration): deleted, so that claims
+-- never read many.
+select cron.schedule(
+  'release-lapsed-seat-holds',
+  '7,22,37,52 * * * *',
+  $$select public.release_lapsed_seat_holds()$$
+);

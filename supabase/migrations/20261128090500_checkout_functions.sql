@@ -70,7 +70,9 @@ create type private.checkout_request as (
   now timestamptz
 );
 
--- Creates a pending order holding seats, after checking the event, the tiers and capacity.
+-- Creates a pending order holding seats, after checking the event, the tiers and capacity. The
+-- order is written whole first (priced from the catalogue); the tiers' counters are locked last,
+-- so a hot tier's lock is held only for its count, the items and the commit.
 create or replace function private.create_checkout_order(p_order_id uuid, p_request private.checkout_request)
 returns public.orders
 language plpgsql volatile set search_path = ''
@@ -79,7 +81,10 @@ declare
   r private.checkout_request := p_request;
   v_event events.events;
   v_order public.orders;
+  v_item record;
   v_requested int;
+  v_found int := 0;
+  v_amount bigint := 0;
 begin
   if num_nonnulls(r.user_id, r.guest_email) <> 1 then
     raise exception using errcode = '22023',
@@ -100,31 +105,51 @@ begin
     raise exception using errcode = '22023', message = 'Cannot create checkout: a tier is repeated';
   end if;
 
+  -- The tiers' rules, read (not locked) from the catalogue.
+  for v_item in
+    select t.*, (x ->> 'quantity')::int as quantity
+    from jsonb_array_elements(r.items) x
+    join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = v_event.id
+    order by t.id
+  loop
+    v_found := v_found + 1;
+    if v_item.quantity is null or v_item.quantity < 1 or v_item.quantity > v_item.max_per_order then
+      raise exception using errcode = 'CK004',
+        message = format('Cannot create checkout: at most %s tickets of tier %s per order', v_item.max_per_order, v_item.name),
+        detail = v_item.id::text;
+    end if;
+    if (v_item.sales_start_at is not null and r.now < v_item.sales_start_at)
+       or (v_item.sales_end_at is not null and r.now >= v_item.sales_end_at) then
+      raise exception using errcode = 'CK005',
+        message = format('Cannot create checkout: tier %s is not on sale now', v_item.name), detail = v_item.id::text;
+    end if;
+    v_amount := v_amount + v_item.quantity::bigint * v_item.unit_amount;
+  end loop;
+  if v_found <> v_requested then
+    raise exception using errcode = 'CK002', message = 'Cannot create checkout: a tier does not belong to this event';
+  end if;
+
   insert into public.orders as o (id, event_id, user_id, guest_email, guest_name, success_url, cancel_url,
                                   checkout_operation_id, client_address, status, currency, amount_total,
                                   hold_expires_at, seats_held_until, created_at, updated_at)
   values (p_order_id, r.event_id, r.user_id, r.guest_email, r.guest_name, r.success_url, r.cancel_url,
-          r.operation_id, r.client_address, 'pending', v_event.currency, 0, r.hold_expires_at,
+          r.operation_id, r.client_address, 'pending', v_event.currency, v_amount, r.hold_expires_at,
           r.seats_held_until, r.now, r.now)
   returning o.* into v_order;
 
-  if private.hold_tier_seats(v_order.id, v_event, r.items, r.now) <> v_requested then
-    raise exception using errcode = 'CK002', message = 'Cannot create checkout: a tier does not belong to this event';
-  end if;
-
-  update public.orders o
-  set amount_total = (select sum(i.amount) from public.order_items i where i.order_id = o.id)
-  where o.id = v_order.id
-  returning o.* into v_order;
+  perform private.hold_tier_seats(v_order.id, v_event, r.items, r.now);
   return v_order;
 end;
 $$;
 comment on function private.create_checkout_order(uuid, private.checkout_request) is
   'Internal to claim_checkout: a pending order priced from the tiers, holding seats, or an error.';
 
--- The order's lines, priced and named from the tiers, each tier locked (in id order: concurrent
--- checkouts of overlapping tiers queue, never deadlock) and its rules and capacity checked.
--- Returns how many of the items name a tier of the event.
+-- The order's lines, inserted in one statement: its trigger adds the holds and the seats to each
+-- tier's counter, which takes the counters' locks in tier id order (concurrent checkouts of
+-- overlapping tiers queue, never deadlock). Then, under those locks, each tier must still fit its
+-- capacity, this order's seats included; otherwise CK003 undoes it all. Taking the locks with
+-- the last write keeps a hot tier's lock for the check and the commit only. The caller has
+-- checked the tiers' rules. Returns how many lines it inserted.
 create or replace function private.hold_tier_seats(
   p_order_id uuid,
   p_event events.events,
@@ -136,39 +161,32 @@ language plpgsql volatile set search_path = ''
 as $$
 declare
   v_item record;
-  v_tier events.ticket_tiers;
-  v_found integer := 0;
+  v_found integer;
 begin
+  insert into public.order_items (order_id, tier_id, product_name, quantity, unit_amount)
+  select p_order_id, t.id, p_event.title || ' — ' || t.name, (x ->> 'quantity')::int, t.unit_amount
+  from jsonb_array_elements(p_items) x
+  join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = p_event.id
+  order by t.id;
+  get diagnostics v_found = row_count;
+  -- Read after the locks: a capacity change waits for them too.
   for v_item in
-    select t.id as tier_id, (x ->> 'quantity')::int as quantity
-    from jsonb_array_elements(p_items) x
-    join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = p_event.id
+    select t.id, t.name, t.capacity
+    from public.order_items i join events.ticket_tiers t on t.id = i.tier_id
+    where i.order_id = p_order_id and t.capacity is not null
     order by t.id
   loop
-    select t.* into v_tier from events.ticket_tiers t where t.id = v_item.tier_id for update;
-    v_found := v_found + 1;
-    if v_item.quantity is null or v_item.quantity < 1 or v_item.quantity > v_tier.max_per_order then
-      raise exception using errcode = 'CK004',
-        message = format('Cannot create checkout: at most %s tickets of tier %s per order', v_tier.max_per_order, v_tier.name),
-        detail = v_tier.id::text;
-    end if;
-    if (v_tier.sales_start_at is not null and p_now < v_tier.sales_start_at)
-       or (v_tier.sales_end_at is not null and p_now >= v_tier.sales_end_at) then
-      raise exception using errcode = 'CK005',
-        message = format('Cannot create checkout: tier %s is not on sale now', v_tier.name), detail = v_tier.id::text;
-    end if;
-    if private.tier_lacks_room(v_tier.id, v_tier.capacity, v_item.quantity, p_now) then
+    if private.tier_seats_taken(v_item.id, p_now) > v_item.capacity then
       raise exception using errcode = 'CK003',
-        message = format('Cannot create checkout: tier %s is sold out', v_tier.name), detail = v_tier.id::text;
+        message = format('Cannot create checkout: tier %s is sold out', v_item.name),
+        detail = v_item.id::text;
     end if;
-    insert into public.order_items (order_id, tier_id, product_name, quantity, unit_amount)
-    values (p_order_id, v_tier.id, p_event.title || ' — ' || v_tier.name, v_item.quantity, v_tier.unit_amount);
   end loop;
   return v_found;
 end;
 $$;
 comment on function private.hold_tier_seats(uuid, events.events, jsonb, timestamptz) is
-  'Internal to create_checkout_order: the order''s lines, each tier locked in id order and checked.';
+  'Internal to create_checkout_order: lines inserted (counters locked in tier id order), then capacity checked.';
 
 -- Fills the order part of a checkout_claim.
 create or replace function private.checkout_claim_order(p_claim public.checkout_claim, p_order_id uuid)
@@ -206,33 +224,21 @@ as $$
              p_reconcile_attempts)::public.checkout_claim;
 $$;
 
--- Whether a tier (locked by the caller) lacks room for p_quantity more seats now.
-create or replace function private.tier_lacks_room(
-  p_tier_id uuid,
-  p_capacity integer,
-  p_quantity integer,
-  p_now timestamptz
-)
-returns boolean
-language sql stable set search_path = ''
-as $$
-  select p_capacity is not null and private.tier_seats_taken(p_tier_id, p_now) + p_quantity > p_capacity;
-$$;
-
--- The operation's order that Stripe said was paid, or whose payment is under way (a delayed
--- payment method), if any. While one exists, no new session may be opened for the operation.
+-- The operation's order that Stripe said was paid, or whose payment is under way, if any (as in
+-- the checkout migration; PL/pgSQL now, so that the claim's path plans it once per session).
 create or replace function private.checkout_operation_payment(p_operation_id text)
 returns uuid
-language sql stable set search_path = ''
+language plpgsql stable set search_path = ''
 as $$
-  select o.id from public.orders o
-  where o.checkout_operation_id = p_operation_id
-    and (o.status = 'paid' or (o.status = 'pending' and o.session_completed_at is not null))
-  order by o.created_at
-  limit 1;
+begin
+  return (
+    select o.id from public.orders o
+    where o.checkout_operation_id = p_operation_id
+      and (o.status = 'paid' or (o.status = 'pending' and o.session_completed_at is not null))
+    order by o.created_at
+    limit 1);
+end;
 $$;
-comment on function private.checkout_operation_payment(text) is
-  'Internal: the paid (or paying) order of a checkout operation, or null.';
 
 -- CK007 when the operation already has a paid (or paying) order. Raising also undoes whatever
 -- the claim wrote before (a new row, a new key).
@@ -457,18 +463,6 @@ $$;
 comment on function private.answer_replay(public.checkout_claim, public.stripe_idempotency_claim, text, uuid, integer, timestamptz) is
   'Internal to claim_checkout: replay | paid | verify | renew | conflict for a completed operation.';
 
--- The checkout claim: claim_stripe_idempotency plus the order, in one statement.
---   created  → new operation and a new order holding seats;
---   takeover → the previous attempt died: same key, same order, same Stripe parameters (or, once
---              its expires_at is too close for Stripe, a fresh attempt: renew);
---   retry    → the previous attempt failed after Stripe answered: new key, new order;
---   verify   → the session is past its expires_at and Stripe's word about it is not stored:
---              the caller asks Stripe, stores the answer (settle_checkout_session), claims again;
---   renew    → Stripe ended the session (or its order was cancelled): new key, new order,
---              capacity checked again, so a replay never hands out a dead link;
---   replay | conflict | mismatch | paid.
--- A new session is never opened while an order of the operation is paid or paying (CK007, or
--- outcome paid).
 create or replace function public.claim_checkout(
   p_operation_id text,
   p_stripe_idempotency_key text,
@@ -491,7 +485,9 @@ create or replace function public.claim_checkout(
   p_max_pending_per_address integer default null,
   p_pending_window_seconds integer default 1800,
   -- How long after expires_at a pending order's seats still count when no word came from Stripe.
-  p_hold_grace_seconds integer default 3600
+  p_hold_grace_seconds integer default 3600,
+  -- The longest the claim waits for any lock (a hot tier's counter, the operation's row), in ms.
+  p_lock_timeout_ms integer default null
 )
 returns public.checkout_claim
 language plpgsql volatile set search_path = ''
@@ -502,6 +498,13 @@ declare
   v_request private.checkout_request;
   v_order_id uuid := gen_random_uuid();
 begin
+  if p_lock_timeout_ms is not null then
+    if p_lock_timeout_ms not between 1 and 600000 then
+      raise exception using errcode = '22023', message = format(
+        'Cannot claim checkout: lock timeout of %s ms is outside 1..600000', p_lock_timeout_ms);
+    end if;
+    perform set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+  end if;
   if p_hold_seconds is null or p_hold_seconds not between 60 and 86400
      or p_hold_grace_seconds is null or p_hold_grace_seconds not between 0 and 86400 then
     raise exception using errcode = '22023', message = format(
@@ -548,8 +551,8 @@ begin
   return private.checkout_claim_order(v_result, v_order_id);
 end;
 $$;
-comment on function public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer) is
-  'Atomic checkout claim: idempotency claim plus order and capacity hold in one statement.';
+comment on function public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer, integer) is
+  'Atomic checkout claim: idempotency claim plus order and capacity hold in one statement; waits at most p_lock_timeout_ms for a lock.';
 
 -- Completes a checkout attempt: the stored response and the session on the order, one statement.
 create or replace function public.record_checkout(
@@ -612,13 +615,13 @@ comment on function public.release_checkout(text, uuid, boolean, text, timestamp
   'Ends a failed checkout attempt; cancels the order (freeing seats) only when Stripe answered.';
 
 revoke execute on function
-  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer),
+  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer, integer),
   public.record_checkout(text, uuid, text, jsonb, timestamptz),
   public.release_checkout(text, uuid, boolean, text, timestamptz)
 from public, anon, authenticated;
 
 grant execute on function
-  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer),
+  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer, integer),
   public.record_checkout(text, uuid, text, jsonb, timestamptz),
   public.release_checkout(text, uuid, boolean, text, timestamptz)
 to service_role;

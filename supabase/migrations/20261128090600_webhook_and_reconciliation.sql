@@ -24,8 +24,8 @@ create type public.webhook_result as (
 comment on type public.webhook_result is 'What processing one Stripe event did.';
 
 -- The first tier of an order that no longer has room for it, or null when all do. Locks the
--- tiers in id order (the order every seller uses). The order itself must not be counted (it is
--- expired, cancelled or past its hold), so this is "could it take its seats back now".
+-- tiers' counters in id order (the order every seller uses). The order itself is not counted
+-- (it is expired, cancelled or past its hold), so this is "could it take its seats back now".
 create or replace function private.order_seats_unavailable(p_order_id uuid, p_now timestamptz)
 returns uuid
 language plpgsql volatile set search_path = ''
@@ -37,7 +37,8 @@ begin
   for v_item in
     select i.tier_id, i.quantity from public.order_items i where i.order_id = p_order_id order by i.tier_id
   loop
-    select t.capacity into v_capacity from events.ticket_tiers t where t.id = v_item.tier_id for update;
+    perform private.lock_tier_capacity(v_item.tier_id);
+    select t.capacity into v_capacity from events.ticket_tiers t where t.id = v_item.tier_id;
     if private.tier_lacks_room(v_item.tier_id, v_capacity, v_item.quantity, p_now) then
       return v_item.tier_id;
     end if;
@@ -295,7 +296,6 @@ language plpgsql volatile set search_path = ''
 as $$
 declare
   v_row public.stripe_idempotency_keys;
-  v_claim public.checkout_claim;
 begin
   if p_stale_seconds is null or p_stale_seconds < 0 or p_limit is null or p_limit < 1
      or p_lease_seconds is null or p_lease_seconds not between 1 and 3600 then

@@ -2,7 +2,7 @@
 -- without any job, the job only deletes what no longer counts, and check_tier_capacity finds
 -- any counter that disagrees with the orders (repair_tier_capacity fixes it).
 begin;
-select plan(51);
+select plan(54);
 
 -- Structure and privileges
 select has_table('private', 'tier_capacity', 'a counter row per tier');
@@ -19,16 +19,12 @@ select is((select count(*)::int from cron.job where jobname = 'release-lapsed-se
            and command = 'select public.release_lapsed_seat_holds()'), 1,
   'pg_cron deletes lapsed holds by name');
 
-set local role anon;
-select throws_ok('select * from public.check_tier_capacity()', '42501', null, 'anon cannot check capacity');
-select throws_ok('select public.release_lapsed_seat_holds()', '42501', null, 'anon cannot release holds');
-reset role;
-set local role authenticated;
-select throws_ok('select * from public.check_tier_capacity()', '42501', null, 'authenticated cannot check capacity');
-select throws_ok($$select public.repair_tier_capacity(gen_random_uuid())$$, '42501', null,
-  'authenticated cannot repair capacity');
-select throws_ok('select * from private.tier_capacity', '42501', null, 'authenticated cannot read the counters');
-reset role;
+\ir helpers/refused.psql
+select * from pg_temp.refused(array['anon', 'authenticated'], array[
+  ['select * from public.check_tier_capacity()', 'check capacity'],
+  ['select public.release_lapsed_seat_holds()', 'release holds'],
+  [$$select public.repair_tier_capacity(gen_random_uuid())$$, 'repair capacity'],
+  ['select * from private.tier_capacity', 'read the counters']]);
 set local role service_role;
 select lives_ok('select * from public.check_tier_capacity()', 'service_role can check capacity');
 reset role;

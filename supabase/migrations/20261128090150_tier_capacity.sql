@@ -6,11 +6,11 @@
 --          (per tier of each pending order: its seats and until when they count); triggers on
 --          events.ticket_tiers, public.orders and public.order_items that keep both in step with
 --          the rows, whoever writes them; functions in private: lock_tier_capacity,
---          tier_seats_recounted, and new bodies for tier_seats_taken, tier_lacks_room,
---          create_checkout_order, hold_tier_seats and order_seats_unavailable; in public:
---          claim_checkout (now with p_lock_timeout_ms), check_tier_capacity (operators: counters
---          against the rows), repair_tier_capacity, release_lapsed_seat_holds; pg_cron job
---          'release-lapsed-seat-holds'.
+--          tier_seats_taken, tier_seats_recounted, tier_lacks_room; in public (operators):
+--          check_tier_capacity, repair_tier_capacity, release_lapsed_seat_holds (its pg_cron job
+--          is scheduled with the others). The checkout functions that take seats
+--          (create_checkout_order, hold_tier_seats, order_seats_unavailable, claim_checkout with
+--          its lock timeout) live with the checkout and webhook migrations.
 -- Design:  seats taken at p_now = paid_seats + held_seats - (seats of the tier's holds with
 --          held_until <= p_now). The subtraction is what frees an expired hold without any job:
 --          the hold stops counting the instant its seats_held_until passes. A hold row exists
@@ -79,9 +79,7 @@ grant select, insert, update, delete on private.tier_capacity, private.seat_hold
 -- tier's counter or holds calls this first, in tier id order.
 create or replace function private.lock_tier_capacity(p_tier_id uuid)
 returns void
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 begin
   perform 1 from private.tier_capacity c where c.tier_id = p_tier_id for update;
@@ -100,9 +98,7 @@ comment on function private.lock_tier_capacity(uuid) is
 -- search_path is never inlined and is planned again on every call.
 create or replace function private.tier_seats_taken(p_tier_id uuid, p_now timestamptz default now())
 returns bigint
-language plpgsql
-stable
-set search_path = ''
+language plpgsql stable set search_path = ''
 as $$
 begin
   return coalesce((
@@ -118,9 +114,7 @@ comment on function private.tier_seats_taken(uuid, timestamptz) is
 -- The same figure recounted from the orders themselves: what the counter must equal.
 create or replace function private.tier_seats_recounted(p_tier_id uuid, p_now timestamptz default now())
 returns bigint
-language sql
-stable
-set search_path = ''
+language sql stable set search_path = ''
 as $$
   select coalesce(sum(i.quantity), 0)
   from public.order_items i
@@ -140,30 +134,10 @@ create or replace function private.tier_lacks_room(
   p_now timestamptz
 )
 returns boolean
-language plpgsql
-stable
-set search_path = ''
+language plpgsql stable set search_path = ''
 as $$
 begin
   return p_capacity is not null and private.tier_seats_taken(p_tier_id, p_now) + p_quantity > p_capacity;
-end;
-$$;
-
--- The operation's order that Stripe said was paid, or whose payment is under way, if any (as in
--- the checkout migration; PL/pgSQL now, so that the claim's path plans it once per session).
-create or replace function private.checkout_operation_payment(p_operation_id text)
-returns uuid
-language plpgsql
-stable
-set search_path = ''
-as $$
-begin
-  return (
-    select o.id from public.orders o
-    where o.checkout_operation_id = p_operation_id
-      and (o.status = 'paid' or (o.status = 'pending' and o.session_completed_at is not null))
-    order by o.created_at
-    limit 1);
 end;
 $$;
 
@@ -174,8 +148,7 @@ $$;
 -- A new tier gets its counter row.
 create or replace function private.count_new_tiers()
 returns trigger
-language plpgsql
-set search_path = ''
+language plpgsql set search_path = ''
 as $$
 begin
   insert into private.tier_capacity (tier_id) select t.id from new_tiers t on conflict do nothing;
@@ -189,8 +162,7 @@ create trigger ticket_tiers_count_new after insert on events.ticket_tiers
 -- A capacity change waits for the tier's lock, so no claim decides on the old figure after it.
 create or replace function private.lock_tier_for_capacity_change()
 returns trigger
-language plpgsql
-set search_path = ''
+language plpgsql set search_path = ''
 as $$
 begin
   perform private.lock_tier_capacity(new.id);
@@ -204,9 +176,7 @@ create trigger ticket_tiers_capacity_lock before update of capacity on events.ti
 -- Adds seats to a tier's counter, which locks it (the tier's lock; callers go in tier id order).
 create or replace function private.add_tier_seats(p_tier_id uuid, p_paid bigint, p_held bigint)
 returns void
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 begin
   update private.tier_capacity c
@@ -228,8 +198,7 @@ $$;
 -- claim has already locked those counters, in tier id order.
 create or replace function private.count_new_order_items()
 returns trigger
-language plpgsql
-set search_path = ''
+language plpgsql set search_path = ''
 as $$
 declare
   v_item record;
@@ -270,8 +239,7 @@ create trigger order_items_count_new after insert on public.order_items
 -- operator): its holds and the counters follow, tier by tier in id order.
 create or replace function private.count_order_change()
 returns trigger
-language plpgsql
-set search_path = ''
+language plpgsql set search_path = ''
 as $$
 declare
   v_item record;
@@ -308,8 +276,7 @@ create trigger orders_count_change after update of status, seats_held_until on p
 -- operator might): its seats leave the counters.
 create or replace function private.uncount_order_item()
 returns trigger
-language plpgsql
-set search_path = ''
+language plpgsql set search_path = ''
 as $$
 declare
   v_status text;
@@ -333,8 +300,7 @@ create trigger order_items_uncount before delete on public.order_items
 -- say whether they were sold (the cascade that follows finds nothing left).
 create or replace function private.uncount_deleted_order()
 returns trigger
-language plpgsql
-set search_path = ''
+language plpgsql set search_path = ''
 as $$
 declare
   v_tier uuid;
@@ -351,8 +317,7 @@ create trigger orders_uncount_deleted before delete on public.orders
 -- TRUNCATE fires no row triggers: with every order item gone, every counter is zero.
 create or replace function private.zero_counters()
 returns trigger
-language plpgsql
-set search_path = ''
+language plpgsql set search_path = ''
 as $$
 begin
   delete from private.seat_holds;
@@ -365,279 +330,9 @@ create trigger order_items_zero_counters after truncate on public.order_items
   for each statement execute function private.zero_counters();
 
 -- ------------------------------------------------------------------------------------------
--- Backfill: counters and holds for what already exists
--- ------------------------------------------------------------------------------------------
-
-insert into private.tier_capacity (tier_id) select t.id from events.ticket_tiers t on conflict do nothing;
-insert into private.seat_holds (order_id, tier_id, quantity, held_until)
-select i.order_id, i.tier_id, i.quantity, o.seats_held_until
-from public.order_items i join public.orders o on o.id = i.order_id
-where o.status = 'pending'
-on conflict do nothing;
-update private.tier_capacity c
-set paid_seats = s.paid, held_seats = s.held
-from (
-  select t.id as tier_id,
-         coalesce((select sum(i.quantity) from public.order_items i join public.orders o on o.id = i.order_id
-                   where i.tier_id = t.id and o.status = 'paid'), 0) as paid,
-         coalesce((select sum(h.quantity) from private.seat_holds h where h.tier_id = t.id), 0) as held
-  from events.ticket_tiers t
-) s
-where c.tier_id = s.tier_id;
-
--- ------------------------------------------------------------------------------------------
 -- The checkout path on the counters
 -- ------------------------------------------------------------------------------------------
 
--- Creates a pending order holding seats, after checking the event, the tiers and capacity. The
--- order is written whole first (priced from the catalogue); the tiers' counters are locked last,
--- so a hot tier's lock is held only for its count, the items and the commit.
-create or replace function private.create_checkout_order(p_order_id uuid, p_request private.checkout_request)
-returns public.orders
-language plpgsql
-volatile
-set search_path = ''
-as $$
-declare
-  r private.checkout_request := p_request;
-  v_event events.events;
-  v_order public.orders;
-  v_item record;
-  v_requested int;
-  v_found int := 0;
-  v_amount bigint := 0;
-begin
-  if num_nonnulls(r.user_id, r.guest_email) <> 1 then
-    raise exception using errcode = '22023',
-      message = 'Cannot create checkout: the buyer is either a user or a guest email';
-  end if;
-  if jsonb_typeof(r.items) is distinct from 'array' or jsonb_array_length(r.items) not between 1 and 20 then
-    raise exception using errcode = '22023', message = 'Cannot create checkout: 1 to 20 items are required';
-  end if;
-
-  select e.* into v_event from events.events e where e.id = r.event_id;
-  if not found or v_event.status <> 'published' then
-    raise exception using errcode = 'CK001',
-      message = 'Cannot create checkout: event not found or not on sale', detail = r.event_id::text;
-  end if;
-
-  select count(distinct (x ->> 'tierId')::uuid) into v_requested from jsonb_array_elements(r.items) x;
-  if v_requested <> jsonb_array_length(r.items) then
-    raise exception using errcode = '22023', message = 'Cannot create checkout: a tier is repeated';
-  end if;
-
-  -- The tiers' rules, read (not locked) from the catalogue.
-  for v_item in
-    select t.*, (x ->> 'quantity')::int as quantity
-    from jsonb_array_elements(r.items) x
-    join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = v_event.id
-    order by t.id
-  loop
-    v_found := v_found + 1;
-    if v_item.quantity is null or v_item.quantity < 1 or v_item.quantity > v_item.max_per_order then
-      raise exception using errcode = 'CK004',
-        message = format('Cannot create checkout: at most %s tickets of tier %s per order', v_item.max_per_order, v_item.name),
-        detail = v_item.id::text;
-    end if;
-    if (v_item.sales_start_at is not null and r.now < v_item.sales_start_at)
-       or (v_item.sales_end_at is not null and r.now >= v_item.sales_end_at) then
-      raise exception using errcode = 'CK005',
-        message = format('Cannot create checkout: tier %s is not on sale now', v_item.name), detail = v_item.id::text;
-    end if;
-    v_amount := v_amount + v_item.quantity::bigint * v_item.unit_amount;
-  end loop;
-  if v_found <> v_requested then
-    raise exception using errcode = 'CK002', message = 'Cannot create checkout: a tier does not belong to this event';
-  end if;
-
-  insert into public.orders as o (id, event_id, user_id, guest_email, guest_name, success_url, cancel_url,
-                                  checkout_operation_id, client_address, status, currency, amount_total,
-                                  hold_expires_at, seats_held_until, created_at, updated_at)
-  values (p_order_id, r.event_id, r.user_id, r.guest_email, r.guest_name, r.success_url, r.cancel_url,
-          r.operation_id, r.client_address, 'pending', v_event.currency, v_amount, r.hold_expires_at,
-          r.seats_held_until, r.now, r.now)
-  returning o.* into v_order;
-
-  perform private.hold_tier_seats(v_order.id, v_event, r.items, r.now);
-  return v_order;
-end;
-$$;
-comment on function private.create_checkout_order(uuid, private.checkout_request) is
-  'Internal to claim_checkout: a pending order priced from the tiers, holding seats, or an error.';
-
--- The order's lines, inserted in one statement: its trigger adds the holds and the seats to each
--- tier's counter, which takes the counters' locks in tier id order (concurrent checkouts of
--- overlapping tiers queue, never deadlock). Then, under those locks, each tier must still fit its
--- capacity, this order's seats included; otherwise CK003 undoes it all. Taking the locks with
--- the last write keeps a hot tier's lock for the check and the commit only. The caller has
--- checked the tiers' rules. Returns how many lines it inserted.
-create or replace function private.hold_tier_seats(
-  p_order_id uuid,
-  p_event events.events,
-  p_items jsonb,
-  p_now timestamptz
-)
-returns integer
-language plpgsql
-volatile
-set search_path = ''
-as $$
-declare
-  v_item record;
-  v_found integer;
-begin
-  insert into public.order_items (order_id, tier_id, product_name, quantity, unit_amount)
-  select p_order_id, t.id, p_event.title || ' — ' || t.name, (x ->> 'quantity')::int, t.unit_amount
-  from jsonb_array_elements(p_items) x
-  join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = p_event.id
-  order by t.id;
-  get diagnostics v_found = row_count;
-  -- Read after the locks: a capacity change waits for them too.
-  for v_item in
-    select t.id, t.name, t.capacity
-    from public.order_items i join events.ticket_tiers t on t.id = i.tier_id
-    where i.order_id = p_order_id and t.capacity is not null
-    order by t.id
-  loop
-    if private.tier_seats_taken(v_item.id, p_now) > v_item.capacity then
-      raise exception using errcode = 'CK003',
-        message = format('Cannot create checkout: tier %s is sold out', v_item.name),
-        detail = v_item.id::text;
-    end if;
-  end loop;
-  return v_found;
-end;
-$$;
-comment on function private.hold_tier_seats(uuid, events.events, jsonb, timestamptz) is
-  'Internal to create_checkout_order: lines inserted (counters locked in tier id order), then capacity checked.';
-
--- The first tier of an order that no longer has room for it, or null when all do. Locks the
--- tiers' counters in id order (the order every seller uses). The order itself is not counted
--- (it is expired, cancelled or past its hold), so this is "could it take its seats back now".
-create or replace function private.order_seats_unavailable(p_order_id uuid, p_now timestamptz)
-returns uuid
-language plpgsql
-volatile
-set search_path = ''
-as $$
-declare
-  v_item record;
-  v_capacity integer;
-begin
-  for v_item in
-    select i.tier_id, i.quantity from public.order_items i where i.order_id = p_order_id order by i.tier_id
-  loop
-    perform private.lock_tier_capacity(v_item.tier_id);
-    select t.capacity into v_capacity from events.ticket_tiers t where t.id = v_item.tier_id;
-    if private.tier_lacks_room(v_item.tier_id, v_capacity, v_item.quantity, p_now) then
-      return v_item.tier_id;
-    end if;
-  end loop;
-  return null;
-end;
-$$;
-comment on function private.order_seats_unavailable(uuid, timestamptz) is
-  'Internal: the first tier without room to take an order''s seats back, or null.';
-
--- The checkout claim, as before, with a bound on how long it waits for a lock: past
--- p_lock_timeout_ms (null: the session's lock_timeout) it fails with 55P03 and writes nothing.
--- The setting is local to the claim's transaction, which through a transaction pooler is the
--- claim's own statement.
-drop function public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text,
-  integer, integer, timestamptz, inet, integer, integer, integer, integer);
-
-create function public.claim_checkout(
-  p_operation_id text,
-  p_stripe_idempotency_key text,
-  p_request_fingerprint text,
-  p_lease_token uuid,
-  p_event_id uuid,
-  p_items jsonb,
-  p_user_id uuid default null,
-  p_guest_email text default null,
-  p_guest_name text default null,
-  p_success_url text default null,
-  p_cancel_url text default null,
-  p_hold_seconds integer default 1920,
-  p_lease_seconds integer default 60,
-  p_now timestamptz default now(),
-  -- Hold-flooding limits (null = no limit); they apply to new operations only, never to a
-  -- replay or a retry of an existing one. Appended last to keep earlier positions stable.
-  p_client_address inet default null,
-  p_max_pending_per_buyer integer default null,
-  p_max_pending_per_address integer default null,
-  p_pending_window_seconds integer default 1800,
-  -- How long after expires_at a pending order's seats still count when no word came from Stripe.
-  p_hold_grace_seconds integer default 3600,
-  -- The longest the claim waits for any lock (a hot tier's counter, the operation's row), in ms.
-  p_lock_timeout_ms integer default null
-)
-returns public.checkout_claim
-language plpgsql
-volatile
-set search_path = ''
-as $$
-declare
-  v_claim public.stripe_idempotency_claim;
-  v_result public.checkout_claim;
-  v_request private.checkout_request;
-  v_order_id uuid := gen_random_uuid();
-begin
-  if p_lock_timeout_ms is not null then
-    if p_lock_timeout_ms not between 1 and 600000 then
-      raise exception using errcode = '22023', message = format(
-        'Cannot claim checkout: lock timeout of %s ms is outside 1..600000', p_lock_timeout_ms);
-    end if;
-    perform set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
-  end if;
-  if p_hold_seconds is null or p_hold_seconds not between 60 and 86400
-     or p_hold_grace_seconds is null or p_hold_grace_seconds not between 0 and 86400 then
-    raise exception using errcode = '22023', message = format(
-      'Cannot claim checkout: hold of %s seconds (grace %s) is outside 60..86400 (0..86400)',
-      p_hold_seconds, p_hold_grace_seconds);
-  end if;
-  v_request := (p_operation_id, p_event_id, p_items, p_user_id, p_guest_email, p_guest_name,
-    p_success_url, p_cancel_url, p_client_address, p_now + make_interval(secs => p_hold_seconds),
-    p_now + make_interval(secs => p_hold_seconds + p_hold_grace_seconds), p_now)::private.checkout_request;
-
-  v_claim := public.claim_stripe_idempotency(private.checkout_operation(), p_operation_id,
-    p_stripe_idempotency_key, p_request_fingerprint, p_lease_token, p_lease_seconds,
-    jsonb_build_object('event_id', p_event_id), p_now, v_order_id);
-  v_result := private.checkout_claim_of(v_claim.outcome, p_operation_id, v_claim.stripe_idempotency_key,
-    v_claim.lease_token, v_claim.lease_expires_at, v_claim.attempt);
-
-  case v_claim.outcome
-  when 'conflict', 'mismatch' then
-    return v_result;
-  when 'created' then
-    -- Cleanup may have forgotten the operation while its order was paid: never charge again.
-    perform private.refuse_if_paid(p_operation_id);
-    perform private.enforce_pending_hold_limits(p_user_id, p_guest_email, p_client_address,
-      p_max_pending_per_buyer, p_max_pending_per_address, p_pending_window_seconds, p_now);
-    perform private.create_checkout_order(v_order_id, v_request);
-    return private.checkout_claim_order(v_result, v_order_id);
-  when 'takeover' then
-    v_result := private.resume_takeover(v_result, v_claim.order_id, p_stripe_idempotency_key, p_now);
-  when 'replay' then
-    v_result := private.answer_replay(v_result, v_claim, p_stripe_idempotency_key, p_lease_token,
-      p_lease_seconds, p_now);
-  else
-    perform private.refuse_if_paid(p_operation_id); -- retry
-  end case;
-  if v_result.outcome not in ('retry', 'renew') then
-    return v_result;
-  end if;
-
-  -- retry and renew: a new order for the new key (the old order stays as history).
-  perform private.create_checkout_order(v_order_id, v_request);
-  update public.stripe_idempotency_keys k
-  set order_id = v_order_id
-  where k.operation_type = private.checkout_operation() and k.operation_id = p_operation_id;
-  return private.checkout_claim_order(v_result, v_order_id);
-end;
-$$;
-comment on function public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer, integer) is
-  'Atomic checkout claim: idempotency claim plus order and capacity hold in one statement; waits at most p_lock_timeout_ms for a lock.';
 
 -- ------------------------------------------------------------------------------------------
 -- Operators: check, repair, and the job that bounds lapsed holds
@@ -660,9 +355,7 @@ returns table (
   stray_holds bigint,
   problem text
 )
-language sql
-stable
-set search_path = ''
+language sql stable set search_path = ''
 as $$
   with recount as (
     select i.tier_id,
@@ -711,9 +404,7 @@ comment on function public.check_tier_capacity(timestamptz) is
 -- seats taken at p_now afterwards. For a tier check_tier_capacity reported.
 create or replace function public.repair_tier_capacity(p_tier_id uuid, p_now timestamptz default now())
 returns bigint
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 begin
   perform private.lock_tier_capacity(p_tier_id);
@@ -742,9 +433,7 @@ comment on function public.repair_tier_capacity(uuid, timestamptz) is
 -- holds it deleted. Run by pg_cron every 15 minutes.
 create or replace function public.release_lapsed_seat_holds(p_now timestamptz default now())
 returns bigint
-language plpgsql
-volatile
-set search_path = ''
+language plpgsql volatile set search_path = ''
 as $$
 declare
   v_tier uuid;
@@ -770,21 +459,14 @@ comment on function public.release_lapsed_seat_holds(timestamptz) is
   'pg_cron: deletes holds past their seats_held_until (already not counted) so claims never read many; returns the count.';
 
 revoke execute on function
-  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer, integer),
   public.check_tier_capacity(timestamptz),
   public.repair_tier_capacity(uuid, timestamptz),
   public.release_lapsed_seat_holds(timestamptz)
 from public, anon, authenticated;
 
 grant execute on function
-  public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer, integer),
   public.check_tier_capacity(timestamptz),
   public.repair_tier_capacity(uuid, timestamptz),
   public.release_lapsed_seat_holds(timestamptz)
 to service_role;
 
-select cron.schedule(
-  'release-lapsed-seat-holds',
-  '7,22,37,52 * * * *',
-  $$select public.release_lapsed_seat_holds()$$
-);
