@@ -123,13 +123,19 @@ comment on function private.arm_stripe_idempotency_attempt(bigint, text, uuid, t
 -- lease only when the caller now holds it.
 create or replace function private.claim_of(p_outcome text, p_row public.stripe_idempotency_keys)
 returns public.stripe_idempotency_claim
-language sql immutable set search_path = ''
+language plpgsql immutable set search_path = ''
 as $$
-  select row(p_outcome, p_row.stripe_idempotency_key,
-             case when p_outcome in ('created', 'takeover', 'retry') then p_row.lease_token end,
-             case when p_outcome in ('created', 'takeover', 'retry', 'conflict') then p_row.lease_expires_at end,
+declare
+  v_armed boolean := p_outcome in ('created', 'takeover', 'retry');
+begin
+  -- PL/pgSQL, not SQL: a SQL function with a pinned search_path is never inlined and is planned
+  -- again on every call, and this one is on every claim's path.
+  return row(p_outcome, p_row.stripe_idempotency_key,
+             case when v_armed then p_row.lease_token end,
+             case when v_armed or p_outcome = 'conflict' then p_row.lease_expires_at end,
              p_row.attempt, p_row.stripe_resource_id, p_row.response_status, p_row.response_body,
              p_row.metadata, p_row.order_id)::public.stripe_idempotency_claim;
+end;
 $$;
 
 -- The outcomes an existing row decides by itself: mismatch, replay, or conflict (a live lease).
@@ -140,16 +146,22 @@ create or replace function private.stripe_idempotency_settled(
   p_now timestamptz
 )
 returns public.stripe_idempotency_claim
-language sql immutable set search_path = ''
+language plpgsql immutable set search_path = ''
 as $$
-  select case
-    when p_row.request_fingerprint is distinct from p_request_fingerprint
-      then row('mismatch', null, null, null, null, null, null, null, null, null)::public.stripe_idempotency_claim
-    when p_row.status = 'completed' then private.claim_of('replay', p_row)
-    when p_row.status = 'in_progress' and p_row.lease_expires_at > p_now then
-      row('conflict', null, null, p_row.lease_expires_at, p_row.attempt, null, null, null, null, null)::public.stripe_idempotency_claim
-    else row(null, null, null, null, null, null, null, null, null, null)::public.stripe_idempotency_claim
-  end;
+declare
+  v_result public.stripe_idempotency_claim;
+begin
+  if p_row.request_fingerprint is distinct from p_request_fingerprint then
+    v_result.outcome := 'mismatch';
+  elsif p_row.status = 'completed' then
+    v_result := private.claim_of('replay', p_row);
+  elsif p_row.status = 'in_progress' and p_row.lease_expires_at > p_now then
+    v_result.outcome := 'conflict';
+    v_result.lease_expires_at := p_row.lease_expires_at;
+    v_result.attempt := p_row.attempt;
+  end if;
+  return v_result;
+end;
 $$;
 comment on function private.stripe_idempotency_settled(public.stripe_idempotency_keys, text, timestamptz) is
   'Internal to claim_stripe_idempotency: mismatch | replay | conflict decided from a row, or a null outcome.';

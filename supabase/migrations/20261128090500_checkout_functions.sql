@@ -51,8 +51,8 @@ comment on type public.checkout_claim is 'What claim_checkout decided, with the 
 -- The operation type of a checkout, written once.
 create or replace function private.checkout_operation()
 returns text
-language sql immutable set search_path = ''
-as $$ select 'checkout:create' $$;
+language plpgsql immutable set search_path = ''
+as $$ begin return 'checkout:create'; end; $$;
 
 -- What a checkout asks for, as claim_checkout received it (the internals take it whole).
 create type private.checkout_request as (
@@ -188,11 +188,14 @@ $$;
 comment on function private.hold_tier_seats(uuid, events.events, jsonb, timestamptz) is
   'Internal to create_checkout_order: lines inserted (counters locked in tier id order), then capacity checked.';
 
--- Fills the order part of a checkout_claim.
+-- Fills the order part of a checkout_claim. (PL/pgSQL, like every helper on a claim's path: a
+-- SQL function with a pinned search_path is planned again on every call.)
 create or replace function private.checkout_claim_order(p_claim public.checkout_claim, p_order_id uuid)
 returns public.checkout_claim
-language sql stable set search_path = ''
+language plpgsql stable set search_path = ''
 as $$
+begin
+  return (
   select (p_claim.outcome, p_claim.stripe_idempotency_key, p_claim.lease_token, p_claim.lease_expires_at,
           p_claim.attempt, p_claim.response_status, p_claim.response_body, o.id, o.event_id, o.currency,
           o.amount_total, o.hold_expires_at,
@@ -203,7 +206,8 @@ as $$
           o.success_url, o.cancel_url, o.guest_email, p_claim.operation_id, o.stripe_checkout_session_id,
           p_claim.reconcile_attempts)::public.checkout_claim
   from public.orders o
-  where o.id = p_order_id;
+  where o.id = p_order_id);
+end;
 $$;
 
 -- A checkout_claim for an attempt (fields of the order filled later by checkout_claim_order).
@@ -217,11 +221,13 @@ create or replace function private.checkout_claim_of(
   p_reconcile_attempts integer default null
 )
 returns public.checkout_claim
-language sql immutable set search_path = ''
+language plpgsql immutable set search_path = ''
 as $$
-  select row(p_outcome, p_stripe_idempotency_key, p_lease_token, p_lease_expires_at, p_attempt,
+begin
+  return row(p_outcome, p_stripe_idempotency_key, p_lease_token, p_lease_expires_at, p_attempt,
              null, null, null, null, null, null, null, null, null, null, null, p_operation_id, null,
              p_reconcile_attempts)::public.checkout_claim;
+end;
 $$;
 
 -- The operation's order that Stripe said was paid, or whose payment is under way, if any (as in
