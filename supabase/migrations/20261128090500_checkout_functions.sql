@@ -230,8 +230,8 @@ begin
 end;
 $$;
 
--- The operation's order that Stripe said was paid, or whose payment is under way, if any (as in
--- the checkout migration; PL/pgSQL now, so that the claim's path plans it once per session).
+-- The operation's order that Stripe said was paid, or whose payment is under way (a delayed
+-- payment method), if any. While one exists, no new session may be opened for the operation.
 create or replace function private.checkout_operation_payment(p_operation_id text)
 returns uuid
 language plpgsql stable set search_path = ''
