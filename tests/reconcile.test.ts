@@ -311,3 +311,19 @@ Deno.test("a fenced record during reconciliation is counted and the run goes on"
     assert.deepEqual(summary, { settled: 1, failed: 0, skipped: 1, remaining: 0 });
     assert.equal(await operationStatus(h, keys[1]!), "completed");
   }));
+
+Deno.test("an in-flight checkout:create row with no order does not abort the run", () =>
+  withDyingAttempts(async (h, kill) => {
+    // A row only the generic protocol made (no order to describe to Stripe): nothing to settle.
+    const orphan = `orphan-${crypto.randomUUID()}`;
+    await h.sql`
+      select public.claim_stripe_idempotency('checkout:create', ${orphan},
+        ${`checkout:create:${orphan}:${crypto.randomUUID()}`}, ${"a".repeat(64)},
+        gen_random_uuid(), 1, '{}'::jsonb, now() - interval '1 hour')`;
+    const key = newKey();
+    assert.equal((await h.guest(checkoutRequest(body(h), { key }))).status, 503);
+    kill.on = false;
+    await new Promise((r) => setTimeout(r, 1_100));
+    assert.deepEqual(await reconcileNow(h), { settled: 1, failed: 0, skipped: 0, remaining: 0 });
+    assert.equal(await operationStatus(h, key), "completed");
+  }));

@@ -306,6 +306,9 @@ begin
     select k.* from public.stripe_idempotency_keys k
     where k.status = 'in_progress'
       and k.operation_type = private.checkout_operation()
+      -- Only an attempt with an order has parameters to send Stripe again; one without (made by
+      -- the generic protocol alone) is left to cleanup.
+      and k.order_id is not null
       and k.lease_expires_at < p_now - make_interval(secs => p_stale_seconds)
       and k.operation_id <> all (coalesce(p_exclude, '{}'))
     order by k.lease_expires_at

@@ -408,6 +408,7 @@ export async function countStuckCheckouts(
   const [row] = await sql<{ n: number }[]>`
     select count(*)::int as n from public.stripe_idempotency_keys k
     where k.status = 'in_progress' and k.operation_type = 'checkout:create'
+      and k.order_id is not null -- as claim_stuck_checkouts counts them
       and k.lease_expires_at < coalesce(${options.now ?? null}::timestamptz, now())
         - make_interval(secs => ${options.staleSeconds}::int)`;
   return row?.n ?? 0;

@@ -112,8 +112,3 @@ export function apiError(code: ErrorCode, options: ApiErrorOptions = {}): HttpEr
     },
   });
 }
-
-/** The status of a catalogued code (documentation tables, tests). */
-export function statusOf(code: ErrorCode): number {
-  return CATALOGUE[code].status;
-}
