@@ -31,8 +31,12 @@ create table events.events (
   status text not null default 'draft' check (status in ('draft', 'published', 'cancelled')),
   starts_at timestamptz,
   idempotency_key text unique check (length(idempotency_key) between 1 and 255),
+  -- Set once by cancel_event: from then on nothing is sold and every payment is given back.
+  cancelled_at timestamptz,
+  cancellation_reason text check (length(cancellation_reason) <= 500),
   created_at timestamptz not null default now(),
-  updated_at timestamptz not null default now()
+  updated_at timestamptz not null default now(),
+  check ((status = 'cancelled') = (cancelled_at is not null))
 );
 comment on table events.events is 'The platform''s events; only published ones can be sold.';
 comment on column events.events.currency is 'ISO 4217 code, lowercase as Stripe expects it.';

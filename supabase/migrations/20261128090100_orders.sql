@@ -12,8 +12,11 @@ create table public.orders (
   user_id uuid references auth.users (id) on delete set null,
   guest_email text check (guest_email is null or (length(guest_email) <= 254 and guest_email ~ '^[^@\s]+@[^@\s]+$')),
   guest_name text check (guest_name is null or length(guest_name) <= 200),
+  -- pending → paid | expired | cancelled; paid → partially_refunded → refunded; a payment that
+  -- found no seats (or a cancelled event) → capacity_conflict → refunded. Forward only.
   status text not null default 'pending'
-    check (status in ('pending', 'paid', 'expired', 'cancelled')),
+    check (status in ('pending', 'paid', 'expired', 'cancelled', 'partially_refunded', 'refunded',
+                      'capacity_conflict')),
   currency text not null check (currency ~ '^[a-z]{3}$'),
   amount_total integer not null check (amount_total >= 0),
   stripe_checkout_session_id text unique,
@@ -35,12 +38,25 @@ create table public.orders (
   -- Stripe said the session is complete but the money is not there yet (delayed payment method).
   session_completed_at timestamptz,
   paid_at timestamptz,
+  -- The PaymentIntent that paid (from the completed session): what a refund names.
+  stripe_payment_intent_id text unique check (length(stripe_payment_intent_id) <= 255),
+  -- Refunds Stripe confirmed (succeeded), in minor units; pending ones are in public.refunds.
+  amount_refunded integer not null default 0,
+  -- A chargeback was opened (charge.dispute.created): the operator's to answer in Stripe.
+  stripe_dispute_id text check (length(stripe_dispute_id) <= 255),
+  disputed_at timestamptz,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   -- A buyer is a signed-in user or a guest, never both. (Checkout always sets one; user_id can
   -- only become null later, when the auth user is deleted.)
   check (num_nonnulls(user_id, guest_email) <= 1),
-  check ((status = 'paid') = (paid_at is not null)),
+  check ((status in ('paid', 'partially_refunded', 'refunded', 'capacity_conflict')) = (paid_at is not null)),
+  check (amount_refunded between 0 and amount_total),
+  -- The refund states say how much Stripe gave back (a free order stays paid).
+  check (status <> 'paid' or amount_refunded = 0),
+  check (status <> 'partially_refunded' or amount_refunded between 1 and amount_total - 1),
+  check (status <> 'refunded' or amount_refunded = amount_total),
+  check (status not in ('pending', 'expired', 'cancelled') or amount_refunded = 0),
   check (seats_held_until >= hold_expires_at)
 );
 comment on table public.orders is 'A buyer''s order for one event; pending until Stripe says paid or the session ends.';
@@ -49,6 +65,8 @@ comment on column public.orders.hold_expires_at is 'The Checkout Session''s expi
 comment on column public.orders.seats_held_until is 'Until when a pending order''s seats count, unless Stripe ends the session first: expires_at plus a grace for a missed webhook.';
 create index orders_user_id_idx on public.orders (user_id) where user_id is not null;
 create index orders_event_id_idx on public.orders (event_id);
+-- Payments that found no seats, for reconciliation to refund.
+create index orders_capacity_conflict_idx on public.orders (updated_at) where status = 'capacity_conflict';
 -- Every order an operation made: a claim refuses to open a new payment while one is paid.
 create index orders_checkout_operation_id_idx on public.orders (checkout_operation_id)
   where checkout_operation_id is not null;

@@ -11,7 +11,8 @@
 --          is scheduled with the others). The checkout functions that take seats
 --          (create_checkout_order, hold_tier_seats, order_seats_unavailable, claim_checkout with
 --          its lock timeout) live with the checkout and webhook migrations.
--- Design:  seats taken at p_now = paid_seats + held_seats - (seats of the tier's holds with
+-- Design:  sold seats (paid_seats) are those of orders paid or partially refunded; a full
+--          refund gives them back. Seats taken at p_now = paid_seats + held_seats - (seats of the tier's holds with
 --          held_until <= p_now). The subtraction is what frees an expired hold without any job:
 --          the hold stops counting the instant its seats_held_until passes. A hold row exists
 --          exactly while its order is pending and goes when Stripe's word (paid, expired,
@@ -120,7 +121,7 @@ as $$
   from public.order_items i
   join public.orders o on o.id = i.order_id
   where i.tier_id = p_tier_id
-    and (o.status = 'paid' or (o.status = 'pending' and o.seats_held_until > p_now));
+    and (o.status in ('paid', 'partially_refunded') or (o.status = 'pending' and o.seats_held_until > p_now));
 $$;
 comment on function private.tier_seats_recounted(uuid, timestamptz) is
   'Seats of a tier recounted from its orders (scans them: for checks, never for a claim).';
@@ -221,7 +222,7 @@ begin
       insert into private.seat_holds (order_id, tier_id, quantity, held_until)
       values (v_item.order_id, v_item.tier_id, v_item.quantity, v_order.seats_held_until);
       v_held := v_held + v_item.quantity;
-    elsif v_order.status = 'paid' then
+    elsif v_order.status in ('paid', 'partially_refunded') then
       v_paid := v_paid + v_item.quantity;
     end if;
   end loop;
@@ -258,8 +259,8 @@ begin
     end if;
     update private.tier_capacity c
     set paid_seats = c.paid_seats
-                     + case when new.status = 'paid' then v_item.quantity else 0 end
-                     - case when old.status = 'paid' then v_item.quantity else 0 end,
+                     + case when new.status in ('paid', 'partially_refunded') then v_item.quantity else 0 end
+                     - case when old.status in ('paid', 'partially_refunded') then v_item.quantity else 0 end,
         held_seats = c.held_seats - coalesce(v_was_held, 0)
                      + case when new.status = 'pending' then v_item.quantity else 0 end
     where c.tier_id = v_item.tier_id;
@@ -287,7 +288,7 @@ begin
   delete from private.seat_holds h where h.order_id = old.order_id and h.tier_id = old.tier_id
   returning h.quantity into v_was_held;
   update private.tier_capacity c
-  set paid_seats = c.paid_seats - case when v_status = 'paid' then old.quantity else 0 end,
+  set paid_seats = c.paid_seats - case when v_status in ('paid', 'partially_refunded') then old.quantity else 0 end,
       held_seats = c.held_seats - coalesce(v_was_held, 0)
   where c.tier_id = old.tier_id;
   return old;
@@ -359,7 +360,7 @@ language sql stable set search_path = ''
 as $$
   with recount as (
     select i.tier_id,
-           coalesce(sum(i.quantity) filter (where o.status = 'paid'), 0) as paid,
+           coalesce(sum(i.quantity) filter (where o.status in ('paid', 'partially_refunded')), 0) as paid,
            coalesce(sum(i.quantity) filter (where o.status = 'pending' and o.seats_held_until > p_now), 0) as held
     from public.order_items i join public.orders o on o.id = i.order_id
     group by i.tier_id
@@ -417,7 +418,7 @@ begin
   update private.tier_capacity c
   set paid_seats = (select coalesce(sum(i.quantity), 0) from public.order_items i
                     join public.orders o on o.id = i.order_id
-                    where i.tier_id = p_tier_id and o.status = 'paid'),
+                    where i.tier_id = p_tier_id and o.status in ('paid', 'partially_refunded')),
       held_seats = (select coalesce(sum(h.quantity), 0) from private.seat_holds h where h.tier_id = p_tier_id)
   where c.tier_id = p_tier_id;
   return private.tier_seats_taken(p_tier_id, p_now);

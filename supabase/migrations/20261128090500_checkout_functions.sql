@@ -15,7 +15,7 @@
 -- Errors:  CK001 event not found or not on sale; CK002 tier not in the event; CK003 sold out;
 --          CK004 quantity above the tier's max_per_order; CK005 outside the tier's sales window;
 --          CK006 too many pending checkouts for this buyer or address; CK007 the operation
---          already has a paid (or paying) order; 22023 bad argument.
+--          already has a paid (or paying) order; CK008 the event is cancelled; 22023 bad argument.
 
 create type public.checkout_claim as (
   -- created | takeover | retry | renew: call Stripe with stripe_idempotency_key, then record.
@@ -95,6 +95,10 @@ begin
   end if;
 
   select e.* into v_event from events.events e where e.id = r.event_id;
+  if v_event.status = 'cancelled' then
+    raise exception using errcode = 'CK008',
+      message = 'Cannot create checkout: the event is cancelled', detail = r.event_id::text;
+  end if;
   if not found or v_event.status <> 'published' then
     raise exception using errcode = 'CK001',
       message = 'Cannot create checkout: event not found or not on sale', detail = r.event_id::text;
@@ -240,7 +244,7 @@ begin
   return (
     select o.id from public.orders o
     where o.checkout_operation_id = p_operation_id
-      and (o.status = 'paid' or (o.status = 'pending' and o.session_completed_at is not null))
+      and (o.paid_at is not null or (o.status = 'pending' and o.session_completed_at is not null))
     order by o.created_at
     limit 1);
 end;
@@ -406,6 +410,12 @@ declare
   v_armed public.stripe_idempotency_keys;
 begin
   select o.* into v_order from public.orders o where o.id = p_order_id for update;
+  -- A cancelled event opens no session, not even the one a dead attempt may not have made:
+  -- reconciliation settles that attempt, and the cancellation expires what it made.
+  if exists (select 1 from events.events e where e.id = v_order.event_id and e.status = 'cancelled') then
+    raise exception using errcode = 'CK008',
+      message = 'Cannot create checkout: the event is cancelled', detail = v_order.event_id::text;
+  end if;
   -- Ten seconds of margin for the call itself.
   if v_order.hold_expires_at >= p_now + interval '30 minutes 10 seconds' then
     return private.checkout_claim_order(v_result, p_order_id);
@@ -444,7 +454,7 @@ declare
 begin
   -- A plain read first: a replay of a live session must not lock or write anything.
   select o.* into v_order from public.orders o where o.id = p_stored.order_id;
-  if v_order.status = 'paid' then
+  if v_order.paid_at is not null then
     v_result.outcome := 'paid';
     return private.checkout_claim_order(v_result, v_order.id);
   end if;

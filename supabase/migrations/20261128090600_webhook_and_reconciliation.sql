@@ -15,8 +15,8 @@
 --          idempotency row → the order → the tiers in id order.
 
 create type public.webhook_result as (
-  -- paid | expired | cancelled | awaiting_payment | noop | ignored | duplicate
-  -- | unmatched | mismatch | capacity_conflict | failed
+  -- paid | expired | cancelled | awaiting_payment | refund | disputed | noop | ignored
+  -- | duplicate | unmatched | mismatch | capacity_conflict | failed
   outcome text,
   order_id uuid,
   detail text
@@ -117,20 +117,36 @@ language plpgsql volatile set search_path = ''
 as $$
 declare
   v_short uuid;
+  v_conflict text;
+  v_paid_now boolean := p_type <> 'checkout.session.completed'
+    or coalesce(p_session ->> 'payment_status', '') in ('paid', 'no_payment_required');
 begin
-  if p_order.status = 'paid' then
-    return ('noop', p_order.id, 'order is already paid')::public.webhook_result;
+  if p_order.paid_at is not null then
+    return ('noop', p_order.id, format('order is already %s', p_order.status))::public.webhook_result;
   end if;
-  if not (p_order.status = 'pending' and p_order.seats_held_until > p_now) then
+  if exists (select 1 from events.events e where e.id = p_order.event_id and e.status = 'cancelled') then
+    v_conflict := 'paid after its event was cancelled';
+  elsif not (p_order.status = 'pending' and p_order.seats_held_until > p_now) then
     v_short := private.order_seats_unavailable(p_order.id, p_now);
     if v_short is not null then
-      return ('capacity_conflict', p_order.id,
-        format('paid after its hold ended and tier %s has no seats left: refund it', v_short))::public.webhook_result;
+      v_conflict := format('paid after its hold ended and tier %s has no seats left', v_short);
     end if;
   end if;
+  if v_conflict is not null then
+    -- The money is kept on the order (its PaymentIntent) for reconciliation to refund in full.
+    if v_paid_now and p_order.amount_total > 0 then
+      update public.orders o
+      set status = 'capacity_conflict',
+          paid_at = p_now,
+          session_completed_at = coalesce(o.session_completed_at, p_now),
+          stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, p_session ->> 'id'),
+          stripe_payment_intent_id = coalesce(o.stripe_payment_intent_id, p_session ->> 'payment_intent')
+      where o.id = p_order.id;
+    end if;
+    return ('capacity_conflict', p_order.id, v_conflict || ': refunded by reconciliation')::public.webhook_result;
+  end if;
 
-  if p_type = 'checkout.session.completed'
-     and coalesce(p_session ->> 'payment_status', '') not in ('paid', 'no_payment_required') then
+  if not v_paid_now then
     -- A delayed payment method: the money is not there yet. Keep the seats held until the async
     -- event decides (Stripe settles those within days).
     if p_order.status = 'pending' then
@@ -138,7 +154,8 @@ begin
       set hold_expires_at = greatest(o.hold_expires_at, p_now + interval '14 days'),
           seats_held_until = greatest(o.seats_held_until, p_now + interval '14 days'),
           session_completed_at = coalesce(o.session_completed_at, p_now),
-          stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, p_session ->> 'id')
+          stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, p_session ->> 'id'),
+          stripe_payment_intent_id = coalesce(o.stripe_payment_intent_id, p_session ->> 'payment_intent')
       where o.id = p_order.id;
     end if;
     return ('awaiting_payment', p_order.id, null)::public.webhook_result;
@@ -148,7 +165,8 @@ begin
   set status = 'paid',
       paid_at = p_now,
       session_completed_at = coalesce(o.session_completed_at, p_now),
-      stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, p_session ->> 'id')
+      stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, p_session ->> 'id'),
+      stripe_payment_intent_id = coalesce(o.stripe_payment_intent_id, p_session ->> 'payment_intent')
   where o.id = p_order.id;
   return ('paid', p_order.id, null)::public.webhook_result;
 end;
@@ -220,6 +238,60 @@ $$;
 comment on function public.settle_checkout_session(jsonb, timestamptz) is
   'Applies a retrieved Checkout Session''s status to its order, as the matching webhook event would.';
 
+-- A chargeback: recorded on the order it disputes (first word kept), for the operator.
+create or replace function private.record_dispute(p_dispute jsonb, p_now timestamptz)
+returns public.webhook_result
+language plpgsql volatile set search_path = ''
+as $$
+declare
+  v_order_id uuid;
+begin
+  update public.orders o
+  set stripe_dispute_id = coalesce(o.stripe_dispute_id, p_dispute ->> 'id'),
+      disputed_at = coalesce(o.disputed_at, p_now)
+  where o.stripe_payment_intent_id = p_dispute ->> 'payment_intent'
+  returning o.id into v_order_id;
+  if v_order_id is null then
+    return ('unmatched', null, format('no order was paid by %s', p_dispute ->> 'payment_intent'))::public.webhook_result;
+  end if;
+  return ('disputed', v_order_id, p_dispute ->> 'reason')::public.webhook_result;
+end;
+$$;
+
+-- Routes one event's object to the state change it asks for.
+create or replace function private.apply_stripe_event(
+  p_type text,
+  p_object jsonb,
+  p_related jsonb,
+  p_now timestamptz
+)
+returns public.webhook_result
+language plpgsql volatile set search_path = ''
+as $$
+declare
+  v_refund jsonb;
+  v_result public.webhook_result := ('noop', null, 'the charge lists no refund')::public.webhook_result;
+begin
+  if p_type like 'checkout.session.%' then
+    return private.apply_checkout_session_event(p_type, p_object, p_now);
+  elsif p_type in ('refund.created', 'refund.updated', 'refund.failed') then
+    return private.apply_stripe_refund(p_object, p_now);
+  elsif p_type = 'charge.refunded' then
+    -- Each of the charge's refunds, as Stripe listed them (oldest first).
+    for v_refund in
+      select x from jsonb_array_elements(coalesce(p_related -> 'refunds', p_object -> 'refunds' -> 'data', '[]')) x
+      order by (x ->> 'created')::bigint nulls first
+    loop
+      v_result := private.apply_stripe_refund(v_refund, p_now);
+    end loop;
+    return v_result;
+  elsif p_type = 'charge.dispute.created' then
+    return private.record_dispute(p_object, p_now);
+  end if;
+  return ('ignored', null, null)::public.webhook_result;
+end;
+$$;
+
 -- Stores a verified Stripe event once and applies it once. A redelivery of a processed event
 -- is a duplicate; a concurrent one waits on the row lock and then sees it processed. If
 -- applying fails, the event stays unprocessed with its error recorded, and 'failed' is
@@ -229,7 +301,10 @@ create or replace function public.process_stripe_webhook_event(
   p_type text,
   p_livemode boolean,
   p_payload jsonb,
-  p_now timestamptz default now()
+  p_now timestamptz default now(),
+  -- Objects the endpoint fetched from Stripe for this event (charge.refunded: {"refunds": [..]},
+  -- the charge's refunds, which the event no longer embeds).
+  p_related jsonb default null
 )
 returns public.webhook_result
 language plpgsql volatile set search_path = ''
@@ -250,11 +325,7 @@ begin
   end if;
 
   begin
-    if p_type like 'checkout.session.%' then
-      v_result := private.apply_checkout_session_event(p_type, p_payload -> 'data' -> 'object', p_now);
-    else
-      v_result := ('ignored', null, null)::public.webhook_result;
-    end if;
+    v_result := private.apply_stripe_event(p_type, p_payload -> 'data' -> 'object', p_related, p_now);
     update public.stripe_webhook_events e
     set processed_at = p_now,
         attempts = e.attempts + 1,
@@ -273,7 +344,7 @@ begin
   return v_result;
 end;
 $$;
-comment on function public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz) is
+comment on function public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz, jsonb) is
   'Stores a verified Stripe event once and applies it once, in one transaction; failures stay retryable.';
 
 -- Attempts whose lease expired long ago: the request that claimed them died between the claim
@@ -335,12 +406,12 @@ comment on function public.claim_stuck_checkouts(integer, integer, integer, time
 
 revoke execute on function
   public.settle_checkout_session(jsonb, timestamptz),
-  public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz),
+  public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz, jsonb),
   public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[])
 from public, anon, authenticated;
 
 grant execute on function
   public.settle_checkout_session(jsonb, timestamptz),
-  public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz),
+  public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz, jsonb),
   public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[])
 to service_role;

@@ -11,7 +11,8 @@ select has_table('public', 'stripe_webhook_events', 'stripe_webhook_events exist
 select has_table('public', 'stripe_idempotency_keys', 'stripe_idempotency_keys exists');
 
 select columns_are('events', 'events',
-  array['id', 'title', 'currency', 'status', 'starts_at', 'idempotency_key', 'created_at', 'updated_at'],
+  array['id', 'title', 'currency', 'status', 'starts_at', 'idempotency_key', 'cancelled_at',
+        'cancellation_reason', 'created_at', 'updated_at'],
   'events.events has the contracted columns');
 select col_is_unique('events', 'events', 'idempotency_key', 'event creation is idempotent by key');
 select col_default_is('events', 'events', 'currency', 'usd', 'currency defaults to usd');

@@ -7,7 +7,7 @@ select plan(94);
 -- Structure: the three functions, their arguments and what they return.
 create temp table functions (n int primary key, schema name, name name, args text[], returns text);
 insert into functions values
-  (1, 'public', 'process_stripe_webhook_event', array['text', 'text', 'boolean', 'jsonb', 'timestamp with time zone'],
+  (1, 'public', 'process_stripe_webhook_event', array['text', 'text', 'boolean', 'jsonb', 'timestamp with time zone', 'jsonb'],
    'webhook_result'),
   (2, 'private', 'apply_checkout_session_event', array['text', 'jsonb', 'timestamp with time zone'], 'webhook_result'),
   (3, 'public', 'claim_stuck_checkouts', array['integer', 'integer', 'integer', 'timestamp with time zone', 'text[]'],
@@ -16,14 +16,14 @@ select has_function(schema, name, args, name || ' exists') from functions order 
 select function_returns(schema, name, args, returns) from functions order by n;
 select is(
   (select array_agg(p.proname::text order by p.proname) from pg_proc p
-   where p.oid in ('public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz)'::regprocedure,
+   where p.oid in ('public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz, jsonb)'::regprocedure,
                    'private.apply_checkout_session_event(text, jsonb, timestamptz)'::regprocedure,
                    'public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[])'::regprocedure)
      and p.proconfig = array['search_path=""']),
   array['apply_checkout_session_event', 'claim_stuck_checkouts', 'process_stripe_webhook_event'],
   'the three functions set search_path = ''''');
 select ok(
-  has_function_privilege('service_role', 'public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz)', 'execute')
+  has_function_privilege('service_role', 'public.process_stripe_webhook_event(text, text, boolean, jsonb, timestamptz, jsonb)', 'execute')
   and has_function_privilege('service_role', 'private.apply_checkout_session_event(text, jsonb, timestamptz)', 'execute')
   and has_function_privilege('service_role', 'public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[])', 'execute'),
   'service_role may call the three functions');
@@ -180,7 +180,7 @@ select is((pg_temp.checkout('late-full-other-2', 6, 1, pg_temp.t(160))).outcome,
 select row_eq($$select outcome, order_id from pg_temp.deliver('evt_wh_late_full_2', 'checkout.session.completed', pg_temp.session('late-full'), 200)$$,
   row('capacity_conflict'::text, pg_temp.oid('late-full')), 'a payment for seats sold meanwhile is a capacity conflict');
 select row_eq($$select (o).status, (o).paid_at from (select pg_temp.ord('late-full') o) x$$,
-  row('expired'::text, null::timestamptz), 'the order stays expired');
+  row('capacity_conflict'::text, pg_temp.t(200)), 'the order records the payment that found no seats (for its refund)');
 select is(pg_temp.taken(6, 200), 4::bigint, 'the tier is not oversold');
 select row_eq($$select (e).processed_at, (e).last_error like 'capacity_conflict%' from (select pg_temp.evt('evt_wh_late_full_2') e) x$$,
   row(pg_temp.t(200), true), 'the event is processed and records the conflict for an operator');
