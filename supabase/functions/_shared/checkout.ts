@@ -120,6 +120,7 @@ const SQL_ERRORS: Record<string, ErrorCode> = {
   CK005: "sales_closed",
   CK006: "too_many_pending_checkouts",
   CK007: "order_already_paid",
+  CK008: "event_cancelled",
   "22023": "validation_failed",
 };
 

@@ -397,6 +397,14 @@ export function loadReconcileConfig(env: EnvReader): ReconcileConfig {
   };
 }
 
+/** Configuration of the operator endpoints refund-order and cancel-event. */
+export interface OperatorConfig extends BaseConfig, AuthKeys {}
+
+/** Parses an operator endpoint's configuration: the base and a secret key. */
+export function loadOperatorConfig(env: EnvReader): OperatorConfig {
+  return { ...loadBaseConfig(env), ...loadOperatorKeys(env) };
+}
+
 /** The credentials of an operator endpoint (reconcile-checkouts, refunds): a secret key. */
 export function loadOperatorKeys(env: EnvReader): AuthKeys {
   const keys = loadAuthKeys(env);

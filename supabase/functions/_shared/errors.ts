@@ -29,6 +29,7 @@ const CATALOGUE = {
   unauthorized: { status: 401, reason: "the credentials are missing or invalid" },
   event_not_found: { status: 404, reason: "event not found or not on sale" },
   tier_not_found: { status: 404, reason: "a tier does not belong to this event" },
+  order_not_found: { status: 404, reason: "the order does not exist" },
   method_not_allowed: { status: 405, reason: "use POST" },
   idempotency_key_in_use: {
     status: 409,
@@ -38,6 +39,9 @@ const CATALOGUE = {
   sold_out: { status: 409, reason: "a tier is sold out" },
   sales_closed: { status: 409, reason: "a tier is not on sale now" },
   order_already_paid: { status: 409, reason: "this order is already paid" },
+  event_cancelled: { status: 409, reason: "the event is cancelled" },
+  order_not_paid: { status: 409, reason: "the order is not paid" },
+  refund_exceeds_amount: { status: 409, reason: "the amount is more than what is left to refund" },
   payload_too_large: { status: 413, reason: "the body is too large" },
   unsupported_media_type: { status: 415, reason: "Content-Type must be application/json" },
   idempotency_key_reused: {

@@ -45,6 +45,22 @@ export const guestCheckoutBody = z.strictObject({
   name: z.string().trim().min(1).max(200).refine(noNul, NO_NUL).optional(),
 });
 
+/** Body of refund-order (operators). */
+export const refundOrderBody = z.strictObject({
+  orderId: z.uuid(),
+  // Minor units; absent means all that is still refundable. Stripe's amounts fit in 8 digits.
+  amount: z.int().min(1).max(99_999_999).optional(),
+  reason: z.enum(["requested_by_customer", "duplicate", "fraudulent"]).optional(),
+});
+
+/** Body of cancel-event (operators). */
+export const cancelEventBody = z.strictObject({
+  eventId: z.uuid(),
+  reason: z.string().trim().min(1).max(500).refine(noNul, NO_NUL).optional(),
+});
+
+export type RefundOrderBody = z.infer<typeof refundOrderBody>;
+export type CancelEventBody = z.infer<typeof cancelEventBody>;
 export type UserCheckoutBody = z.infer<typeof userCheckoutBody>;
 export type GuestCheckoutBody = z.infer<typeof guestCheckoutBody>;
 

@@ -18,11 +18,14 @@ import {
   type BaseConfig,
   type EnvReader,
   loadCheckoutConfig,
+  loadOperatorConfig,
   loadReconcileConfig,
   loadWebhookConfig,
 } from "./config.ts";
 import { createSql, type Sql } from "./db.ts";
 import { createReconcileHandler } from "./reconcile.ts";
+import { createRefundOrderHandler } from "./refund-order.ts";
+import { sqlRefundStore } from "./refunds.ts";
 import { createStripeClient } from "./stripe.ts";
 import { createWebhookHandler } from "./webhook.ts";
 
@@ -77,6 +80,17 @@ export function reconcileHandlerFromEnv(env: EnvReader): Handler {
     ...clients(config),
     staleSeconds: config.staleSeconds,
     maxAttempts: config.maxAttempts,
+    authenticate: operatorAuthentication(config),
+  });
+}
+
+/** The refund-order handler (operators). */
+export function refundOrderHandlerFromEnv(env: EnvReader): Handler {
+  const config = loadOperatorConfig(env);
+  const { sql, stripe } = clients(config);
+  return createRefundOrderHandler({
+    store: sqlRefundStore(sql),
+    stripe,
     authenticate: operatorAuthentication(config),
   });
 }
