@@ -114,9 +114,7 @@ async function orderInfo(sql: Sql, sessionId: string | null): Promise<Response> 
       items: { name: string; quantity: number }[];
     }[]
   >`
-    -- amount_refunded read through to_jsonb: 0 while orders has no such column yet.
-    select o.id, o.status, o.amount_total, o.currency,
-           coalesce((to_jsonb(o) ->> 'amount_refunded')::int, 0) as amount_refunded,
+    select o.id, o.status, o.amount_total, o.currency, o.amount_refunded,
            coalesce((select json_agg(json_build_object('name', i.product_name,
                                                        'quantity', i.quantity)
                                      order by i.product_name)
