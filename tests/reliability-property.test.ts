@@ -13,10 +13,12 @@ import {
   retryUntilFinal,
   SESSIONS,
 } from "./support/reliability.ts";
+import { refundHandler, refundRequest } from "./support/refund-harness.ts";
 import { applySessionEvent } from "./support/webhooks.ts";
 import type { CheckoutSession, Fault } from "../local/stripe/mod.ts";
 
 const RUNS = 20;
+const REFUNDS = "/v1/refunds";
 const SEED = 20261128;
 
 const stripeFault: fc.Arbitrary<Fault> = fc.oneof(
@@ -54,7 +56,54 @@ const scenario = fc.record({
    * with the expiry event racing the retries; or still open at Stripe with no word at all.
    */
   afterlife: fc.constantFrom("none", "paid_late", "paid_racing", "expired_racing", "unseen"),
+  /**
+   * Refunds asked for each order paid by then: an amount (or all that is left), each sent by
+   * one or two operators at once with the same key, all of them concurrently, with faults on
+   * Stripe's refunds endpoint.
+   */
+  refunds: fc.array(
+    fc.record({
+      amount: fc.option(fc.integer({ min: 1, max: 6_000 }), { nil: undefined }),
+      senders: fc.integer({ min: 1, max: 2 }),
+    }),
+    { maxLength: 3 },
+  ),
+  refundFaults: fc.array(
+    fc.oneof(
+      fc.constant<Fault>({ kind: "reset_before", path: REFUNDS }),
+      fc.constant<Fault>({ kind: "reset_after", path: REFUNDS }),
+      fc.record({
+        kind: fc.constant("status" as const),
+        status: fc.constantFrom(429, 500, 503),
+        storeUnderKey: fc.boolean(),
+        path: fc.constant(REFUNDS),
+      }),
+    ),
+    { maxLength: 3 },
+  ),
 });
+
+/** Refunds of the orders paid in the database, as `s.refunds` says; their final answers. */
+async function refundPaidOrders(
+  h: Harness,
+  refund: (request: Request) => Promise<Response>,
+  specs: { amount?: number; senders: number }[],
+): Promise<FinalAnswer[]> {
+  const paid = await h.sql<{ id: string }[]>`
+    select id from public.orders where event_id = ${h.event.id}
+      and status in ('paid', 'partially_refunded')`;
+  const finals = await Promise.all(paid.flatMap(({ id }) =>
+    specs.flatMap((spec) => {
+      const key = newKey();
+      const body = { orderId: id, ...(spec.amount ? { amount: spec.amount } : {}) };
+      return Array.from(
+        { length: spec.senders },
+        () => retryUntilFinal(() => refund(refundRequest(body, { key }))),
+      );
+    })
+  ));
+  return finals;
+}
 
 type Afterlife = "none" | "paid_late" | "paid_racing" | "expired_racing" | "unseen";
 
@@ -103,6 +152,7 @@ Deno.test(`property: ${RUNS} random interleavings of clients, retries and faults
     },
   }));
   const tally = suite.tally;
+  const refund = refundHandler(h);
   const outcomes: Record<string, number> = {};
   try {
     await fc.assert(
@@ -184,6 +234,20 @@ Deno.test(`property: ${RUNS} random interleavings of clients, retries and faults
             assert.ok(!renewed.has(won.body.sessionId), "a renewal is a new session");
             finals.push(...later);
           }));
+        }
+        if (s.refunds.length > 0) {
+          h.stripe.faults.length = 0;
+          h.stripe.faults.push(...s.refundFaults);
+          tally.faultsInjected += s.refundFaults.length;
+          for (const final of await refundPaidOrders(h, refund, s.refunds)) {
+            const code = (final.body.error as { code?: string })?.code;
+            const label = `refund: ${final.status} ${code ?? ""}`;
+            outcomes[label] = (outcomes[label] ?? 0) + 1;
+            assert.ok(
+              final.status === 201 || (final.status === 409 && code === "refund_exceeds_amount"),
+              `a refund is made or refused for what is left: ${JSON.stringify(final)}`,
+            );
+          }
         }
         await suite.check(h, operations);
       }),

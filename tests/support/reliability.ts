@@ -59,6 +59,10 @@ export interface Violations {
   paidWithoutSeats: number;
   /** Tiers whose capacity counter disagrees with their orders (public.check_tier_capacity). */
   capacityDisagreements: number;
+  /** Orders whose refunds at Stripe add up to more than they paid. */
+  overRefunded: number;
+  /** Orders whose refunds in the database disagree with Stripe's once everything settled. */
+  refundsOutOfStep: number;
 }
 
 /** Counters reported in RELIABILITY.md. */
@@ -77,6 +81,8 @@ function noViolations(): Violations {
     doublePayments: 0,
     paidWithoutSeats: 0,
     capacityDisagreements: 0,
+    overRefunded: 0,
+    refundsOutOfStep: 0,
   };
 }
 
@@ -120,7 +126,9 @@ export function reliabilitySuite(name: string): ReliabilitySuite {
  * - every tier's capacity counter agrees with its orders (public.check_tier_capacity);
  * - nothing stuck: once leases have run out, reconciliation leaves no attempt in progress;
  * - no operation is ever paid twice, and every session Stripe says is paid has its order paid
- *   (holding its seats) once its webhook has arrived, however late.
+ *   (holding its seats) once its webhook has arrived, however late;
+ * - the refunds of an order never add up to more than it paid, and once nothing is in flight
+ *   the database's refunds of each order add up to what Stripe refunded.
  * Counts violations into `tally` (the suite asserts they are all zero) and returns nothing.
  */
 export async function checkInvariants(
@@ -173,6 +181,28 @@ export async function checkInvariants(
   tally.stuckAttempts += stuck?.n ?? 0;
   // Reconciliation released or settled orders too: the counters must still agree.
   await checkCapacityCounters(h, tally);
+  await checkRefunds(h, tally);
+}
+
+/** Per paid order of the case's event: Stripe's refunds against what it paid and what we hold. */
+async function checkRefunds(h: Harness, tally: ReliabilityTally): Promise<void> {
+  const orders = await h.sql<
+    { id: string; pi: string; total: number; held: number; in_flight: number }[]
+  >`
+    select o.id, o.stripe_payment_intent_id as pi, o.amount_total as total,
+           coalesce(sum(r.amount) filter (where r.status in ('pending', 'requires_action', 'succeeded')), 0)::int as held,
+           count(r.id) filter (where r.status = 'reserved')::int as in_flight
+    from public.orders o left join public.refunds r on r.order_id = o.id
+    where o.event_id = ${h.event.id} and o.stripe_payment_intent_id is not null
+    group by o.id`;
+  for (const order of orders) {
+    const refunded = h.stripe.refundedAmount(order.pi);
+    if (refunded > order.total) tally.overRefunded += 1;
+    if (order.in_flight > 0 || order.held !== refunded) {
+      console.error(`refunds out of step: ${JSON.stringify({ ...order, refunded })}`);
+      tally.refundsOutOfStep += 1;
+    }
+  }
 }
 
 /** Tiers (of any event) whose counter disagrees with the orders; each is printed. */
@@ -200,11 +230,14 @@ async function checkPayments(h: Harness, keys: string[], tally: ReliabilityTally
       });
       const [order] = await h.sql<{ status: string }[]>`
         select status from public.orders where id = ${session.metadata.order_id ?? null}::uuid`;
-      if (order?.status !== "paid") tally.paidWithoutSeats += 1;
+      // Refunded on purpose (in part or whole) is not a payment without seats.
+      if (!["paid", "partially_refunded", "refunded"].includes(order?.status ?? "")) {
+        tally.paidWithoutSeats += 1;
+      }
     }
     const [orders] = await h.sql<{ n: number }[]>`
       select count(*)::int as n from public.orders
-      where checkout_operation_id = ${key} and status = 'paid'`;
+      where checkout_operation_id = ${key} and paid_at is not null`;
     if ((orders?.n ?? 0) > 1) tally.doublePayments += orders!.n - 1;
   }
 }
