@@ -97,6 +97,8 @@ export interface HistoryLevel {
   latePayment: LatePayments;
   /** Shared buffers one claim touched (EXPLAIN ANALYZE BUFFERS, fewest of 5). */
   buffersPerClaim: number;
+  /** WAL bytes per claim over 200 claims right after a checkpoint (full-page images included). */
+  walBytesPerClaim: number;
   /** Tiers whose counter disagrees with the orders after the fill (must be 0). */
   disagreeingTiers: number;
 }
@@ -175,6 +177,30 @@ async function claimBuffers(sql: postgres.Sql, eventId: string, tier: string): P
     }
   }
   return Math.min(...counts);
+}
+
+/**
+ * WAL bytes per claim of 200 claims on `tier`, one at a time, right after a checkpoint: what
+ * each commit waits for. A claim that dirties pages all over large indexes writes their full
+ * images again after every checkpoint; one that appends to the rightmost pages does not.
+ */
+async function claimWal(sql: postgres.Sql, eventId: string, tier: string): Promise<number> {
+  const count = 200;
+  await sql`checkpoint`;
+  const [start] = await sql<{ lsn: string }[]>`select pg_current_wal_lsn()::text as lsn`;
+  const items = JSON.stringify([{ tierId: tier, quantity: 1 }]);
+  for (let i = 0; i < count; i++) {
+    const op = `bench-wal-${crypto.randomUUID()}`;
+    await sql.unsafe(
+      `select * from public.claim_checkout('${op}', 'checkout:create:${op}:${crypto.randomUUID()}',
+         repeat('c', 64), gen_random_uuid(), '${eventId}', '${items}'::jsonb, null,
+         'wal@bench.example', null, 'https://shop.example/ok', 'https://shop.example/cancel',
+         1920, 30)`,
+    );
+  }
+  const [wal] = await sql<{ bytes: string }[]>`
+    select pg_wal_lsn_diff(pg_current_wal_lsn(), ${start!.lsn}::pg_lsn)::text as bytes`;
+  return Math.round(Number(wal!.bytes) / count);
 }
 
 /**
@@ -334,6 +360,7 @@ export async function historyBenchmark(
         soldTier: sold,
         latePayment: late,
         buffersPerClaim: await claimBuffers(sql, eventId, tier),
+        walBytesPerClaim: await claimWal(sql, eventId, tier),
         disagreeingTiers: check!.n,
       });
     }

@@ -1192,7 +1192,8 @@ function flashGoals(r: Results): string[] {
         ms(claimsAt(top, 1)?.latency.p50 ?? NaN)
       } ms ` +
       `at ${int(top.orders)} orders; buffers per claim ${int(empty.buffersPerClaim)} → ` +
-      `${int(top.buffersPerClaim)}`,
+      `${int(top.buffersPerClaim)}; WAL per claim ${int(empty.walBytesPerClaim)} → ` +
+      `${int(top.walBytesPerClaim)} B`,
       verdict(claimsOk, !claimsOk && `${x(worseness(worst))} against 1.2×`),
     ],
     [
@@ -1280,6 +1281,7 @@ function historySection(r: Results): string[] {
               x(run.latency.p99 / base.latency.p99)
             : "–",
           int(level.buffersPerClaim),
+          int(level.walBytesPerClaim),
           fmt(run.otherCores, 2),
         ]);
       }
@@ -1319,6 +1321,7 @@ function historySection(r: Results): string[] {
         "p99 ms",
         "vs empty: claims/s / p50 / p99",
         "buffers per claim",
+        "WAL bytes per claim",
         "other processes (cores)",
       ],
       rows,
@@ -1343,13 +1346,15 @@ function historyNote(h: HistoryResult): string {
   return `Nothing in a claim scans past orders: its shared buffers go from ` +
     `${int(empty.buffersPerClaim)} to ${int(top.buffersPerClaim)} at ${int(top.orders)} orders ` +
     "(B-tree indexes one level deeper), where counting from the rows would read every page of " +
-    "them. At one client the claim's p50 still goes from " +
-    `${ms(c1(empty)?.latency.p50 ?? NaN)} to ${ms(c1(top)?.latency.p50 ?? NaN)} ms: a new order ` +
-    "inserts into indexes keyed on random values (`orders.id`, `order_items`' key, " +
-    "`checkout_operation_id`), so each claim dirties leaf pages spread over indexes that grow " +
-    "with history and are cold after the checkpoint that precedes each step (likely the " +
-    "full-page images in the WAL of the commit it waits for; not measured here). At 8 clients " +
-    "commits are shared and the difference is smaller.";
+    "them. What a commit waits for is its WAL: " +
+    `${int(empty.walBytesPerClaim)} → ${int(top.walBytesPerClaim)} bytes per ` +
+    "claim right after a checkpoint (200 claims, full-page images included). Order ids are " +
+    "time-ordered (UUIDv7, `private.uuid_v7`), so a new order's entries in `orders`, " +
+    "`order_items` and `seat_holds` land on the rightmost pages instead of dirtying a random " +
+    "leaf of a large index, whose whole image the WAL would carry again after every checkpoint " +
+    "(15 KB per claim at 1,000,000 orders with random ids, against 3.6 KB on an empty database, " +
+    "measured when the change was made). At one client the claim's p50 goes from " +
+    `${ms(c1(empty)?.latency.p50 ?? NaN)} to ${ms(c1(top)?.latency.p50 ?? NaN)} ms.`;
 }
 
 function hotTierSection(r: Results): string[] {

@@ -85,6 +85,7 @@ function historyLevel(orders: number, slower: number) {
     soldTier: orders === 50_000 ? [pgbenchRun(1, 490, 2.1), pgbenchRun(8, 880, 9.1)] : null,
     latePayment: { ...latency(1.5 * slower, 3 * slower), perSecond: 600, otherCores: 0.01 },
     buffersPerClaim: 80,
+    walBytesPerClaim: 4_000,
     disagreeingTiers: 0,
   };
 }
@@ -318,7 +319,7 @@ Deno.test("bench report gives each flash-sale goal its figures and a verdict", (
   assert.match(row("4. claim p99 during a cleanup"), /1\.50× \(100,000 rows\) \| \*\*met\*\*/);
   assert.ok(
     lines.includes(
-      "| 50,000 | tier with 10,000 sold seats | 1 | 490 | 2.10 | 6.30 | 0.98× / 1.05× / 1.05× | 80 | 0.01 |",
+      "| 50,000 | tier with 10,000 sold seats | 1 | 490 | 2.10 | 6.30 | 0.98× / 1.05× / 1.05× | 80 | 4,000 | 0.01 |",
     ),
     "the sold tier's claims are compared with the empty database's",
   );

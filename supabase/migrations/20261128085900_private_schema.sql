@@ -11,3 +11,24 @@ comment on schema private is 'Internals of the public API functions; not exposed
 revoke all on schema private from public, anon, authenticated;
 grant usage on schema private to service_role;
 alter default privileges in schema private grant execute on functions to service_role;
+
+-- A time-ordered UUID (version 7, RFC 9562): 48 bits of Unix milliseconds, then random bits.
+-- Order ids use it so that a new order's index entries (orders, order_items, seat_holds) land
+-- on the rightmost B-tree pages: with random (v4) ids every insert dirties some page of a large
+-- index, and after each checkpoint writes that whole page to the WAL again (15 KB of WAL per
+-- checkout at a million orders against 3.6 KB on an empty database). It reveals when the order
+-- was made, which its buyer and the operators know anyway. PostgreSQL 18 has uuidv7() built in.
+create or replace function private.uuid_v7()
+returns uuid
+language plpgsql volatile set search_path = ''
+as $$
+declare
+  v_bytes bytea := uuid_send(gen_random_uuid()); -- random, with the RFC variant bits set
+  v_ms bigint := floor(extract(epoch from clock_timestamp()) * 1000);
+begin
+  v_bytes := overlay(v_bytes placing substring(int8send(v_ms) from 3) from 1 for 6);
+  v_bytes := set_byte(v_bytes, 6, (get_byte(v_bytes, 6) & 15) | 112); -- version 7
+  return encode(v_bytes, 'hex')::uuid;
+end;
+$$;
+comment on function private.uuid_v7() is 'A version 7 (time-ordered) UUID: index inserts stay on the rightmost pages.';

@@ -7,7 +7,7 @@
 --          (see the checkout claim).
 
 create table public.orders (
-  id uuid primary key default gen_random_uuid(),
+  id uuid primary key default private.uuid_v7(), -- time-ordered: see private.uuid_v7
   event_id uuid not null references events.events (id),
   user_id uuid references auth.users (id) on delete set null,
   guest_email text check (guest_email is null or (length(guest_email) <= 254 and guest_email ~ '^[^@\s]+@[^@\s]+$')),

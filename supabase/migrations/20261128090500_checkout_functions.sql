@@ -512,7 +512,7 @@ declare
   v_claim public.stripe_idempotency_claim;
   v_result public.checkout_claim;
   v_request private.checkout_request;
-  v_order_id uuid := gen_random_uuid();
+  v_order_id uuid := private.uuid_v7();
 begin
   if p_lock_timeout_ms is not null then
     if p_lock_timeout_ms not between 1 and 600000 then
