@@ -33,7 +33,7 @@ import {
   type RequestContext,
   type RequestLog,
 } from "./http.ts";
-import { inUse, runAttempt, unavailable } from "./idempotency.ts";
+import { answerSettled, runAttempt, unavailable } from "./idempotency.ts";
 import {
   type GuestCheckoutBody,
   guestCheckoutBody,
@@ -254,16 +254,9 @@ function isArmed(claim: CheckoutClaim): claim is ArmedClaim {
 function answerExisting(claim: Exclude<CheckoutClaim, ArmedClaim>, context: RequestContext) {
   switch (claim.outcome) {
     case "replay":
-      context.note({ outcome: "replayed" });
-      return canonicalJsonResponse(claim.responseStatus, claim.responseBody, {
-        "idempotent-replayed": "true",
-      });
     case "conflict":
-      context.note({ outcome: "conflict" });
-      throw inUse(1);
     case "mismatch":
-      context.note({ outcome: "mismatch" });
-      throw apiError("idempotency_key_reused");
+      return answerSettled(claim, context);
     case "paid":
       context.note({ outcome: "paid" });
       throw apiError("order_already_paid");

@@ -7,7 +7,7 @@
 import Stripe from "stripe";
 import { SQLSTATE, sqlState } from "./db.ts";
 import { apiError, type HttpError } from "./errors.ts";
-import type { RequestContext } from "./http.ts";
+import { canonicalJsonResponse, type RequestContext } from "./http.ts";
 
 /**
  * What Stripe kept under the key after a failed call: the one rule every path (live request,
@@ -99,4 +99,31 @@ export async function runAttempt<T>(steps: AttemptSteps<T>, context: RequestCont
 /** 409 for a duplicate of an operation that is in flight. */
 export function inUse(retryAfterSeconds: number): HttpError {
   return apiError("idempotency_key_in_use", { retryAfter: retryAfterSeconds });
+}
+
+/** The outcomes of a claim that every operation answers alike. */
+export type SettledClaim =
+  | { outcome: "replay"; responseStatus: number; responseBody: unknown }
+  | { outcome: "conflict" }
+  | { outcome: "mismatch" };
+
+/**
+ * The answer for an operation this request does not get to run: the stored response byte for
+ * byte (Idempotent-Replayed: true), 409 while another attempt holds it, 422 for another request
+ * under the same key.
+ */
+export function answerSettled(claim: SettledClaim, context: RequestContext): Response {
+  switch (claim.outcome) {
+    case "replay":
+      context.note({ outcome: "replayed" });
+      return canonicalJsonResponse(claim.responseStatus, claim.responseBody, {
+        "idempotent-replayed": "true",
+      });
+    case "conflict":
+      context.note({ outcome: "conflict" });
+      throw inUse(1);
+    case "mismatch":
+      context.note({ outcome: "mismatch" });
+      throw apiError("idempotency_key_reused");
+  }
 }

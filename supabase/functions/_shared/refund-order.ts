@@ -8,7 +8,7 @@ import type { CallerCheck } from "./auth.ts";
 import { fingerprint } from "./checkout-utils.ts";
 import { apiError } from "./errors.ts";
 import { canonicalJsonResponse, envelope, readJsonBody, type RequestLog } from "./http.ts";
-import { inUse } from "./idempotency.ts";
+import { answerSettled } from "./idempotency.ts";
 import { makeRefund, REFUND_OPERATION, refundSqlError, type RefundStore } from "./refunds.ts";
 import { parseBody, refundOrderBody, requireIdempotencyKey } from "./schemas.ts";
 
@@ -64,18 +64,10 @@ export function createRefundOrderHandler(
         throw refundSqlError(error);
       });
       context.note({ claim: claim.outcome });
-      switch (claim.outcome) {
-        case "replay":
-          context.note({ outcome: "replayed" });
-          return canonicalJsonResponse(claim.responseStatus, claim.responseBody, {
-            "idempotent-replayed": "true",
-          });
-        case "conflict":
-          context.note({ outcome: "conflict" });
-          throw inUse(1);
-        case "mismatch":
-          context.note({ outcome: "mismatch" });
-          throw apiError("idempotency_key_reused");
+      if (
+        claim.outcome === "replay" || claim.outcome === "conflict" || claim.outcome === "mismatch"
+      ) {
+        return answerSettled(claim, context);
       }
       const refund = await makeRefund(deps, claim, context);
       context.note({ outcome: "created", refund_status: refund.status });
