@@ -142,6 +142,15 @@ begin
           stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, p_session ->> 'id'),
           stripe_payment_intent_id = coalesce(o.stripe_payment_intent_id, p_session ->> 'payment_intent')
       where o.id = p_order.id;
+    elsif not v_paid_now and p_order.status = 'pending' then
+      -- A delayed payment method: the session is complete (Stripe can no longer expire it) but
+      -- the money is not there yet. Recorded without extending the hold, so that nothing opens
+      -- another session for the operation and a cancellation waits for the async event.
+      update public.orders o
+      set session_completed_at = coalesce(o.session_completed_at, p_now),
+          stripe_checkout_session_id = coalesce(o.stripe_checkout_session_id, p_session ->> 'id'),
+          stripe_payment_intent_id = coalesce(o.stripe_payment_intent_id, p_session ->> 'payment_intent')
+      where o.id = p_order.id;
     end if;
     return ('capacity_conflict', p_order.id, v_conflict || ': refunded by reconciliation')::public.webhook_result;
   end if;

@@ -78,7 +78,8 @@ begin
   update events.events e
   set status = 'cancelled',
       cancelled_at = coalesce(e.cancelled_at, p_now),
-      cancellation_reason = coalesce(e.cancellation_reason, left(p_reason, 500))
+      -- The first call's reason, even none: a later call changes nothing.
+      cancellation_reason = case when e.cancelled_at is null then left(p_reason, 500) else e.cancellation_reason end
   where e.id = p_event_id
   returning e.* into v_event;
   if not found then
