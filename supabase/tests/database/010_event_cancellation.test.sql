@@ -7,7 +7,7 @@
 -- an order's updated_at (stamped with now() by its trigger) with the event's cancelled_at (p_now),
 -- so every p_now here must lie before now().
 begin;
-select plan(69);
+select plan(70);
 
 -- ------------------------------------------------------------------------------------------
 -- Structure and privileges
@@ -193,6 +193,8 @@ select row_eq($$select outcome, amount from pg_temp.cancel_claim('l', 1310)$$,
   row('created'::text, 1000), 'the cancellation claims the conflict''s refund');
 select is(pg_temp.error_of($$select pg_temp.claim('conflict.' || pg_temp.oid('l'), pg_temp.oid('l'), null, 1311, 'capacity_conflict')$$),
   'RF003:0', 'reconciliation finds nothing left to refund');
+select is(array(select * from pg_temp.conflicts()), '{}'::text[],
+  'and does not list the conflict while another refund holds all of it');
 select is(pg_temp.step_of('l', 1312), null, 'the cancellation''s claim in flight is not listed');
 select is(pg_temp.record(pg_temp.op('l'), pg_temp.re('re_ce_l', 1000, 'l'), 1313) ->> 'orderStatus', 'refunded',
   'the refund is recorded');
