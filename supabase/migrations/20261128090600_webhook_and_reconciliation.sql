@@ -363,15 +363,20 @@ comment on function public.process_stripe_webhook_event(text, text, boolean, jso
 create index stripe_idempotency_keys_in_flight_idx on public.stripe_idempotency_keys (lease_expires_at)
   where status = 'in_progress';
 
-create or replace function public.claim_stuck_checkouts(
-  p_stale_seconds integer default 600,
-  p_limit integer default 50,
-  p_lease_seconds integer default 120,
-  p_now timestamptz default now(),
-  -- Operations this run already handled (left for the next run): not taken again.
-  p_exclude text[] default '{}'
+-- The stuck attempts of one operation type, each taken over: a new lease, the SAME key, and one
+-- more reconcile_attempts (so that an attempt Stripe never answers for is given up after a
+-- bound). Only an attempt with an order has parameters to send Stripe again; one without (made
+-- by the generic protocol alone) is left to cleanup. Shared by claim_stuck_checkouts and
+-- claim_stuck_refunds.
+create or replace function private.take_over_stuck_attempts(
+  p_operation_type text,
+  p_stale_seconds integer,
+  p_limit integer,
+  p_lease_seconds integer,
+  p_now timestamptz,
+  p_exclude text[]
 )
-returns setof public.checkout_claim
+returns setof public.stripe_idempotency_keys
 language plpgsql volatile set search_path = ''
 as $$
 declare
@@ -379,15 +384,12 @@ declare
 begin
   if p_stale_seconds is null or p_stale_seconds < 0 or p_limit is null or p_limit < 1
      or p_lease_seconds is null or p_lease_seconds not between 1 and 3600 then
-    raise exception using errcode = '22023', message = 'Cannot claim stuck checkouts: bad arguments';
+    raise exception using errcode = '22023', message = 'Cannot claim stuck attempts: bad arguments';
   end if;
-
   for v_row in
     select k.* from public.stripe_idempotency_keys k
     where k.status = 'in_progress'
-      and k.operation_type = private.checkout_operation()
-      -- Only an attempt with an order has parameters to send Stripe again; one without (made by
-      -- the generic protocol alone) is left to cleanup.
+      and k.operation_type = p_operation_type
       and k.order_id is not null
       and k.lease_expires_at < p_now - make_interval(secs => p_stale_seconds)
       and k.operation_id <> all (coalesce(p_exclude, '{}'))
@@ -397,18 +399,32 @@ begin
   loop
     perform private.arm_stripe_idempotency_attempt(v_row.id, null, gen_random_uuid(),
       p_now + make_interval(secs => p_lease_seconds), p_now);
-    -- Counted, so that an attempt Stripe never answers for is given up after a bound.
     update public.stripe_idempotency_keys k
     set reconcile_attempts = k.reconcile_attempts + 1
     where k.id = v_row.id
     returning k.* into v_row;
-
-    return next private.checkout_claim_order(
-      private.checkout_claim_of('reconcile', v_row.operation_id, v_row.stripe_idempotency_key,
-        v_row.lease_token, v_row.lease_expires_at, v_row.attempt, v_row.reconcile_attempts),
-      v_row.order_id);
+    return next v_row;
   end loop;
 end;
+$$;
+
+create or replace function public.claim_stuck_checkouts(
+  p_stale_seconds integer default 600,
+  p_limit integer default 50,
+  p_lease_seconds integer default 120,
+  p_now timestamptz default now(),
+  -- Operations this run already handled (left for the next run): not taken again.
+  p_exclude text[] default '{}'
+)
+returns setof public.checkout_claim
+language sql volatile set search_path = ''
+as $$
+  select private.checkout_claim_order(
+    private.checkout_claim_of('reconcile', k.operation_id, k.stripe_idempotency_key,
+      k.lease_token, k.lease_expires_at, k.attempt, k.reconcile_attempts),
+    k.order_id)
+  from private.take_over_stuck_attempts(private.checkout_operation(), p_stale_seconds, p_limit,
+    p_lease_seconds, p_now, p_exclude) k;
 $$;
 comment on function public.claim_stuck_checkouts(integer, integer, integer, timestamptz, text[]) is
   'Takes over checkout attempts whose lease expired more than p_stale_seconds ago, for reconciliation.';

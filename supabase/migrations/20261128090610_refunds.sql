@@ -421,34 +421,15 @@ language plpgsql volatile set search_path = ''
 as $$
 declare
   v_row public.stripe_idempotency_keys;
-  v_refund public.refunds;
-  v_order public.orders;
   v_claim public.refund_claim;
 begin
-  if p_stale_seconds is null or p_stale_seconds < 0 or p_limit is null or p_limit < 1
-     or p_lease_seconds is null or p_lease_seconds not between 1 and 3600 then
-    raise exception using errcode = '22023', message = 'Cannot claim stuck refunds: bad arguments';
-  end if;
   for v_row in
-    select k.* from public.stripe_idempotency_keys k
-    where k.status = 'in_progress'
-      and k.operation_type = private.refund_operation()
-      and k.lease_expires_at < p_now - make_interval(secs => p_stale_seconds)
-      and k.operation_id <> all (coalesce(p_exclude, '{}'))
-      and exists (select 1 from public.refunds r where r.operation_id = k.operation_id and r.status = 'reserved')
-    order by k.lease_expires_at
-    limit p_limit
-    for update skip locked
+    select * from private.take_over_stuck_attempts(private.refund_operation(), p_stale_seconds,
+      p_limit, p_lease_seconds, p_now, p_exclude)
   loop
-    v_row := private.arm_stripe_idempotency_attempt(v_row.id, null, gen_random_uuid(),
-      p_now + make_interval(secs => p_lease_seconds), p_now);
-    update public.stripe_idempotency_keys k
-    set reconcile_attempts = k.reconcile_attempts + 1
-    where k.id = v_row.id
-    returning k.* into v_row;
-    select o.* into v_order from public.orders o where o.id = v_row.order_id;
-    select r.* into v_refund from public.refunds r where r.operation_id = v_row.operation_id;
-    v_claim := private.refund_claim_of(private.claim_of('reconcile', v_row), v_row.operation_id, v_refund, v_order);
+    v_claim := private.refund_claim_of(private.claim_of('reconcile', v_row), v_row.operation_id,
+      (select r from public.refunds r where r.operation_id = v_row.operation_id),
+      (select o from public.orders o where o.id = v_row.order_id));
     v_claim.lease_token := v_row.lease_token;
     v_claim.lease_expires_at := v_row.lease_expires_at;
     v_claim.reconcile_attempts := v_row.reconcile_attempts;
