@@ -12,6 +12,7 @@ import {
   userCaller,
   type VerifierOptions,
 } from "./auth.ts";
+import { createCancelEventHandler } from "./cancel-event.ts";
 import { createCheckoutHandler, sqlCheckoutStore } from "./checkout.ts";
 import {
   type AuthKeys,
@@ -26,7 +27,7 @@ import { createSql, type Sql } from "./db.ts";
 import { createReconcileHandler } from "./reconcile.ts";
 import { createRefundOrderHandler } from "./refund-order.ts";
 import { sqlRefundStore } from "./refunds.ts";
-import { createStripeClient } from "./stripe.ts";
+import { createStripeClient, type StripeClientOptions } from "./stripe.ts";
 import { createWebhookHandler } from "./webhook.ts";
 
 type Handler = (request: Request) => Promise<Response>;
@@ -95,6 +96,20 @@ export function refundOrderHandlerFromEnv(env: EnvReader): Handler {
   });
 }
 
+/** The cancel-event handler (operators; also a pg_cron job driving it to completion). */
+export function cancelEventHandlerFromEnv(env: EnvReader): Handler {
+  const config = loadOperatorConfig(env);
+  // Short Stripe calls, no retry inside one: the last order started before the 50 s budget
+  // (at most two calls) still ends well within 60 s; what a timeout leaves, the next call resumes.
+  const { sql, stripe } = clients(config, { timeoutMs: 4_000, maxNetworkRetries: 0 });
+  return createCancelEventHandler({
+    sql,
+    store: sqlRefundStore(sql),
+    stripe,
+    authenticate: operatorAuthentication(config),
+  });
+}
+
 /**
  * The caller check of every operator endpoint (reconcile-checkouts, refunds, cancellations): a
  * secret key, or the legacy service_role key (whose JWT says iss "supabase" and has no aud:
@@ -109,12 +124,18 @@ export function operatorAuthentication(keys: AuthKeys): CallerCheck {
 }
 
 /** The process's one database pool and one Stripe client. */
-function clients(config: BaseConfig): { sql: Sql; stripe: ReturnType<typeof createStripeClient> } {
+function clients(
+  config: BaseConfig,
+  stripeOptions: Omit<StripeClientOptions, "apiBase"> = {},
+): { sql: Sql; stripe: ReturnType<typeof createStripeClient> } {
   return {
     // Supabase's pooler (port 6543) runs in transaction mode, which cannot keep prepared
     // statements; the pool is per instance (DB_POOL_MAX), and instances multiply it.
     sql: createSql(config.databaseUrl, { max: config.dbPoolMax, prepare: config.dbPrepare }),
-    stripe: createStripeClient(config.stripeSecretKey, { apiBase: config.stripeApiBase }),
+    stripe: createStripeClient(config.stripeSecretKey, {
+      ...stripeOptions,
+      apiBase: config.stripeApiBase,
+    }),
   };
 }
 
