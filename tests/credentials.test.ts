@@ -11,8 +11,10 @@
  */
 import assert from "node:assert/strict";
 import {
+  cancelEventHandlerFromEnv,
   checkoutHandlerFromEnv,
   reconcileHandlerFromEnv,
+  refundOrderHandlerFromEnv,
   webhookHandlerFromEnv,
 } from "../supabase/functions/_shared/wiring.ts";
 import { rowCounts } from "./support/checkout-harness.ts";
@@ -28,11 +30,19 @@ import {
   userToken,
 } from "../scripts/lib/jwt.ts";
 
-type Endpoint = "guest-checkout" | "enhanced-checkout" | "reconcile-checkouts" | "stripe-webhook";
+type Endpoint =
+  | "guest-checkout"
+  | "enhanced-checkout"
+  | "reconcile-checkouts"
+  | "refund-order"
+  | "cancel-event"
+  | "stripe-webhook";
 const ENDPOINTS: Endpoint[] = [
   "guest-checkout",
   "enhanced-checkout",
   "reconcile-checkouts",
+  "refund-order",
+  "cancel-event",
   "stripe-webhook",
 ];
 
@@ -75,6 +85,12 @@ interface Credential {
 }
 
 const always = () => true;
+/** The operator endpoints all take the same credentials. */
+const operatorEndpoints = (rule: (project: Project) => boolean) => ({
+  "reconcile-checkouts": rule,
+  "refund-order": rule,
+  "cancel-event": rule,
+});
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 const user = (key: SigningKey, issuer: string) =>
   userToken(crypto.randomUUID(), { iss: issuer }, { key });
@@ -94,7 +110,7 @@ const CREDENTIALS: Credential[] = [
   {
     name: "secret key (apikey)",
     headers: () => Promise.resolve({ apikey: SECRET }),
-    accepted: { "reconcile-checkouts": always },
+    accepted: operatorEndpoints(always),
   },
   {
     name: "user token ES256 (Bearer)",
@@ -129,12 +145,12 @@ const CREDENTIALS: Credential[] = [
   {
     name: "legacy service_role key (Bearer, as the legacy cron job sends it)",
     headers: () => Promise.resolve(bearer(SERVICE_ROLE)),
-    accepted: { "reconcile-checkouts": (p) => p.legacy },
+    accepted: operatorEndpoints((p) => p.legacy),
   },
   {
     name: "legacy service_role key (apikey)",
     headers: () => Promise.resolve({ apikey: SERVICE_ROLE }),
-    accepted: { "reconcile-checkouts": (p) => p.legacy },
+    accepted: operatorEndpoints((p) => p.legacy),
   },
   {
     name: "publishable key in Authorization instead of apikey",
@@ -323,6 +339,8 @@ Deno.test({
             "guest-checkout": checkoutHandlerFromEnv("guest-checkout", read),
             "enhanced-checkout": checkoutHandlerFromEnv("enhanced-checkout", read),
             "reconcile-checkouts": reconcileHandlerFromEnv(read),
+            "refund-order": refundOrderHandlerFromEnv(read),
+            "cancel-event": cancelEventHandlerFromEnv(read),
             "stripe-webhook": webhookHandlerFromEnv(read),
           };
           for (const credential of CREDENTIALS) {
