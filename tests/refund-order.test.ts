@@ -220,3 +220,56 @@ Deno.test("refund-order: a crash between Stripe's refund and the record; the ret
     });
   });
 });
+
+Deno.test("refund-order: Stripe's answer burns the key and gives the reservation back; no answer keeps both", async () => {
+  await withHarness(async (h) => {
+    const refund = refundHandler(h);
+    const paid = await paidOrder(h);
+    const key = `op-${crypto.randomUUID()}`;
+    const body = { orderId: paid.orderId, amount: 900 };
+
+    // Executed and stored under the key: the key is burnt, nothing stays reserved.
+    h.stripe.faults.push({ kind: "status", status: 500, storeUnderKey: true, path: "/v1/refunds" });
+    h.stripe.faults.push({ kind: "status", status: 500, storeUnderKey: true, path: "/v1/refunds" });
+    h.stripe.faults.push({ kind: "status", status: 500, storeUnderKey: true, path: "/v1/refunds" });
+    const answered = await refund(refundRequest(body, { key }));
+    assert.equal(answered.status, 503);
+    assert.equal(
+      (await orderRefunds(h, paid.orderId)).reserved,
+      0,
+      "the reservation is given back",
+    );
+    const [burnt] = await h.sql<{ status: string; key: string }[]>`
+      select status, stripe_idempotency_key as key from public.stripe_idempotency_keys
+      where operation_type = 'refund:create' and operation_id = ${key}`;
+    assert.equal(burnt!.status, "failed");
+    h.stripe.faults.length = 0;
+
+    // No answer (the connection drops before Stripe runs it): the key and the reservation stay.
+    h.stripe.faults.push({ kind: "reset_before", path: "/v1/refunds" });
+    h.stripe.faults.push({ kind: "reset_before", path: "/v1/refunds" });
+    h.stripe.faults.push({ kind: "reset_before", path: "/v1/refunds" });
+    const lost = await refund(refundRequest(body, { key }));
+    assert.equal(lost.status, 503);
+    const [kept] = await h.sql<{ status: string; key: string }[]>`
+      select status, stripe_idempotency_key as key from public.stripe_idempotency_keys
+      where operation_type = 'refund:create' and operation_id = ${key}`;
+    assert.equal(kept!.status, "in_progress");
+    assert.notEqual(kept!.key, burnt!.key, "the retry armed a new key");
+    assert.equal(
+      (await orderRefunds(h, paid.orderId)).reserved,
+      900,
+      "still reserved for the retry",
+    );
+    h.stripe.faults.length = 0;
+
+    const done = await refund(refundRequest(body, { key }));
+    assert.equal(done.status, 201);
+    const [final] = await h.sql<{ key: string }[]>`
+      select stripe_idempotency_key as key from public.stripe_idempotency_keys
+      where operation_type = 'refund:create' and operation_id = ${key}`;
+    assert.equal(final!.key, kept!.key, "the same key reached Stripe after the lost answer");
+    assert.equal(h.stripe.refundsCreated(), 1);
+    assert.equal(h.stripe.refundedAmount(paid.paymentIntent), 900);
+  });
+});
