@@ -6,7 +6,7 @@
  *   GET /app.js                  storefront/app.ts bundled with supabase-js (`deno bundle`)
  *   GET /config.json             { supabaseUrl, publishableKey, eventId }
  *   GET /api/events/:id          a published event and its tiers (prices, seats left)
- *   GET /api/orders?session_id=  an order's status by its Checkout Session id
+ *   GET /api/orders?session_id=  an order's status and refunded amount by its Checkout Session id
  *
  * LOCAL USE ONLY: it reads the database as the superuser and binds 127.0.0.1.
  */
@@ -109,11 +109,14 @@ async function orderInfo(sql: Sql, sessionId: string | null): Promise<Response> 
       id: string;
       status: string;
       amount_total: number;
+      amount_refunded: number;
       currency: string;
       items: { name: string; quantity: number }[];
     }[]
   >`
+    -- amount_refunded read through to_jsonb: 0 while orders has no such column yet.
     select o.id, o.status, o.amount_total, o.currency,
+           coalesce((to_jsonb(o) ->> 'amount_refunded')::int, 0) as amount_refunded,
            coalesce((select json_agg(json_build_object('name', i.product_name,
                                                        'quantity', i.quantity)
                                      order by i.product_name)
@@ -125,6 +128,7 @@ async function orderInfo(sql: Sql, sessionId: string | null): Promise<Response> 
     id: order.id,
     status: order.status,
     amountTotal: order.amount_total,
+    amountRefunded: order.amount_refunded,
     currency: order.currency,
     items: order.items,
   });

@@ -2,7 +2,8 @@
 /**
  * The local demo storefront: lists the event's tiers, takes a guest's email and quantities, and on
  * "Pay" starts a Stripe Checkout through guest-checkout (storefront/checkout.ts), then redirects
- * to the session's page. Back from Checkout (`?session_id=`), it shows the order's status.
+ * to the session's page. Back from Checkout (`?session_id=`), it shows the order's status and
+ * what has been refunded (storefront/order-view.ts).
  *
  * Bundled with supabase-js by scripts/storefront-server.ts (`deno bundle`); served at
  * http://127.0.0.1:3000 by `npm start`. The event and order reads go through the local server's
@@ -10,6 +11,7 @@
  */
 import { createClient } from "@supabase/supabase-js";
 import { type GuestCheckoutRequest, newIdempotencyKey, startGuestCheckout } from "./checkout.ts";
+import { describeOrder, money, type OrderInfo } from "./order-view.ts";
 
 interface StorefrontConfig {
   supabaseUrl: string;
@@ -34,14 +36,6 @@ interface EventInfo {
   tiers: Tier[];
 }
 
-interface OrderInfo {
-  id: string;
-  status: "pending" | "paid" | "expired" | "cancelled";
-  amountTotal: number;
-  currency: string;
-  items: { name: string; quantity: number }[];
-}
-
 /** The attempt in progress: its key, kept for every retry of the same cart (also after Back). */
 interface Attempt {
   key: string;
@@ -56,12 +50,6 @@ const $ = <T extends HTMLElement>(selector: string): T => {
   if (!element) throw new Error(`Missing element ${selector}`);
   return element;
 };
-
-function money(amount: number, currency: string): string {
-  if (amount === 0) return "Free";
-  return new Intl.NumberFormat("en-US", { style: "currency", currency: currency.toUpperCase() })
-    .format(amount / 100);
-}
 
 async function getJson<T>(path: string): Promise<T> {
   const response = await fetch(path, { headers: { accept: "application/json" } });
@@ -143,24 +131,23 @@ async function showOrder(sessionId: string): Promise<void> {
     } catch {
       order = null;
     }
-    if (order) {
-      status.textContent = order.status;
+    const view = order && describeOrder(order);
+    if (order && view) {
+      status.textContent = view.statusLabel;
       section.dataset.status = order.status;
       $("#order-id").textContent = order.id;
-      $("#order-total").textContent = money(order.amountTotal, order.currency);
-      $("#order-items").textContent = order.items
-        .map((item) => `${item.quantity} × ${item.name}`)
-        .join(", ");
-      if (order.status === "paid") {
-        saveAttempt(null); // this attempt is done; the next purchase gets a new key
-        return;
-      }
+      $("#order-total").textContent = view.total;
+      $("#order-items").textContent = view.items;
+      const refunded = $("#order-refunded");
+      refunded.textContent = view.refunded ?? "";
+      refunded.hidden = view.refunded === null;
+      // This attempt is done; the next purchase gets a new key.
+      if (view.attemptDone) saveAttempt(null);
+      if (view.settled) return;
     } else {
       status.textContent = "not found";
     }
-    if (Date.now() > deadline || order?.status === "expired" || order?.status === "cancelled") {
-      return;
-    }
+    if (Date.now() > deadline) return;
     await new Promise((resolve) => setTimeout(resolve, 500));
   }
 }

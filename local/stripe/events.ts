@@ -1,16 +1,29 @@
 /**
  * The events the server emits, and how listeners hear of them: each Checkout Session completion
- * or expiry and each refund change is told to `onEvent` (every event) and, for sessions, to
- * `onSessionChange`, with a copy of the object, as Stripe would deliver it to a webhook endpoint.
- * webhooks.ts turns them into signed deliveries.
+ * or expiry, each refund change and each dispute opened is told to `onEvent` (every event) and,
+ * for sessions, to `onSessionChange`, with a copy of the object, as Stripe would deliver it to a
+ * webhook endpoint. webhooks.ts turns them into signed deliveries.
+ *
+ * What each change emits, in this order (Stripe itself does not promise delivery order, so a
+ * webhook must not depend on it):
+ * - a session completed or expired: `checkout.session.completed` | `checkout.session.expired`;
+ * - a refund created: `refund.created` (the Refund), then `charge.refunded` (the Charge);
+ * - a pending refund settled: `refund.updated` (the Refund), then, if it failed, `refund.failed`;
+ * - a dispute opened: `charge.dispute.created` (the Dispute).
  */
 
 /** Stripe event types a Checkout Session change corresponds to. */
 export type CheckoutEventType = "checkout.session.completed" | "checkout.session.expired";
 /** Stripe event types a refund corresponds to (`charge.refunded` carries the Charge). */
-export type RefundEventType = "charge.refunded" | "refund.updated";
+export type RefundEventType =
+  | "refund.created"
+  | "charge.refunded"
+  | "refund.updated"
+  | "refund.failed";
+/** Stripe event types a dispute corresponds to (they carry the Dispute). */
+export type DisputeEventType = "charge.dispute.created";
 /** Every event type the server emits. */
-export type StripeEventType = CheckoutEventType | RefundEventType;
+export type StripeEventType = CheckoutEventType | RefundEventType | DisputeEventType;
 
 /** What an event carries beyond its object (Stripe's `request` and `data.previous_attributes`). */
 export interface EventContext {
@@ -20,7 +33,10 @@ export interface EventContext {
   previousAttributes?: Record<string, unknown>;
 }
 
-/** The object an event is about (`data.object`): a Checkout Session, a Charge or a Refund. */
+/**
+ * The object an event is about (`data.object`): a Checkout Session, a Charge, a Refund or a
+ * Dispute.
+ */
 export interface EventObject {
   id: string;
   object: string;
@@ -36,8 +52,9 @@ export type EventListener = (
 /** The listener every module's state reads (at each use, as given to `startStripeServer`). */
 export interface EventOptions {
   /**
-   * Called after every event the server emits (session completed or expired, charge refunded,
-   * refund updated), e.g. with `createWebhookForwarder`. Sessions are also told to
+   * Called after every event the server emits (session completed or expired, refund created,
+   * charge refunded, refund updated or failed, dispute created), e.g. with
+   * `createWebhookForwarder`. Sessions are also told to
    * `onSessionChange`: give a forwarder to one of the two, not both.
    */
   onEvent?: EventListener;

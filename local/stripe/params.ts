@@ -66,7 +66,8 @@ export function readInteger(value: FormValue | undefined, param: string): number
   return Number(text);
 }
 
-function readObject(value: FormValue | undefined, param: string): FormObject | undefined {
+/** An object parameter (`created[gte]=…`), or undefined when absent. */
+export function readObject(value: FormValue | undefined, param: string): FormObject | undefined {
   if (value === undefined || value === "") return undefined;
   if (typeof value === "string" || Array.isArray(value)) {
     throw new ParamError(`Invalid object: ${param}`, param);

@@ -4,7 +4,13 @@
  * explicit idempotency keys; webhooks verified the way stripe-webhook verifies them.
  */
 import assert from "node:assert/strict";
-import { isStripeError, responseHeader, withLocalStripe } from "./test-support.ts";
+import {
+  isStripeError,
+  paidSession,
+  responseHeader,
+  startWebhookReceiver,
+  withLocalStripe,
+} from "./test-support.ts";
 import { createStripeClient, Stripe } from "../../supabase/functions/_shared/stripe.ts";
 import { createWebhookForwarder, type StripeServer, type StripeServerOptions } from "./mod.ts";
 
@@ -23,22 +29,6 @@ function withServer(
   options: StripeServerOptions = {},
 ): Promise<void> {
   return withLocalStripe(run, options, (server) => stripeFor(server));
-}
-
-/** A paid 2 × 25.00 USD session; returns its payment intent id. */
-async function paidSession(server: StripeServer, stripe: Stripe): Promise<string> {
-  const session = await stripe.checkout.sessions.create({
-    mode: "payment",
-    line_items: [{
-      quantity: 2,
-      price_data: { currency: "usd", unit_amount: 2500, product_data: { name: "Ticket" } },
-    }],
-    success_url: "https://tickets.example/ok",
-    metadata: { order_id: "order_1" },
-  }, { idempotencyKey: crypto.randomUUID() });
-  const paid = server.completeSession(session.id);
-  assert.match(paid.payment_intent ?? "", /^pi_/);
-  return paid.payment_intent ?? "";
 }
 
 function invalidRequest(
@@ -333,43 +323,15 @@ Deno.test("faults reach the refund routes: a dropped answer's refund exists, the
   });
 });
 
-/** A webhook endpoint that verifies signatures the way stripe-webhook does. */
-function startReceiver() {
-  const verifier = new Stripe("sk_test_verifier");
-  const cryptoProvider = Stripe.createSubtleCryptoProvider();
-  const events: Stripe.Event[] = [];
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
-    try {
-      events.push(
-        await verifier.webhooks.constructEventAsync(
-          await req.text(),
-          req.headers.get("stripe-signature") ?? "",
-          WEBHOOK_SECRET,
-          undefined,
-          cryptoProvider,
-        ),
-      );
-      return Response.json({ received: true });
-    } catch {
-      return Response.json({ error: "bad signature" }, { status: 400 });
-    }
-  });
-  const waitFor = async (count: number) => {
-    for (let i = 0; i < 100 && events.length < count; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-    assert.equal(events.length, count, `expected ${count} events: ${events.map((e) => e.type)}`);
-  };
-  return {
-    url: `http://127.0.0.1:${server.addr.port}/hook`,
-    events,
-    waitFor,
-    [Symbol.asyncDispose]: () => server.shutdown(),
-  };
+/** The one event of `type` among `events` (forwarded concurrently, they may arrive in any order). */
+function eventOf(events: Stripe.Event[], type: string): Stripe.Event {
+  const found = events.filter((event) => event.type === type);
+  assert.equal(found.length, 1, `one ${type} in ${events.map((event) => event.type)}`);
+  return found[0]!;
 }
 
-Deno.test("forwards a signed charge.refunded for each refund through onEvent, none for a replay", async () => {
-  await using receiver = startReceiver();
+Deno.test("forwards a signed refund.created and charge.refunded for each refund, none for a replay", async () => {
+  await using receiver = startWebhookReceiver(WEBHOOK_SECRET);
   const forward = createWebhookForwarder({
     url: receiver.url,
     secret: WEBHOOK_SECRET,
@@ -383,11 +345,18 @@ Deno.test("forwards a signed charge.refunded for each refund through onEvent, no
     const first = await stripe.refunds.create({ payment_intent: paymentIntent, amount: 2000 }, {
       idempotencyKey: "refund:hook-1",
     });
-    await receiver.waitFor(2);
-    const event = receiver.events[1];
-    assert.equal(event?.type, "charge.refunded");
-    assert.equal(event?.api_version, "2026-10-28.endive");
-    const charge = event?.data.object as Stripe.Charge;
+    await receiver.waitFor(3);
+    const created = eventOf(receiver.events.slice(1), "refund.created");
+    assert.equal(created.api_version, "2026-10-28.endive");
+    const refund = created.data.object as Stripe.Refund;
+    assert.deepEqual({ ...refund, lastResponse: null }, { ...first, lastResponse: null });
+    assert.equal(created.data.previous_attributes, undefined);
+    assert.equal(created.request?.idempotency_key, "refund:hook-1");
+    assert.equal(created.request?.id, first.lastResponse.requestId);
+
+    const event = eventOf(receiver.events.slice(1), "charge.refunded");
+    assert.equal(event.api_version, "2026-10-28.endive");
+    const charge = event.data.object as Stripe.Charge;
     assert.equal(charge.object, "charge");
     assert.equal(charge.id, first.charge);
     assert.deepEqual(
@@ -396,27 +365,27 @@ Deno.test("forwards a signed charge.refunded for each refund through onEvent, no
     );
     // As since API version 2022-11-15, the Charge does not embed its refunds.
     assert.equal(charge.refunds, undefined);
-    assert.deepEqual(event?.data.previous_attributes, { amount_refunded: 0 });
-    assert.equal(event?.request?.idempotency_key, "refund:hook-1");
-    assert.equal(event?.request?.id, first.lastResponse.requestId);
+    assert.deepEqual(event.data.previous_attributes, { amount_refunded: 0 });
+    assert.equal(event.request?.idempotency_key, "refund:hook-1");
+    assert.equal(event.request?.id, first.lastResponse.requestId);
 
     await stripe.refunds.create({ payment_intent: paymentIntent, amount: 2000 }, {
       idempotencyKey: "refund:hook-1",
     });
-    await stripe.refunds.create({ payment_intent: paymentIntent }, {
+    const rest = await stripe.refunds.create({ payment_intent: paymentIntent }, {
       idempotencyKey: "refund:hook-2",
     });
-    await receiver.waitFor(3);
-    const last = receiver.events[2]?.data.object as Stripe.Charge;
-    assert.deepEqual([last.amount_refunded, last.refunded], [5000, true]);
-    assert.deepEqual(receiver.events[2]?.data.previous_attributes, {
-      amount_refunded: 2000,
-      refunded: false,
-    });
+    await receiver.waitFor(5);
+    const later = receiver.events.slice(3);
+    assert.equal((eventOf(later, "refund.created").data.object as Stripe.Refund).id, rest.id);
+    const last = eventOf(later, "charge.refunded");
+    const lastCharge = last.data.object as Stripe.Charge;
+    assert.deepEqual([lastCharge.amount_refunded, lastCharge.refunded], [5000, true]);
+    assert.deepEqual(last.data.previous_attributes, { amount_refunded: 2000, refunded: false });
   }, { onEvent: forward });
 });
 
-Deno.test("refundStatus pending: counted at once; settleRefund emits refund.updated, a failure gives the amount back", async () => {
+Deno.test("refundStatus pending: counted at once; settleRefund emits refund.updated (and refund.failed), a failure gives the amount back", async () => {
   const events: { type: string; object: Record<string, unknown>; previous?: unknown }[] = [];
   await withServer(async (server, stripe) => {
     const paymentIntent = await paidSession(server, stripe);
@@ -437,6 +406,7 @@ Deno.test("refundStatus pending: counted at once; settleRefund emits refund.upda
     ]);
     assert.equal((await stripe.refunds.retrieve(refund.id)).status, "failed");
     assert.equal(server.refundedAmount(paymentIntent), 0);
+    assert.equal(server.charges.get(refund.charge as string)?.refunded, false);
     assert.throws(() => server.settleRefund(refund.id, "succeeded"), /status is failed/);
 
     const retried = await stripe.refunds.create({ payment_intent: paymentIntent }, {
@@ -451,16 +421,22 @@ Deno.test("refundStatus pending: counted at once; settleRefund emits refund.upda
   });
   assert.deepEqual(events.map((e) => e.type), [
     "checkout.session.completed",
+    "refund.created",
     "charge.refunded",
     "refund.updated",
+    "refund.failed",
+    "refund.created",
     "charge.refunded",
     "refund.updated",
   ]);
+  assert.deepEqual([events[1]?.object.status, events[1]?.previous], ["pending", undefined]);
   assert.deepEqual(
-    [events[2]?.object.status, events[2]?.previous],
+    [events[3]?.object.status, events[3]?.previous],
     ["failed", { status: "pending", failure_balance_transaction: null, failure_reason: null }],
   );
-  assert.deepEqual([events[4]?.object.status, events[4]?.previous], ["succeeded", {
+  assert.deepEqual([events[4]?.object.status, events[4]?.previous], ["failed", undefined]);
+  assert.equal(events[4]?.object.id, events[3]?.object.id);
+  assert.deepEqual([events[7]?.object.status, events[7]?.previous], ["succeeded", {
     status: "pending",
   }]);
 });

@@ -1,7 +1,9 @@
 /**
  * Payments and refunds: the Charge behind each paid Checkout Session, and the Refunds API
- * (`POST /v1/refunds`, `GET /v1/refunds/:id`) with Stripe's rules (docs.stripe.com/api/refunds,
- * /refunds, /error-codes, /changelog/2022-11-15/deprecates-charges-auto-expand):
+ * (`POST /v1/refunds`, `GET /v1/refunds`, `GET /v1/refunds/:id`) with Stripe's rules
+ * (docs.stripe.com/api/refunds, /refunds, /error-codes, /api/pagination,
+ * /changelog/2022-11-15/deprecates-charges-auto-expand, /changelog/acacia/2024-10-28/
+ * refund-webhook-update):
  * - A completed payment session's `payment_intent` has one succeeded Charge (`ch_…`) for the
  *   session's `amount_total` and `currency`; a refund names that `payment_intent` or the `charge`.
  * - Parameters: exactly one of `payment_intent` and `charge`; `amount` a positive integer in minor
@@ -9,18 +11,25 @@
  *   `metadata`. Problems with them, and an unknown payment intent or charge (`resource_missing`),
  *   are 400s naming the `param` that are not saved under the idempotency key (params.ts).
  * - Refunds never together exceed the charge: a charge refunded in full is a 400
- *   `charge_already_refunded`, an amount above what is left a 400 `amount_too_large`. Both depend
- *   on the charge when the endpoint runs, so, like a success, they are saved under the key.
+ *   `charge_already_refunded`, an amount above what is left a 400 `amount_too_large`, and a
+ *   charge with an open dispute (disputes.ts) a 400 `charge_disputed`. These depend on the charge
+ *   when the endpoint runs, so, like a success, they are saved under the key.
  * - A refund is `succeeded` at once, or `pending` (option `refundStatus`) until `settleRefund`
  *   makes it `succeeded` or `failed`. `amount_refunded` counts pending and succeeded refunds; a
  *   failed one gives its amount back.
- * - Each refund emits `charge.refunded` (the Charge with its new `amount_refunded` and
- *   `refunded`), each settlement `refund.updated` (the Refund). Since API version 2022-11-15 a
- *   Charge no longer embeds its `refunds` list, so neither does the event: a webhook learns the
- *   refund from the API answer or from `refund.updated`.
+ * - `GET /v1/refunds` lists refunds newest first, filtered by `payment_intent`, `charge` (an
+ *   unknown one is a 400 `resource_missing`) and `created`, in pages (list.ts).
+ * - Each refund emits `refund.created` (the Refund), then `charge.refunded` (the Charge with its
+ *   new `amount_refunded` and `refunded`); each settlement `refund.updated` (the Refund), then
+ *   `refund.failed` if it failed. Since API version 2022-11-15 a Charge no longer embeds its
+ *   `refunds` list, so neither does `charge.refunded`: a webhook learns the refunds from
+ *   `refund.created`/`refund.updated`, or by listing them (`GET /v1/refunds?charge=`).
  */
+import type { Dispute } from "./disputes.ts";
 import { type EventOptions, notify } from "./events.ts";
+import type { FormValue } from "./form.ts";
 import { formatMoney, randomId } from "./helpers.ts";
+import { listPage, PAGINATION_PARAMS, parsePage } from "./list.ts";
 import { errorOutcome, okOutcome, type Outcome } from "./outcome.ts";
 import {
   ParamError,
@@ -28,6 +37,7 @@ import {
   parseMetadata,
   readInteger,
   readList,
+  readObject,
   readString,
   rejectUnknown,
 } from "./params.ts";
@@ -59,6 +69,8 @@ export interface Charge {
   payment_method: string;
   /** Whether it is refunded in full. */
   refunded: boolean;
+  /** Whether it has a dispute (disputes.ts). */
+  disputed: boolean;
   status: "succeeded";
   [field: string]: unknown;
 }
@@ -85,7 +97,7 @@ export interface RefundOptions extends EventOptions {
   refundStatus?: "succeeded" | "pending";
 }
 
-/** The server's charges and refunds. */
+/** The server's charges, their refunds and disputes. */
 export interface RefundState {
   options: RefundOptions;
   /** Clock in milliseconds. */
@@ -98,9 +110,13 @@ export interface RefundState {
   refunds: Map<string, Refund>;
   /** Refunds actually created (replays do not count). */
   created: number;
+  /** Disputes by id (disputes.ts). */
+  disputes: Map<string, Dispute>;
+  /** Dispute ids by Charge id: a charge has at most one. */
+  disputeByCharge: Map<string, string>;
 }
 
-/** No charges or refunds yet; `options` is read at each use. */
+/** No charges, refunds or disputes yet; `options` is read at each use. */
 export function createRefundState(options: RefundOptions, now: () => number): RefundState {
   return {
     options,
@@ -109,15 +125,19 @@ export function createRefundState(options: RefundOptions, now: () => number): Re
     chargeByPaymentIntent: new Map(),
     refunds: new Map(),
     created: 0,
+    disputes: new Map(),
+    disputeByCharge: new Map(),
   };
 }
 
-/** Forgets every charge and refund. */
+/** Forgets every charge, refund and dispute. */
 export function resetRefunds(state: RefundState): void {
   state.charges.clear();
   state.chargeByPaymentIntent.clear();
   state.refunds.clear();
   state.created = 0;
+  state.disputes.clear();
+  state.disputeByCharge.clear();
 }
 
 function nowSeconds(state: RefundState): number {
@@ -195,7 +215,8 @@ export function refundedAmount(state: RefundState, paymentIntentId: string): num
 
 /**
  * Settles a pending refund as `succeeded` or `failed` (which gives its amount back to the charge)
- * and emits `refund.updated`; returns a copy. Throws unless the refund is pending.
+ * and emits `refund.updated`, then `refund.failed` if it failed; returns a copy. Throws unless
+ * the refund is pending.
  */
 export function settleRefund(
   state: RefundState,
@@ -225,6 +246,7 @@ export function settleRefund(
     type: "refund.updated",
     context: { previousAttributes },
   });
+  if (status === "failed") notify(state.options.onEvent, { object: refund, type: "refund.failed" });
   return structuredClone(refund);
 }
 
@@ -236,6 +258,7 @@ export function settleRefund(
 export function refundRoutes(state: RefundState): Route[] {
   return [
     { method: "POST", pattern: /^\/v1\/refunds$/, handle: (call) => createRefund(state, call) },
+    { method: "GET", pattern: /^\/v1\/refunds$/, handle: (call) => listRefunds(state, call) },
     {
       method: "GET",
       pattern: /^\/v1\/refunds\/([^/]+)$/,
@@ -313,6 +336,15 @@ function targetCharge(state: RefundState, target: RefundInput["target"]): Charge
 function createRefund(state: RefundState, call: ApiCall): Outcome {
   const input = parseRefundParams(call.params);
   const charge = targetCharge(state, input.target);
+  const disputeId = state.disputeByCharge.get(charge.id);
+  if (disputeId !== undefined && state.disputes.get(disputeId)?.is_charge_refundable === false) {
+    return errorOutcome(400, {
+      type: "invalid_request_error",
+      code: "charge_disputed",
+      message: `Charge ${charge.id} has been charged back; it cannot be refunded while its ` +
+        `dispute ${disputeId} is open.`,
+    }, true);
+  }
   const left = charge.amount - charge.amount_refunded;
   if (charge.refunded || left <= 0) {
     return errorOutcome(400, {
@@ -352,6 +384,11 @@ function createRefund(state: RefundState, call: ApiCall): Outcome {
   };
   state.refunds.set(refund.id, refund);
   state.created += 1;
+  notify(state.options.onEvent, {
+    object: refund,
+    type: "refund.created",
+    context: { request: call.request },
+  });
   const previousAttributes: Record<string, unknown> = { amount_refunded: charge.amount_refunded };
   charge.amount_refunded += amount;
   if (charge.amount_refunded >= charge.amount) {
@@ -376,4 +413,53 @@ function retrieveRefund(state: RefundState, { params, pathArgs: [id = ""] }: Api
     param: "id",
     message: `No such refund: '${id}'`,
   });
+}
+
+// Parameters of RefundListParams in the SDK's pinned API version.
+const LIST_PARAMS = new Set([
+  "charge",
+  "created",
+  "expand",
+  "payment_intent",
+  ...PAGINATION_PARAMS,
+]);
+const RANGE_KEYS = new Set(["gt", "gte", "lt", "lte"]);
+
+/** `created` as a list filter: an exact Unix time or a range (`created[gte]=…`). */
+function parseCreated(value: FormValue | undefined): (created: number) => boolean {
+  if (value === undefined || value === "") return () => true;
+  if (typeof value === "string") {
+    const exact = readInteger(value, "created");
+    return (created) => created === exact;
+  }
+  const range = readObject(value, "created") ?? {};
+  rejectUnknown(range, RANGE_KEYS);
+  const bound = (key: string) => readInteger(range[key], `created[${key}]`);
+  const [gt, gte, lt, lte] = [bound("gt"), bound("gte"), bound("lt"), bound("lte")];
+  return (created) =>
+    (gt === undefined || created > gt) && (gte === undefined || created >= gte) &&
+    (lt === undefined || created < lt) && (lte === undefined || created <= lte);
+}
+
+function listRefunds(state: RefundState, { params }: ApiCall): Outcome {
+  rejectUnknown(params, LIST_PARAMS);
+  const paymentIntent = readString(params.payment_intent, "payment_intent") || undefined;
+  const chargeId = readString(params.charge, "charge") || undefined;
+  readList(params.expand, "expand");
+  const inRange = parseCreated(params.created);
+  const page = parsePage(params);
+  // Filters name existing objects, as when creating a refund.
+  if (paymentIntent) targetCharge(state, { param: "payment_intent", id: paymentIntent });
+  if (chargeId) targetCharge(state, { param: "charge", id: chargeId });
+  // Newest first; refunds created in the same second, the later one first.
+  const ordered = [...state.refunds.values()].reverse().sort((a, b) => b.created - a.created);
+  const list = listPage(ordered, {
+    page,
+    keep: (refund) =>
+      (paymentIntent === undefined || refund.payment_intent === paymentIntent) &&
+      (chargeId === undefined || refund.charge === chargeId) && inRange(refund.created),
+    url: "/v1/refunds",
+    noun: "refund",
+  });
+  return okOutcome(structuredClone(list));
 }

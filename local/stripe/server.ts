@@ -21,11 +21,13 @@
  *    are forgotten after 24 hours. Parameter problems (params.ts: unknown parameters, `expires_at`
  *    30 minutes to 24 hours ahead, line items, metadata; refunds.ts: payment_intent or charge,
  *    amount, reason) are 400s that are not saved; refusals that depend on state when the endpoint
- *    runs (a session no longer open, `charge_already_refunded`, `amount_too_large`) are saved.
+ *    runs (a session no longer open, `charge_already_refunded`, `amount_too_large`,
+ *    `charge_disputed`) are saved.
  * An injected fault (faults.ts) acts around these steps; connection faults cut the client's TCP
  * connection through a relay. Outside /v1/, a session's `url` serves the hosted checkout page
  * (page.ts), and `createWebhookForwarder` (webhooks.ts) delivers the server's events (events.ts:
- * sessions completed or expired, `charge.refunded`, `refund.updated`) signed.
+ * sessions completed or expired, `refund.created`, `charge.refunded`, `refund.updated`,
+ * `refund.failed`, `charge.dispute.created`) signed.
  *
  * Run it alone with: deno run --allow-net local/stripe/server.ts --port 12111
  *   [--forward-to http://127.0.0.1:54321/functions/v1/stripe-webhook --webhook-secret whsec_...]
@@ -42,6 +44,7 @@ import {
   type Relays,
   takeFault,
 } from "./faults.ts";
+import { type Dispute, type DisputeOptions, disputePayment } from "./disputes.ts";
 import { decodeStripeForm, FormDecodeError, type FormObject } from "./form.ts";
 import { HOST, randomId, sleep } from "./helpers.ts";
 import {
@@ -113,6 +116,8 @@ export interface StripeServer extends AsyncDisposable {
   readonly charges: Map<string, Charge>;
   /** Refunds by id. */
   readonly refunds: Map<string, Refund>;
+  /** Disputes by id (`disputePayment`). */
+  readonly disputes: Map<string, Dispute>;
   /** API requests in arrival order. */
   readonly requests: RequestRecord[];
   /** Pending faults; push to add. Each is removed when a request takes it. */
@@ -129,9 +134,17 @@ export interface StripeServer extends AsyncDisposable {
   refundsCreated(): number;
   /** What a PaymentIntent's charge has refunded, pending and succeeded; throws if it is unknown. */
   refundedAmount(paymentIntentId: string): number;
-  /** Settles a pending refund (option `refundStatus: "pending"`), emitting `refund.updated`. */
+  /**
+   * Settles a pending refund (option `refundStatus: "pending"`), emitting `refund.updated`, then
+   * `refund.failed` for a failure.
+   */
   settleRefund(id: string, status: "succeeded" | "failed"): Refund;
-  /** Forgets sessions, charges, refunds, requests, faults and idempotency keys. */
+  /**
+   * Opens a dispute (`needs_response`) on a paid session's charge, as the customer's bank would,
+   * emitting `charge.dispute.created`; the charge can no longer be refunded (`charge_disputed`).
+   */
+  disputePayment(paymentIntentId: string, options?: DisputeOptions): Dispute;
+  /** Forgets sessions, charges, refunds, disputes, requests, faults and idempotency keys. */
   reset(): void;
   close(): Promise<void>;
 }
@@ -377,6 +390,7 @@ function serverHandle(
     sessions: checkout.sessions,
     charges: refunds.charges,
     refunds: refunds.refunds,
+    disputes: refunds.disputes,
     requests: state.requests,
     faults: state.faults,
     sessionsCreated: () => checkout.created,
@@ -386,6 +400,7 @@ function serverHandle(
     refundsCreated: () => refunds.created,
     refundedAmount: (paymentIntentId) => refundedAmount(refunds, paymentIntentId),
     settleRefund: (id, status) => settleRefund(refunds, { id, status }),
+    disputePayment: (paymentIntentId, options) => disputePayment(refunds, paymentIntentId, options),
     reset: () => {
       resetSessions(checkout);
       resetRefunds(refunds);

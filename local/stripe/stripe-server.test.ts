@@ -3,9 +3,15 @@
  * (fetch HTTP client, pinned API version, explicit idempotency keys, no SDK retries).
  */
 import assert from "node:assert/strict";
-import { isStripeError, responseHeader, withLocalStripe } from "./test-support.ts";
+import {
+  isStripeError,
+  responseHeader,
+  startWebhookReceiver,
+  withLocalStripe,
+} from "./test-support.ts";
 import Stripe from "stripe";
 import {
+  createWebhookForwarder,
   decodeStripeForm,
   startStripeServer,
   type StripeServer,
@@ -453,6 +459,55 @@ Deno.test("completeSession and the clock drive sessions to complete and expired"
     "checkout.session.completed:cs_test_",
     "checkout.session.expired:cs_test_",
   ]);
+});
+
+Deno.test("a paid payment-mode session carries its payment_intent: retrieve, checkout.session.completed, its charge", async () => {
+  const secret = "whsec_local_session_events_test";
+  await using receiver = startWebhookReceiver(secret);
+  const forward = createWebhookForwarder({ url: receiver.url, secret, log: () => {} });
+  await withServer(async (server, stripe) => {
+    // Paid by the customer on the hosted page.
+    const session = await stripe.checkout.sessions.create(ticketParams());
+    assert.equal((await stripe.checkout.sessions.retrieve(session.id)).payment_intent, null);
+    const pay = await fetch(`${session.url}/pay`, { method: "POST", redirect: "manual" });
+    await pay.body?.cancel();
+    assert.equal(pay.status, 303);
+    const paid = await stripe.checkout.sessions.retrieve(session.id, { expand: ["line_items"] });
+    assert.deepEqual([paid.status, paid.payment_status], ["complete", "paid"]);
+    assert.match(String(paid.payment_intent), /^pi_[A-Za-z0-9]{24}$/);
+    await receiver.waitFor(1);
+    const completed = receiver.events[0]!;
+    assert.equal(completed.type, "checkout.session.completed");
+    const object = completed.data.object as Stripe.Checkout.Session;
+    assert.equal(object.id, session.id);
+    assert.equal(object.payment_intent, paid.payment_intent);
+    assert.equal(object.payment_status, "paid");
+    const charges = [...server.charges.values()];
+    assert.deepEqual(charges.map((charge) => charge.payment_intent), [paid.payment_intent]);
+
+    // Completed by the test, the same; an expired session never gets one.
+    const other = await stripe.checkout.sessions.create(ticketParams());
+    const byTest = server.completeSession(other.id);
+    assert.match(String(byTest.payment_intent), /^pi_/);
+    assert.notEqual(byTest.payment_intent, paid.payment_intent);
+    assert.equal(
+      (await stripe.checkout.sessions.retrieve(other.id)).payment_intent,
+      byTest.payment_intent,
+    );
+    const lapsed = await stripe.checkout.sessions.expire(
+      (await stripe.checkout.sessions.create(ticketParams())).id,
+    );
+    assert.equal(lapsed.payment_intent, null);
+    await receiver.waitFor(3);
+    const events = receiver.events.slice(1).map((event) => {
+      const { id, payment_intent } = event.data.object as Stripe.Checkout.Session;
+      return [event.type, id, payment_intent];
+    }).sort();
+    assert.deepEqual(events, [
+      ["checkout.session.completed", other.id, byTest.payment_intent],
+      ["checkout.session.expired", lapsed.id, null],
+    ]);
+  }, { onEvent: forward });
 });
 
 Deno.test("answers unknown routes, wrong methods and oversized keys with Stripe errors", async () => {

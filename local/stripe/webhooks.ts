@@ -1,8 +1,9 @@
 /**
  * Webhook forwarding, as `stripe listen --forward-to` does: with `createWebhookForwarder` as
- * `onEvent` (every event: sessions completed or expired, charges refunded, refunds updated) or as
- * `onSessionChange` (sessions only), events are delivered signed (`Stripe-Signature: t=…,v1=…`)
- * to a webhook endpoint, retried (bounded) as Stripe retries a failed delivery.
+ * `onEvent` (every event: sessions completed or expired, refunds created, updated or failed,
+ * charges refunded, disputes created) or as `onSessionChange` (sessions only), events are
+ * delivered signed (`Stripe-Signature: t=…,v1=…`) to a webhook endpoint, retried (bounded) as
+ * Stripe retries a failed delivery.
  */
 import type { CheckoutEventType, EventContext, EventObject, StripeEventType } from "./events.ts";
 import { randomId } from "./helpers.ts";
