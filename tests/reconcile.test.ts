@@ -217,9 +217,17 @@ Deno.test("reconcile-checkouts accepts only a secret key or the legacy service r
       ] as const
     ) {
       assert.equal(ok.status, 200, why);
-      assert.deepEqual(Object.keys(await ok.json()).sort(), [
+      const answer = await ok.json();
+      assert.deepEqual(Object.keys(answer).sort(), [
         "failed",
+        "refunds",
         "remaining",
+        "settled",
+        "skipped",
+      ]);
+      assert.deepEqual(Object.keys(answer.refunds).sort(), [
+        "conflictsRefunded",
+        "failed",
         "settled",
         "skipped",
       ]);

@@ -207,8 +207,10 @@ Deno.test("a late completion after the seats were resold is recorded, not applie
       payment_status: "paid",
     });
     assert.equal((await deliver(f, completion)).outcome, "capacity_conflict");
-    // The order keeps the payment (for reconciliation's refund) but not the seats.
-    assert.equal((await f.order(a.orderId)).status, "capacity_conflict");
+    // Recorded on the order (paid, no seats) for reconciliation to refund in full.
+    const order = await f.order(a.orderId);
+    assert.equal(order.status, "capacity_conflict");
+    assert.ok(order.paid_at);
     assert.ok(await f.floorTaken() <= 5, "never oversold");
     const [row] = await f.h.sql<{ last_error: string }[]>`
       select last_error from public.stripe_webhook_events where stripe_event_id = ${

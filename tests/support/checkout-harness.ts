@@ -21,7 +21,11 @@ import {
 } from "../../supabase/functions/_shared/reconcile.ts";
 import { createStripeClient, type Stripe } from "../../supabase/functions/_shared/stripe.ts";
 import { openPool } from "./database.ts";
-import { startStripeServer, type StripeServer } from "../../local/stripe/mod.ts";
+import {
+  startStripeServer,
+  type StripeServer,
+  type StripeServerOptions,
+} from "../../local/stripe/mod.ts";
 import { LOCAL_JWT_SECRET } from "../../scripts/lib/jwt.ts";
 
 export const SITE_URL = "http://shop.test";
@@ -67,12 +71,17 @@ export interface HarnessOptions {
   stripeTimeoutMs?: number;
   /** CHECKOUT_SESSION_TTL_MINUTES (default 30). */
   sessionTtlMinutes?: number;
+  /**
+   * The local Stripe server's options (e.g. `onEvent`, `refundStatus`); the server reads them at
+   * each use, so a test may change them while it runs.
+   */
+  stripeOptions?: StripeServerOptions;
 }
 
 /** Starts the harness; `wrapStore` may decorate the real store (fault injection). */
 export async function startHarness(options: HarnessOptions = {}): Promise<Harness> {
   const sql = openPool(10);
-  const stripe = await startStripeServer();
+  const stripe = await startStripeServer(options.stripeOptions);
   const event = await createEvent(sql);
   const stripeClient = createStripeClient("sk_test_harness", {
     apiBase: new URL(stripe.url),

@@ -370,16 +370,28 @@ export interface WebhookResult {
   detail: string | null;
 }
 
-/** Stores a verified Stripe event once and applies it once (one statement, one transaction). */
+/**
+ * Stores a verified Stripe event once and applies it once (one statement, one transaction).
+ * `related` are objects the endpoint fetched from Stripe for it (charge.refunded:
+ * `{ refunds: [...] }`, the charge's refunds, which the event no longer embeds).
+ */
 export async function processWebhookEvent(
   sql: Sql,
-  event: { id: string; type: string; livemode: boolean; payload: unknown; now?: Date },
+  event: {
+    id: string;
+    type: string;
+    livemode: boolean;
+    payload: unknown;
+    related?: Record<string, unknown>;
+    now?: Date;
+  },
 ): Promise<WebhookResult> {
+  const related = event.related === undefined ? null : sql.json(toJson(event.related));
   const [row] = await sql<{ outcome: string; order_id: string | null; detail: string | null }[]>`
     select * from public.process_stripe_webhook_event(${event.id}, ${event.type}, ${event.livemode},
       ${sql.json(toJson(event.payload))}::jsonb, coalesce(${
     event.now ?? null
-  }::timestamptz, now()))`;
+  }::timestamptz, now()), ${related}::jsonb)`;
   if (!row) throw new Error("Cannot process webhook event: the database returned no row");
   return { outcome: row.outcome, orderId: row.order_id, detail: row.detail };
 }

@@ -11,6 +11,15 @@
  * It never creates a second session for an operation: everything goes through the one key.
  * Whether Stripe kept an answer under the key is decided by classifyStripeError, as for a live
  * request.
+ *
+ * Each run then settles refunds (`reconcileRefunds`), through the one refund path (makeRefund):
+ *   - stuck refund attempts, taken over one at a time with their SAME key and parameters:
+ *     refunds.create hands back the refund Stripe made under the key (or makes it now, which is
+ *     what the reservation was for) → record; Stripe refused → released, key burnt, the
+ *     reservation given back; no answer → left for the next run, at most `maxAttempts` runs,
+ *     then released with the key burnt;
+ *   - payments that found no seats (capacity_conflict): each refunded in full, exactly once,
+ *     under the operation `conflict.<order id>`.
  */
 import type Stripe from "stripe";
 import type { CallerCheck } from "./auth.ts";
@@ -24,9 +33,19 @@ import {
   type Sql,
 } from "./db.ts";
 import { apiError } from "./errors.ts";
-import { consoleLog, envelope, json, type RequestLog } from "./http.ts";
+import { consoleLog, envelope, json, RequestContext, type RequestLog } from "./http.ts";
 import { checkoutResponseBody } from "./checkout.ts";
+import { fingerprint } from "./checkout-utils.ts";
 import { classifyStripeError } from "./idempotency.ts";
+import {
+  type ArmedRefund,
+  capacityConflictsToRefund,
+  claimStuckRefunds,
+  makeRefund,
+  REFUND_OPERATION,
+  type RefundStore,
+  sqlRefundStore,
+} from "./refunds.ts";
 
 /**
  * How one stuck attempt ended in this run: settled on Stripe's word, failed after too many runs
@@ -43,10 +62,39 @@ export interface ReconcileSummary {
   remaining: number;
 }
 
+/** What a reconciliation run did with refunds. */
+export interface RefundReconcileSummary {
+  /**
+   * Stuck refund attempts settled on Stripe's word: recorded (the refund Stripe made under the
+   * key), or refused by Stripe (the reservation given back).
+   */
+  settled: number;
+  /**
+   * Stuck attempts given up after `maxAttempts` runs without an answer (the reservation given
+   * back), and capacity-conflict refunds Stripe refused (tried again by later runs, at most
+   * `maxAttempts` times; the refund row keeps the reason).
+   */
+  failed: number;
+  /**
+   * Left for the next run: Stripe did not answer, a live request or another reconciler holds
+   * the operation, or storing the outcome failed.
+   */
+  skipped: number;
+  /** capacity_conflict orders this run refunded in full. */
+  conflictsRefunded: number;
+}
+
+/** The reconcile-checkouts answer: the checkout fields as they always were, and the refunds. */
+export interface ReconcileRunSummary extends ReconcileSummary {
+  refunds: RefundReconcileSummary;
+}
+
 /** What reconciliation needs. */
 export interface ReconcileDeps {
   sql: Sql;
   stripe: Stripe;
+  /** The refund steps (default: over `sql`); a test may wrap them to inject faults. */
+  refundStore?: RefundStore;
   /** Attempts whose lease expired more than this many seconds ago (default 600). */
   staleSeconds?: number;
   /** Attempts settled per run (default 50). */
@@ -82,8 +130,7 @@ export async function reconcileStuckCheckouts(deps: ReconcileDeps): Promise<Reco
       log({
         fn: "reconcile-checkouts",
         operation: `checkout:create:${claim.operationId}`,
-        error: error instanceof Error ? error.name : typeof error,
-        sqlstate: (error as { code?: string }).code,
+        ...errorFields(error),
       });
     }
     summary[settlement] += 1;
@@ -159,6 +206,209 @@ function isReplay(session: Stripe.Response<unknown>): boolean {
   return value === "true";
 }
 
+/** One reconciliation run: the stuck checkouts, then the refunds. */
+export async function reconcile(deps: ReconcileDeps): Promise<ReconcileRunSummary> {
+  const checkouts = await reconcileStuckCheckouts(deps);
+  const refunds = await reconcileRefunds(deps);
+  return { ...checkouts, refunds };
+}
+
+/**
+ * Settles the stuck refund attempts, then refunds in full the payments that found no seats.
+ * Safe to run concurrently with itself and live traffic: every refund goes through its
+ * operation's claim and key.
+ */
+export async function reconcileRefunds(deps: ReconcileDeps): Promise<RefundReconcileSummary> {
+  const log = deps.log ?? consoleLog;
+  const store = deps.refundStore ?? sqlRefundStore(deps.sql);
+  const maxAttempts = deps.maxAttempts ?? 5;
+  const limit = deps.limit ?? 50;
+  const summary: RefundReconcileSummary = {
+    settled: 0,
+    failed: 0,
+    skipped: 0,
+    conflictsRefunded: 0,
+  };
+  const note = (operationId: string, fields: Record<string, unknown>) =>
+    log({ fn: "reconcile-checkouts", operation: `${REFUND_OPERATION}:${operationId}`, ...fields });
+
+  const handled: string[] = [];
+  for (let i = 0; i < limit; i++) {
+    const [claim] = await claimStuckRefunds(deps.sql, {
+      staleSeconds: deps.staleSeconds ?? 600,
+      limit: 1,
+      leaseSeconds: LEASE_SECONDS,
+      exclude: handled,
+    });
+    if (!claim) break;
+    handled.push(claim.operationId);
+    const context = new RequestContext();
+    let outcome: RefundEnding | "skipped";
+    try {
+      outcome = await attemptRefund(deps, store, claim, context, {
+        lastRun: claim.reconcileAttempts >= maxAttempts,
+      });
+    } catch (error) {
+      // Fenced (a live retry took the attempt over) or a storage error: this row only.
+      outcome = "skipped";
+      note(claim.operationId, errorFields(error));
+    }
+    summary[STUCK_COUNTS[outcome]] += 1;
+    note(claim.operationId, {
+      outcome,
+      reconcile_attempts: claim.reconcileAttempts,
+      stripe_ms: Math.round(context.stripeMs),
+    });
+  }
+
+  const done: string[] = [];
+  for (let i = 0; i < limit; i++) {
+    const [conflict] = await capacityConflictsToRefund(deps.sql, {
+      limit: 1,
+      maxAttempts,
+      exclude: done,
+    });
+    if (!conflict) break;
+    done.push(conflict.orderId);
+    const context = new RequestContext();
+    let outcome: RefundEnding | ConflictClaimEnding | "skipped";
+    try {
+      outcome = await refundConflict(deps, store, conflict, context);
+    } catch (error) {
+      // The claim refused (e.g. the order was refunded meanwhile) or storage failed.
+      outcome = "skipped";
+      note(conflict.operationId, errorFields(error));
+    }
+    const counted = CONFLICT_COUNTS[outcome];
+    if (counted) summary[counted] += 1;
+    note(conflict.operationId, {
+      outcome,
+      source: "capacity_conflict",
+      order: conflict.orderId,
+      stripe_ms: Math.round(context.stripeMs),
+    });
+  }
+  return summary;
+}
+
+/**
+ * How a refund attempt ended: recorded (Stripe's refund applied), refused (Stripe answered with
+ * an error: key burnt, reservation given back), gave_up (no answer on the last run allowed:
+ * likewise), later (no answer: the attempt waits, with its key, for the next run).
+ */
+type RefundEnding = "recorded" | "refused" | "gave_up" | "later";
+
+/** A conflict's claim that needs no Stripe call: another run refunded it, or holds it now. */
+type ConflictClaimEnding = "replayed" | "in_flight" | "mismatch";
+
+/** Where a stuck attempt's ending is counted ("skipped": fenced, or storage failed). */
+const STUCK_COUNTS: Record<RefundEnding | "skipped", keyof RefundReconcileSummary> = {
+  recorded: "settled",
+  refused: "settled",
+  gave_up: "failed",
+  later: "skipped",
+  skipped: "skipped",
+};
+
+/** Where a conflict's ending is counted; a replay (refunded by another run) is not. */
+const CONFLICT_COUNTS: Record<
+  RefundEnding | ConflictClaimEnding | "skipped",
+  keyof RefundReconcileSummary | null
+> = {
+  recorded: "conflictsRefunded",
+  refused: "failed",
+  gave_up: "failed",
+  later: "skipped",
+  in_flight: "skipped",
+  mismatch: "skipped",
+  skipped: "skipped",
+  replayed: null,
+};
+
+/**
+ * Runs an armed refund attempt through makeRefund (the one refund path) and says how it ended.
+ * On the last run allowed, an attempt Stripe did not answer is given up (released with its key
+ * burnt); never one whose refund Stripe made and whose record failed: that one keeps its key,
+ * so the next run gets the same refund back. Throws when the attempt was fenced or its outcome
+ * could not be stored.
+ */
+async function attemptRefund(
+  deps: ReconcileDeps,
+  store: RefundStore,
+  claim: ArmedRefund,
+  context: RequestContext,
+  options: { lastRun: boolean },
+): Promise<RefundEnding> {
+  let stripeAnswered = false;
+  let released: RefundEnding | undefined;
+  const watched: RefundStore = {
+    ...store,
+    record: (input) => {
+      stripeAnswered = true;
+      return store.record(input);
+    },
+    release: async (input) => {
+      const giveUp = options.lastRun && !input.keyConsumed && !stripeAnswered;
+      const status = await store.release({
+        ...input,
+        keyConsumed: input.keyConsumed || giveUp,
+        error: giveUp
+          ? `reconcile: gave up after ${claim.reconcileAttempts} runs (${input.error})`
+          : `reconcile: ${input.error}`,
+      });
+      released = giveUp ? "gave_up" : input.keyConsumed ? "refused" : "later";
+      return status;
+    },
+  };
+  try {
+    await makeRefund({ store: watched, stripe: deps.stripe }, claim, context);
+    return "recorded";
+  } catch (error) {
+    if (released === undefined) throw error;
+    return released;
+  }
+}
+
+/** Refunds one capacity_conflict order in full: claim `conflict.<order id>`, then makeRefund. */
+async function refundConflict(
+  deps: ReconcileDeps,
+  store: RefundStore,
+  conflict: { orderId: string; operationId: string },
+  context: RequestContext,
+): Promise<RefundEnding | ConflictClaimEnding> {
+  const requestFingerprint = await fingerprint({
+    source: "capacity_conflict",
+    orderId: conflict.orderId,
+  });
+  const claim = await context.db(() =>
+    store.claim({
+      operationId: conflict.operationId,
+      requestFingerprint,
+      orderId: conflict.orderId,
+      source: "capacity_conflict",
+      leaseSeconds: LEASE_SECONDS,
+    })
+  );
+  switch (claim.outcome) {
+    case "replay":
+      return "replayed";
+    case "conflict":
+      return "in_flight";
+    case "mismatch":
+      return "mismatch";
+  }
+  // A no-answer attempt is left in flight: a later run takes it over as a stuck refund.
+  return await attemptRefund(deps, store, claim, context, { lastRun: false });
+}
+
+/** A failure for the log: its name and SQLSTATE only, never its message. */
+function errorFields(error: unknown): Record<string, unknown> {
+  return {
+    error: error instanceof Error ? error.name : typeof error,
+    sqlstate: (error as { code?: string }).code,
+  };
+}
+
 /** The reconcile endpoint: cron calls it with a secret key (operatorCaller). */
 export function createReconcileHandler(
   deps: ReconcileDeps & { authenticate: CallerCheck },
@@ -172,7 +422,7 @@ export function createReconcileHandler(
     },
     async (request, context) => {
       await deps.authenticate(request);
-      const summary = await reconcileStuckCheckouts(deps);
+      const summary = await reconcile(deps);
       context.note({ outcome: "reconciled", ...summary });
       return json(200, summary);
     },

@@ -97,6 +97,43 @@ export async function claimRefund(sql: Sql, input: RefundClaimInput): Promise<Re
   return refundClaimFromRow(row);
 }
 
+/**
+ * Takes over refund attempts whose lease expired more than `staleSeconds` ago (see
+ * claim_stuck_refunds): each comes back armed with its SAME key and reserved parameters.
+ */
+export async function claimStuckRefunds(
+  sql: Sql,
+  options: {
+    staleSeconds: number;
+    limit: number;
+    leaseSeconds: number;
+    /** Operation ids not to take again (already handled in this run). */
+    exclude?: string[];
+    now?: Date;
+  },
+): Promise<ArmedRefund[]> {
+  const rows = await sql<RefundClaimRow[]>`
+    select * from public.claim_stuck_refunds(${options.staleSeconds}::int, ${options.limit}::int,
+      ${options.leaseSeconds}::int, coalesce(${options.now ?? null}::timestamptz, now()),
+      ${options.exclude ?? []}::text[])`;
+  return rows.map((row) => refundClaimFromRow({ ...row, outcome: "reconcile" }) as ArmedRefund);
+}
+
+/**
+ * Orders whose payment found no seats (capacity_conflict) and still wait for their automatic
+ * full refund, with the operation that makes it (`conflict.<order id>`); see
+ * capacity_conflicts_to_refund.
+ */
+export async function capacityConflictsToRefund(
+  sql: Sql,
+  options: { limit: number; maxAttempts: number; exclude?: string[] },
+): Promise<{ orderId: string; operationId: string }[]> {
+  const rows = await sql<{ order_id: string; operation_id: string }[]>`
+    select * from public.capacity_conflicts_to_refund(${options.limit}::int,
+      ${options.maxAttempts}::int, ${options.exclude ?? []}::uuid[])`;
+  return rows.map((row) => ({ orderId: row.order_id, operationId: row.operation_id }));
+}
+
 function refundClaimFromRow(row: RefundClaimRow): RefundClaim {
   switch (row.outcome) {
     case "replay":
