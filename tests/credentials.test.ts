@@ -18,7 +18,7 @@ import {
   webhookHandlerFromEnv,
 } from "../supabase/functions/_shared/wiring.ts";
 import { rowCounts } from "./support/checkout-harness.ts";
-import { databaseUrl, openPool } from "./support/database.ts";
+import { databaseUrl, openPool, parkLeftoverWork } from "./support/database.ts";
 import { TEST_WEBHOOK_SECRET } from "./support/webhooks.ts";
 import { startStripeServer } from "../local/stripe/mod.ts";
 import {
@@ -325,6 +325,8 @@ Deno.test({
         OTHER_SERVICE_ROLE,
       ];
       const mismatches: string[] = [];
+      // An accepted reconcile call must find nothing to do, whatever other files left behind.
+      await parkLeftoverWork(sql);
       const countsBefore = await rowCounts(sql);
       const webhookEvents = async () =>
         (await sql<{ n: string }[]>`select count(*)::text as n from public.stripe_webhook_events`)[

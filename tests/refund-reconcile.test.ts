@@ -13,6 +13,7 @@ import {
   type ReconcileRunSummary,
 } from "../supabase/functions/_shared/reconcile.ts";
 import type { RefundStore } from "../supabase/functions/_shared/refunds.ts";
+import { parkLeftoverWork } from "./support/database.ts";
 import {
   checkoutRequest,
   createEvent,
@@ -36,12 +37,7 @@ const NO_REFUNDS = { settled: 0, failed: 0, skipped: 0, conflictsRefunded: 0 };
  */
 function withReconciler(fn: (h: Harness) => Promise<void>): Promise<void> {
   return withHarness(async (h) => {
-    await h.sql`
-      update public.stripe_idempotency_keys set status = 'failed', lease_token = null, lease_expires_at = null
-      where status = 'in_progress' and operation_type in ('checkout:create', 'refund:create')`;
-    await h.sql`
-      update public.orders set status = 'expired', paid_at = null
-      where status = 'capacity_conflict' and amount_refunded = 0`;
+    await parkLeftoverWork(h.sql);
     await fn(h);
   });
 }

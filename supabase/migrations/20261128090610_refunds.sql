@@ -458,7 +458,9 @@ as $$
     on k.operation_type = private.refund_operation() and k.operation_id = 'conflict.' || o.id::text
   where o.status = 'capacity_conflict'
     and o.id <> all (coalesce(p_exclude, '{}'))
-    -- Another refund (the event's cancellation) may hold all of it already.
+    -- Another refund (the event's cancellation) may hold all of it already; without a
+    -- PaymentIntent (a free order) there is nothing to give back.
+    and o.stripe_payment_intent_id is not null
     and private.order_refundable(o) > 0
     and (k.id is null or (k.status = 'failed' and k.attempt < p_max_attempts))
   order by o.updated_at

@@ -40,3 +40,17 @@ export async function closeAll(clients: Sql[]): Promise<void> {
 export function uniqueOperationId(prefix: string): string {
   return `${prefix}-${crypto.randomUUID()}`;
 }
+
+/**
+ * Reconciliation is global (it settles whatever the database holds): parks the attempts and
+ * capacity conflicts other test files left behind on purpose, so that a test that reconciles
+ * sees only its own work.
+ */
+export async function parkLeftoverWork(sql: Sql): Promise<void> {
+  await sql`
+    update public.stripe_idempotency_keys set status = 'failed', lease_token = null, lease_expires_at = null
+    where status = 'in_progress' and operation_type in ('checkout:create', 'refund:create')`;
+  await sql`
+    update public.orders set status = 'expired', paid_at = null
+    where status = 'capacity_conflict' and amount_refunded = 0`;
+}
