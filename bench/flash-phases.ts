@@ -6,12 +6,13 @@
 import postgres from "postgres";
 import { processWebhookEvent } from "../supabase/functions/_shared/db.ts";
 import { startInstances } from "../scripts/lib/instances.ts";
-import { apiKey, LOCAL_JWT_SECRET } from "../scripts/lib/jwt.ts";
+import { LOCAL_JWT_SECRET } from "../scripts/lib/jwt.ts";
 import type { Bench } from "./context.ts";
 import { clientAddress, sessionsCreated } from "./context.ts";
 import { type PgbenchRun, runPgbench } from "./db-phases.ts";
 import { servicePids } from "./http-phases.ts";
 import {
+  BENCH_PUBLISHABLE_KEY,
   DISTURBED_CORES,
   type LatencySummary,
   postCheckout,
@@ -667,6 +668,8 @@ export async function onSaleBenchmark(
       STRIPE_API_BASE: bench.services.stripeUrl,
       SITE_URL: "https://shop.example",
       SUPABASE_JWT_SECRET: LOCAL_JWT_SECRET,
+      // The key the buyers send (without it every checkout of this run was a 401).
+      SUPABASE_PUBLISHABLE_KEYS: JSON.stringify({ default: BENCH_PUBLISHABLE_KEY }),
       STRIPE_WEBHOOK_SECRET: "whsec_bench",
       // The buyer's address is the entry before the one the functions host appends.
       CHECKOUT_TRUSTED_PROXY_HOPS: "2",
@@ -682,7 +685,6 @@ export async function onSaleBenchmark(
           seats: options.seats,
           buyers: options.buyers,
           concurrency: options.concurrency,
-          authorization: `Bearer ${await apiKey("anon", LOCAL_JWT_SECRET)}`,
           meterPids: [...pids, ...instances.pids],
         }),
       );

@@ -273,3 +273,63 @@ Deno.test("refund-order: Stripe's answer burns the key and gives the reservation
     assert.equal(h.stripe.refundedAmount(paid.paymentIntent), 900);
   });
 });
+
+Deno.test("refund-order: 20 concurrent full refunds of one order refund exactly what was paid, once", async () => {
+  await withHarness(async (h) => {
+    const refund = refundHandler(h);
+    const paid = await paidOrder(h);
+    const responses = await Promise.all(
+      Array.from({ length: 20 }, () => refund(refundRequest({ orderId: paid.orderId }))),
+    );
+    const codes = await Promise.all(
+      responses.map(async (r) => r.status === 201 ? "created" : await errorCode(r)),
+    );
+    assert.equal(codes.filter((c) => c === "created").length, 1, codes.join(","));
+    assert.ok(
+      codes.every((c) => c === "created" || c === "refund_exceeds_amount"),
+      codes.join(","),
+    );
+    assert.equal(h.stripe.refundsCreated(), 1);
+    assert.equal(h.stripe.refundedAmount(paid.paymentIntent), paid.amount, "exactly what was paid");
+    assert.deepEqual(await orderRefunds(h, paid.orderId), {
+      status: "refunded",
+      amountRefunded: paid.amount,
+      reserved: paid.amount,
+      rows: 1,
+    });
+  });
+});
+
+Deno.test("refund-order: the same key while its attempt is in flight is 409 idempotency_key_in_use with Retry-After", async () => {
+  await withHarness(async (h) => {
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => release = resolve);
+    let entered: () => void = () => {};
+    const inFlight = new Promise<void>((resolve) => entered = resolve);
+    const refund = refundHandler(h, {
+      wrapStore: (store) => ({
+        ...store,
+        record: async (input) => {
+          entered();
+          await gate; // the first attempt holds its lease until the test lets it record
+          return store.record(input);
+        },
+      }),
+    });
+    const paid = await paidOrder(h);
+    const key = `op-${crypto.randomUUID()}`;
+    const body = { orderId: paid.orderId, amount: 500 };
+    const first = refund(refundRequest(body, { key }));
+    await inFlight;
+    const second = await refund(refundRequest(body, { key }));
+    assert.equal(second.status, 409);
+    assert.equal(await errorCode(second), "idempotency_key_in_use");
+    assert.equal(second.headers.get("retry-after"), "1");
+    release();
+    assert.equal((await first).status, 201);
+    const third = await refund(refundRequest(body, { key }));
+    assert.equal(third.status, 201);
+    assert.equal(third.headers.get("idempotent-replayed"), "true");
+    assert.equal(h.stripe.refundsCreated(), 1);
+  });
+});

@@ -443,6 +443,8 @@ begin
     from public.stripe_idempotency_keys k
     where k.expires_at <= p_now
       and not (k.status = 'in_progress' and k.lease_expires_at > p_now)
+      -- A refund attempt in flight may have refunded at Stripe: only reconciliation may end it.
+      and not (k.status = 'in_progress' and k.operation_type = 'refund:create')
     order by k.expires_at
     limit p_batch_size
     for update skip locked

@@ -286,6 +286,15 @@ begin
   elsif p_type in ('refund.created', 'refund.updated', 'refund.failed') then
     return private.apply_stripe_refund(p_object, p_now);
   elsif p_type = 'charge.refunded' then
+    -- The one lock order across several refunds: all their operations first (in id order),
+    -- then the order, which apply_stripe_refund takes for each.
+    perform 1 from public.stripe_idempotency_keys k
+    join public.refunds r on r.operation_id = k.operation_id
+    where k.operation_type = private.refund_operation()
+      and r.stripe_refund_id in (
+        select x ->> 'id' from jsonb_array_elements(coalesce(p_related -> 'refunds', p_object -> 'refunds' -> 'data', '[]')) x)
+    order by k.id
+    for update of k;
     -- Each of the charge's refunds, as Stripe listed them (oldest first).
     for v_refund in
       select x from jsonb_array_elements(coalesce(p_related -> 'refunds', p_object -> 'refunds' -> 'data', '[]')) x

@@ -10,7 +10,8 @@
 --          kept, and the next attempt takes over with the SAME key, so Stripe hands back the one
 --          refund it made).
 -- States:  a refund is reserved (claimed, not yet seen by Stripe) → pending | requires_action →
---          succeeded | failed | canceled, forward only. The order's amount_refunded is the sum
+--          succeeded | failed | canceled, forward only (succeeded → failed too: a bank can return
+--          a refund later). The order's amount_refunded is the sum
 --          of its succeeded refunds and its state follows: paid → partially_refunded →
 --          refunded; capacity_conflict → refunded. A full refund frees the order's seats (the
 --          capacity triggers count paid and partially refunded orders only).
@@ -19,7 +20,8 @@
 -- Lock order: as everywhere (see the checkout migration): the idempotency row → the order →
 --          (its refunds) → the tiers in id order.
 -- Errors:  RF001 order not found; RF002 order not paid; RF003 amount above what is left
---          (DETAIL: what is left); RF004 refund not recorded yet (a webhook is early: retried);
+--          (DETAIL: what is left), or no PaymentIntent to name; RF004 refund not recorded yet (a
+--          webhook is early: retried); RF005 an earlier attempt of the operation is in doubt;
 --          22023 bad argument.
 
 create table public.refunds (
@@ -108,8 +110,10 @@ create or replace function private.refund_status_rank(p_status text)
 returns integer
 language sql immutable set search_path = ''
 as $$
+  -- A refund can fail after it succeeded (the customer's bank returns it; Stripe says
+  -- refund.failed), never the other way round.
   select case p_status when 'reserved' then 0 when 'requires_action' then 1 when 'pending' then 2
-    when 'succeeded' then 3 when 'failed' then 3 when 'canceled' then 3 end;
+    when 'succeeded' then 3 when 'failed' then 4 when 'canceled' then 4 end;
 $$;
 
 -- The order's amount_refunded and state, from its succeeded refunds (the caller holds the order's
@@ -127,6 +131,10 @@ begin
         when o.status not in ('paid', 'partially_refunded', 'refunded', 'capacity_conflict') then o.status
         when x.refunded >= o.amount_total and o.amount_total > 0 then 'refunded'
         when o.status = 'capacity_conflict' then o.status
+        -- A full refund that failed after it succeeded: the seats went back on sale meanwhile and
+        -- the money is held again, as for a payment that found no seats; reconciliation gives
+        -- it back again.
+        when o.status = 'refunded' then 'capacity_conflict'
         when x.refunded > 0 then 'partially_refunded'
         else o.status
       end
@@ -167,6 +175,15 @@ begin
   perform private.sync_order_refunds(p_refund.order_id);
   return true;
 end;
+$$;
+
+-- The 201 body of a refund: Stripe's refund id, the order, the amount, both states.
+create or replace function private.refund_response(p_refund public.refunds, p_order public.orders)
+returns jsonb
+language sql immutable set search_path = ''
+as $$
+  select jsonb_build_object('refundId', p_refund.stripe_refund_id, 'orderId', p_order.id,
+    'amount', p_refund.amount, 'status', p_refund.status, 'orderStatus', p_order.status);
 $$;
 
 create or replace function private.refund_claim_of(
@@ -238,15 +255,39 @@ begin
   if v_claim.outcome = 'takeover' and v_refund.status = 'reserved' then
     return private.refund_claim_of(v_claim, p_operation_id, v_refund, v_order);
   end if;
+  if v_refund.status = 'reserved' then
+    -- Its attempt's record is gone (deleted by hand: cleanup keeps refund attempts in flight),
+    -- so nobody knows whether Stripe made it: never send a second one.
+    raise exception using errcode = 'RF005',
+      message = format('Cannot refund order: an earlier attempt of %s may have reached Stripe', p_operation_id);
+  end if;
+  if v_refund.status in ('pending', 'requires_action', 'succeeded') then
+    -- The operation made its refund and cleanup has since forgotten the operation (after 24
+    -- hours): answer with that refund (now as a replay), never refund again.
+    perform public.record_stripe_idempotency(private.refund_operation(), p_operation_id, p_lease_token,
+      v_refund.stripe_refund_id, 201, private.refund_response(v_refund, v_order),
+      jsonb_build_object('refund_id', v_refund.stripe_refund_id), p_now);
+    v_claim := private.claim_of('replay', (select k from public.stripe_idempotency_keys k
+      where k.operation_type = private.refund_operation() and k.operation_id = p_operation_id));
+    v_claim.outcome := 'replay';
+    v_claim.response_status := 201;
+    v_claim.response_body := private.refund_response(v_refund, v_order);
+    return private.refund_claim_of(v_claim, p_operation_id, null, null);
+  end if;
 
   if v_order.status not in ('paid', 'partially_refunded', 'refunded', 'capacity_conflict') then
     raise exception using errcode = 'RF002',
       message = format('Cannot refund order: order %s is %s, not paid', v_order.id, v_order.status),
       detail = v_order.status;
   end if;
+  if v_order.stripe_payment_intent_id is null and v_order.amount_total > 0 then
+    raise exception using errcode = 'RF003',
+      message = format('Cannot refund order: order %s has no PaymentIntent recorded (paid before refunds existed): refund it in the Stripe Dashboard', v_order.id),
+      detail = '0';
+  end if;
   v_left := private.order_refundable(v_order);
   v_amount := coalesce(p_amount, v_left);
-  if v_amount < 1 or v_amount > v_left or v_order.stripe_payment_intent_id is null then
+  if v_amount < 1 or v_amount > v_left then
     raise exception using errcode = 'RF003',
       message = format('Cannot refund order: %s is more than the %s %s left to refund', v_amount, v_left, v_order.currency),
       detail = v_left::text;
@@ -310,8 +351,7 @@ begin
   select r.* into v_refund from public.refunds r where r.id = v_refund.id;
   select o.* into v_order from public.orders o where o.id = v_order.id;
 
-  v_body := jsonb_build_object('refundId', v_refund.stripe_refund_id, 'orderId', v_order.id,
-    'amount', v_refund.amount, 'status', v_refund.status, 'orderStatus', v_order.status);
+  v_body := private.refund_response(v_refund, v_order);
   perform public.record_stripe_idempotency(private.refund_operation(), p_operation_id, p_lease_token,
     v_refund.stripe_refund_id, 201, v_body, jsonb_build_object('refund_id', v_refund.stripe_refund_id), p_now);
   return v_body;

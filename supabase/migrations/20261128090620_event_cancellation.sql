@@ -48,6 +48,10 @@ begin
   if p_key.status = 'in_progress' then
     return case when p_key.lease_expires_at > p_now then 'wait' else 'refund' end;
   end if;
+  if p_order.stripe_payment_intent_id is null then
+    -- Nothing to name at Stripe: free, or paid before refunds existed (the Dashboard's, then).
+    return case when p_order.amount_total = 0 then 'done' else 'failed' end;
+  end if;
   v_left := private.order_refundable(p_order);
   if v_left = 0 then
     -- Another refund holds what is left; it may still give it back.

@@ -63,6 +63,8 @@ export interface Violations {
   overRefunded: number;
   /** Orders whose refunds in the database disagree with Stripe's once everything settled. */
   refundsOutOfStep: number;
+  /** Refund operations for which Stripe made more than one refund. */
+  doubleRefunds: number;
 }
 
 /** Counters reported in RELIABILITY.md. */
@@ -83,6 +85,7 @@ function noViolations(): Violations {
     capacityDisagreements: 0,
     overRefunded: 0,
     refundsOutOfStep: 0,
+    doubleRefunds: 0,
   };
 }
 
@@ -186,18 +189,31 @@ export async function checkInvariants(
 
 /** Per paid order of the case's event: Stripe's refunds against what it paid and what we hold. */
 async function checkRefunds(h: Harness, tally: ReliabilityTally): Promise<void> {
+  // One operation, one refund: Stripe made at most one refund per operation (its stable id),
+  // whatever retries, takeovers and new keys it went through.
+  const made = new Map<string, number>();
+  for (const request of h.stripe.requests) {
+    if (request.method !== "POST" || request.path !== "/v1/refunds") continue;
+    if (request.status !== 200 || request.replayed || !request.idempotencyKey) continue;
+    const operation = request.idempotencyKey.split(":").slice(0, 3).join(":");
+    made.set(operation, (made.get(operation) ?? 0) + 1);
+  }
+  tally.doubleRefunds = [...made.values()].filter((count) => count > 1).length;
   const orders = await h.sql<
-    { id: string; pi: string; total: number; held: number; in_flight: number }[]
+    { id: string; pi: string; total: number; held: number; reserved: number; in_flight: number }[]
   >`
     select o.id, o.stripe_payment_intent_id as pi, o.amount_total as total,
            coalesce(sum(r.amount) filter (where r.status in ('pending', 'requires_action', 'succeeded')), 0)::int as held,
+           coalesce(sum(r.amount) filter (where r.status not in ('failed', 'canceled')), 0)::int as reserved,
            count(r.id) filter (where r.status = 'reserved')::int as in_flight
     from public.orders o left join public.refunds r on r.order_id = o.id
     where o.event_id = ${h.event.id} and o.stripe_payment_intent_id is not null
     group by o.id`;
   for (const order of orders) {
     const refunded = h.stripe.refundedAmount(order.pi);
-    if (refunded > order.total) tally.overRefunded += 1;
+    // Counted on both sides: Stripe's total (the local server itself refuses more than the
+    // charge), and what the database let through (every refund not failed, reserved included).
+    if (refunded > order.total || order.reserved > order.total) tally.overRefunded += 1;
     if (order.in_flight > 0 || order.held !== refunded) {
       console.error(`refunds out of step: ${JSON.stringify({ ...order, refunded })}`);
       tally.refundsOutOfStep += 1;

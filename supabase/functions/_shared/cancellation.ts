@@ -134,6 +134,8 @@ export async function refundOrder(
   } catch (error) {
     // RF003: nothing left (another refund holds it); RF002: no longer paid (refunded meanwhile).
     if (sqlState(error) === "RF003" || sqlState(error) === "RF002") return "skipped";
+    // RF005: an earlier attempt is in doubt: an operator's, never a second refund.
+    if (sqlState(error) === "RF005") return "failed";
     throw error;
   }
   if (claim.outcome === "replay" || claim.outcome === "conflict") return "skipped";

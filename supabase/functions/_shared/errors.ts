@@ -42,6 +42,10 @@ const CATALOGUE = {
   event_cancelled: { status: 409, reason: "the event is cancelled" },
   order_not_paid: { status: 409, reason: "the order is not paid" },
   refund_exceeds_amount: { status: 409, reason: "the amount is more than what is left to refund" },
+  refund_in_doubt: {
+    status: 409,
+    reason: "an earlier attempt of this refund may have reached Stripe; an operator must check",
+  },
   payload_too_large: { status: 413, reason: "the body is too large" },
   unsupported_media_type: { status: 415, reason: "Content-Type must be application/json" },
   idempotency_key_reused: {

@@ -34,7 +34,12 @@ export interface StripeFailure {
 /** Classifies a failed Stripe call (see {@link StripeKeyState}). */
 export function classifyStripeError(error: unknown): StripeFailure {
   const status = error instanceof Stripe.errors.StripeError ? error.statusCode : undefined;
-  const reason = error instanceof Error ? `${error.name}${status ? ` ${status}` : ""}` : "unknown";
+  // Stripe's error code (charge_disputed, amount_too_large, …) says why to an operator; it is
+  // never personal data.
+  const code = error instanceof Stripe.errors.StripeError && error.code ? ` ${error.code}` : "";
+  const reason = error instanceof Error
+    ? `${error.name}${status ? ` ${status}` : ""}${code}`
+    : "unknown";
   if (status === undefined || status === 409 || status === 429) {
     const retryAfter = status === 429 ? 2 : 1;
     return { keyState: "no_answer", keyConsumed: false, error: unavailable(retryAfter), reason };

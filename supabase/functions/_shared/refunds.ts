@@ -81,6 +81,7 @@ const SQL_ERRORS: Record<string, ErrorCode> = {
   RF001: "order_not_found",
   RF002: "order_not_paid",
   RF003: "refund_exceeds_amount",
+  RF005: "refund_in_doubt",
   "22023": "validation_failed",
 };
 

@@ -5,7 +5,7 @@
 -- Every scenario uses its own tier, order, operation and event ids, so no count depends on
 -- other rows.
 begin;
-select plan(143);
+select plan(155);
 
 -- ------------------------------------------------------------------------------------------
 -- Structure and privileges
@@ -385,6 +385,54 @@ select is(pg_temp.disagreeing(310), 0::bigint, 'the counters agree with the orde
 
 -- ------------------------------------------------------------------------------------------
 -- claim_stuck_refunds: an attempt that died between Stripe and its record
+-- ------------------------------------------------------------------------------------------
+-- What cleanup forgets: a made refund is never made again; an attempt in flight is kept
+-- ------------------------------------------------------------------------------------------
+do $$ begin
+  perform pg_temp.paid('cl', 7, 2, 0);
+  perform pg_temp.claim('rf-cl1', pg_temp.oid('cl'), 700, 100);
+  perform pg_temp.record('rf-cl1', pg_temp.re('re_rf_cl1', 700, 'cl', 'succeeded'), 110);
+  -- 24 hours later cleanup deletes the completed operation (its refund row stays).
+  delete from public.stripe_idempotency_keys where operation_type = 'refund:create' and operation_id = 'rf-cl1';
+end $$;
+create temp table cl_again as select * from pg_temp.claim('rf-cl1', pg_temp.oid('cl'), 700, 90000);
+select row_eq($$select outcome, response_status, response_body ->> 'refundId', (response_body ->> 'amount')::int, lease_token from cl_again$$,
+  row('replay'::text, 201, 're_rf_cl1'::text, 700, null::uuid),
+  'the same operation after cleanup answers with the refund it made, as a replay (no lease: Stripe is not called)');
+select row_eq($$select count(*)::int, sum(amount)::int from public.refunds where order_id = pg_temp.oid('cl')$$,
+  row(1, 700), 'and reserves nothing more');
+select is((select status from public.stripe_idempotency_keys where operation_type = 'refund:create' and operation_id = 'rf-cl1'),
+  'completed', 'the operation is remembered again, completed');
+
+do $$ begin perform pg_temp.claim('rf-cl2', pg_temp.oid('cl'), 300, 90100); end $$;
+select cmp_ok(public.cleanup_expired_idempotency_keys(10000, pg_temp.t(90100) + interval '3 days'), '>', 0::bigint,
+  'cleanup runs three days later (and deletes what expired)');
+select is((select status from public.stripe_idempotency_keys where operation_type = 'refund:create' and operation_id = 'rf-cl2'),
+  'in_progress', 'cleanup keeps a refund attempt in flight, however old: only reconciliation may end it');
+delete from public.stripe_idempotency_keys where operation_type = 'refund:create' and operation_id = 'rf-cl2';
+select is(pg_temp.error_of($$select pg_temp.claim('rf-cl2', pg_temp.oid('cl'), 300, 90200)$$), 'RF005:',
+  'if its record is deleted by hand, a new claim is refused (RF005): Stripe may have made the refund');
+select is((select status from public.refunds where operation_id = 'rf-cl2'), 'reserved', 'the reservation stays');
+
+-- ------------------------------------------------------------------------------------------
+-- A refund that fails after it succeeded (the bank returned it)
+-- ------------------------------------------------------------------------------------------
+do $$ begin
+  perform pg_temp.paid('bk', 8, 2, 0);
+  perform pg_temp.claim('rf-bk1', pg_temp.oid('bk'), null, 100);
+  perform pg_temp.record('rf-bk1', pg_temp.re('re_rf_bk1', 2000, 'bk', 'succeeded'), 110);
+end $$;
+select is((pg_temp.ord('bk')).status, 'refunded', 'fully refunded first');
+select row_eq($$select outcome, order_id from pg_temp.deliver('evt_rf_bk1', 'refund.failed',
+                  pg_temp.re('re_rf_bk1', 2000, 'bk', 'failed'), 200)$$,
+  row('refund'::text, pg_temp.oid('bk')), 'refund.failed after succeeded is applied: Stripe gave the money back to us');
+select row_eq($$select (o).status, (o).amount_refunded from (select pg_temp.ord('bk') o) x$$,
+  row('capacity_conflict'::text, 0),
+  'the order holds the money again without its seats: capacity_conflict, for reconciliation to refund again');
+select is(pg_temp.disagreeing(210), 0::bigint, 'no seat came back (the counters agree)');
+select is((pg_temp.deliver('evt_rf_bk2', 'refund.updated', pg_temp.re('re_rf_bk1', 2000, 'bk', 'succeeded'), 220)).outcome,
+  'noop', 'a late succeeded never undoes the failure');
+
 -- ------------------------------------------------------------------------------------------
 do $$ begin
   perform pg_temp.paid('k', 10, 1, 0);
