@@ -1404,19 +1404,19 @@ function hotTierNote(h: HotTierResult, ratios: ReturnType<typeof hotRatios>): st
     const one = hotPoint(h, "claim, one tier", ratio.clients);
     const spread = hotPoint(h, "claim, 64 tiers", ratio.clients);
     return `At c${ratio.clients} one tier runs ${int(one?.tps ?? NaN)} claims/s against ` +
-      `${int(spread?.tps ?? NaN)} over ${h.tiers} tiers (${
-        x(ratio.vsSpread)
-      }): the tier's row is ` +
-      `held ${ms(1000 / (one?.tps ?? NaN))} ms per claim (1 / throughput) against ` +
+      `${int(spread?.tps ?? NaN)} over ${h.tiers} tiers (${x(ratio.vsSpread)}): one claim every ${
+        ms(1000 / (one?.tps ?? NaN))
+      } ms (1 / throughput) against ` +
       `${ms(1000 / (row?.tps ?? NaN))} ms per single-row update`;
   });
-  return "Capacity is one counter row per tier (`private.tier_capacity`), taken by the claim's " +
-    "last write (the counter update of its items' trigger) and held through the capacity check " +
-    `and the commit's WAL flush. ${parts.join(". ")}. Spread over ${h.tiers} tiers, claims are ` +
-    "bounded by the CPU one costs (Postgres CPU per transaction above) on " +
-    "cores shared with pgbench; on one tier, the row is also held while its holder waits for the " +
-    "commit flush and for a core among the other backends, which the single-row update (no other " +
-    "work) barely needs.";
+  return "A tier of 256 seats or more counts on 8 shard rows (`private.tier_capacity`), each " +
+    "with its share of the capacity; a claim locks only its order's shard, checks it against " +
+    "that share and holds it through the commit's WAL flush (a claim whose shard is full takes " +
+    `all 8 to move seats between them). ${parts.join(". ")}. Spread over ${h.tiers} tiers, ` +
+    "claims are bounded by the CPU one costs (Postgres CPU per transaction above) on " +
+    "cores shared with pgbench; on one tier, each shard is also held while its holder waits for " +
+    "the commit flush and for a core among the other backends, which the single-row update (no " +
+    "other work) barely needs.";
 }
 
 function onSaleSection(r: Results): string[] {

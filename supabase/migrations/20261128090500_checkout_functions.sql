@@ -71,8 +71,9 @@ create type private.checkout_request as (
 );
 
 -- Creates a pending order holding seats, after checking the event, the tiers and capacity. The
--- order is written whole first (priced from the catalogue); the tiers' counters are locked last,
--- so a hot tier's lock is held only for its count, the items and the commit.
+-- order is written whole first (priced from the catalogue); the tiers' counters (one shard of
+-- each) are locked last, so a hot tier's lock is held only for its count, the items and the
+-- commit.
 create or replace function private.create_checkout_order(p_order_id uuid, p_request private.checkout_request)
 returns public.orders
 language plpgsql volatile set search_path = ''
@@ -148,12 +149,12 @@ $$;
 comment on function private.create_checkout_order(uuid, private.checkout_request) is
   'Internal to claim_checkout: a pending order priced from the tiers, holding seats, or an error.';
 
--- The order's lines, inserted in one statement: its trigger adds the holds and the seats to each
--- tier's counter, which takes the counters' locks in tier id order (concurrent checkouts of
--- overlapping tiers queue, never deadlock). Then, under those locks, each tier must still fit its
--- capacity, this order's seats included; otherwise CK003 undoes it all. Taking the locks with
--- the last write keeps a hot tier's lock for the check and the commit only. The caller has
--- checked the tiers' rules. Returns how many lines it inserted.
+-- The order's seats, tier by tier in id order: each tier's room is taken first
+-- (take_tier_room: the order's shard of the tier locked with room for its seats, allotment moved
+-- to it from the tier's other shards if it had none; no room in the whole tier: CK003, which
+-- undoes it all), then the lines are inserted in one statement, whose trigger adds the holds
+-- and the seats to the shards already locked. Concurrent checkouts of overlapping tiers queue,
+-- never deadlock. The caller has checked the tiers' rules. Returns how many lines it inserted.
 create or replace function private.hold_tier_seats(
   p_order_id uuid,
   p_event events.events,
@@ -167,30 +168,29 @@ declare
   v_item record;
   v_found integer;
 begin
+  for v_item in
+    select t.id, t.name, (x ->> 'quantity')::int as quantity
+    from jsonb_array_elements(p_items) x
+    join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = p_event.id
+    order by t.id
+  loop
+    if not private.take_tier_room(v_item.id, p_order_id, v_item.quantity, p_now) then
+      raise exception using errcode = 'CK003',
+        message = format('Cannot create checkout: tier %s is sold out', v_item.name),
+        detail = v_item.id::text;
+    end if;
+  end loop;
   insert into public.order_items (order_id, tier_id, product_name, quantity, unit_amount)
   select p_order_id, t.id, p_event.title || ' — ' || t.name, (x ->> 'quantity')::int, t.unit_amount
   from jsonb_array_elements(p_items) x
   join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = p_event.id
   order by t.id;
   get diagnostics v_found = row_count;
-  -- Read after the locks: a capacity change waits for them too.
-  for v_item in
-    select t.id, t.name, t.capacity
-    from public.order_items i join events.ticket_tiers t on t.id = i.tier_id
-    where i.order_id = p_order_id and t.capacity is not null
-    order by t.id
-  loop
-    if private.tier_seats_taken(v_item.id, p_now) > v_item.capacity then
-      raise exception using errcode = 'CK003',
-        message = format('Cannot create checkout: tier %s is sold out', v_item.name),
-        detail = v_item.id::text;
-    end if;
-  end loop;
   return v_found;
 end;
 $$;
 comment on function private.hold_tier_seats(uuid, events.events, jsonb, timestamptz) is
-  'Internal to create_checkout_order: lines inserted (counters locked in tier id order), then capacity checked.';
+  'Internal to create_checkout_order: each tier''s room taken (its shard locked, in tier id order) or CK003, then the lines inserted.';
 
 -- Fills the order part of a checkout_claim. (PL/pgSQL, like every helper on a claim's path: a
 -- SQL function with a pinned search_path is planned again on every call.)

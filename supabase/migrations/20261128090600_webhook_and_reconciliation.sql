@@ -23,23 +23,22 @@ create type public.webhook_result as (
 );
 comment on type public.webhook_result is 'What processing one Stripe event did.';
 
--- The first tier of an order that no longer has room for it, or null when all do. Locks the
--- tiers' counters in id order (the order every seller uses). The order itself is not counted
--- (it is expired, cancelled or past its hold), so this is "could it take its seats back now".
+-- The first tier of an order that no longer has room for it, or null when all do. Takes each
+-- tier's room for the order in id order (the order every seller uses) as a claim does: the
+-- order's shard locked, allotment moved to it under all the tier's shards if it had none. The
+-- order itself is not counted (it is expired, cancelled or past its hold), so this is "could it
+-- take its seats back now"; the status change that follows counts them on the locked shards.
 create or replace function private.order_seats_unavailable(p_order_id uuid, p_now timestamptz)
 returns uuid
 language plpgsql volatile set search_path = ''
 as $$
 declare
   v_item record;
-  v_capacity integer;
 begin
   for v_item in
     select i.tier_id, i.quantity from public.order_items i where i.order_id = p_order_id order by i.tier_id
   loop
-    perform private.lock_tier_capacity(v_item.tier_id);
-    select t.capacity into v_capacity from events.ticket_tiers t where t.id = v_item.tier_id;
-    if private.tier_lacks_room(v_item.tier_id, v_capacity, v_item.quantity, p_now) then
+    if not private.take_tier_room(v_item.tier_id, p_order_id, v_item.quantity, p_now) then
       return v_item.tier_id;
     end if;
   end loop;

@@ -2,7 +2,7 @@
 -- without any job, the job only deletes what no longer counts, and check_tier_capacity finds
 -- any counter that disagrees with the orders (repair_tier_capacity fixes it).
 begin;
-select plan(54);
+select plan(95);
 
 -- Structure and privileges
 select has_table('private', 'tier_capacity', 'a counter row per tier');
@@ -54,7 +54,7 @@ create function pg_temp.items(p_tier int, p_qty int) returns jsonb language sql 
   select jsonb_build_array(jsonb_build_object('tierId', pg_temp.tier(p_tier), 'quantity', p_qty))
 $$;
 create function pg_temp.counter(p_tier int) returns text language sql as $$
-  select c.paid_seats || ' paid, ' || c.held_seats || ' held' from private.tier_capacity c where c.tier_id = pg_temp.tier(p_tier)
+  select sum(c.paid_seats) || ' paid, ' || sum(c.held_seats) || ' held' from private.tier_capacity c where c.tier_id = pg_temp.tier(p_tier)
 $$;
 create function pg_temp.disagreeing(p_at int) returns bigint language sql as $$
   select count(*) from public.check_tier_capacity(pg_temp.t(p_at))
@@ -133,13 +133,150 @@ select results_eq(
   $$values (pg_temp.tier(2), 6::bigint, 5::bigint, 'paid seats differ'::text)$$,
   'a tampered counter is reported with both figures');
 delete from private.seat_holds where tier_id = pg_temp.tier(1);
-insert into private.seat_holds values (pg_temp.order_of('b'), pg_temp.tier(1), 2, pg_temp.t(9999));
+insert into private.seat_holds values (pg_temp.order_of('b'), pg_temp.tier(1), 2, pg_temp.t(9999), 0);
 select is((select problem from public.check_tier_capacity(pg_temp.t(3000)) where tier_id = pg_temp.tier(1)),
   'held_seats differs from its hold rows; hold rows disagree with their orders',
   'a stray hold row is reported');
 select is(public.repair_tier_capacity(pg_temp.tier(2), pg_temp.t(3000)), 5::bigint, 'repair recounts tier 2');
 select is(public.repair_tier_capacity(pg_temp.tier(1), pg_temp.t(3000)), 4::bigint, 'repair recounts tier 1');
 select is(pg_temp.disagreeing(3000), 0::bigint, 'after the repair every counter agrees');
+
+-- ------------------------------------------------------------------------------------------
+-- Shards: tiers of 256 seats or more (and unlimited ones) count on 8 rows, each with its share
+-- ------------------------------------------------------------------------------------------
+insert into events.ticket_tiers (id, event_id, name, unit_amount, capacity, max_per_order)
+values (pg_temp.tier(5), 'e8000000-0000-4000-8000-000000000001', 'Tier 5', 1000, 300, 10),
+       (pg_temp.tier(6), 'e8000000-0000-4000-8000-000000000001', 'Tier 6', 1000, 256, 10);
+create function pg_temp.allotments(p_tier int) returns text language sql as $$
+  select string_agg(c.allotted::text, ',' order by c.shard) from private.tier_capacity c where c.tier_id = pg_temp.tier(p_tier)
+$$;
+create function pg_temp.shard_of(p_op text, p_tier int) returns int language sql as $$
+  select private.order_capacity_shard(pg_temp.order_of(p_op), 8)
+$$;
+-- Shards whose seats at p_at exceed their allotment.
+create function pg_temp.over(p_tier int, p_at int) returns bigint language sql as $$
+  select count(*) from private.tier_capacity c
+  where c.tier_id = pg_temp.tier(p_tier) and private.tier_shard_taken(c.tier_id, c.shard, pg_temp.t(p_at)) > c.allotted
+$$;
+create function pg_temp.problems(p_tier int, p_at int) returns text language sql as $$
+  select coalesce(string_agg(problem, ' | '), '') from public.check_tier_capacity(pg_temp.t(p_at)) where tier_id = pg_temp.tier(p_tier)
+$$;
+
+select results_eq($$select count(*)::int, min(shards)::int, max(shards)::int from private.tier_capacity where tier_id = pg_temp.tier(5)$$,
+  $$values (8, 8, 8)$$, 'a 300-seat tier counts on 8 shards');
+select is(pg_temp.allotments(5), '38,38,38,38,37,37,37,37', 'its capacity divided evenly among them');
+select is((select count(*)::int from private.tier_capacity where tier_id = pg_temp.tier(3)), 1,
+  'a 3-seat tier keeps one row (as before)');
+select is(pg_temp.allotments(3), '3', 'whose allotment is the capacity');
+select results_eq($$select count(*)::int, count(allotted)::int from private.tier_capacity where tier_id = pg_temp.tier(4)$$,
+  $$values (8, 0)$$, 'an unlimited tier has 8 shards and no allotments');
+
+-- Fast path: a claim counts on its order's shard only.
+select is((pg_temp.buy('s1', pg_temp.items(5, 3), 0)).outcome, 'created', 'a claim of 3 seats of the 300-seat tier');
+select is((select string_agg(c.shard::text, ',') from private.tier_capacity c where c.tier_id = pg_temp.tier(5) and c.held_seats > 0),
+  pg_temp.shard_of('s1', 5)::text, 'its seats count on its order''s shard alone');
+select is((select shard::int from private.seat_holds where order_id = pg_temp.order_of('s1')), pg_temp.shard_of('s1', 5),
+  'and its hold row carries that shard');
+select is(pg_temp.allotments(5), '38,38,38,38,37,37,37,37', 'a claim with room on its shard moves no allotment');
+select is(pg_temp.problems(5, 10), '', 'check_tier_capacity agrees with the shards');
+
+-- Slow path: with its shard full, a claim moves allotment from the others.
+-- Fixture: s1's shard allotted exactly its 3 seats, the next shard given the balance.
+update private.tier_capacity c set allotted = 3 where c.tier_id = pg_temp.tier(5) and c.shard = pg_temp.shard_of('s1', 5);
+update private.tier_capacity c set allotted = 300 - (select sum(allotted) from private.tier_capacity x
+  where x.tier_id = c.tier_id and x.shard <> c.shard)
+where c.tier_id = pg_temp.tier(5) and c.shard = (pg_temp.shard_of('s1', 5) + 1) % 8;
+select is((select sum(allotted)::int from private.tier_capacity where tier_id = pg_temp.tier(5)), 300,
+  'fixture: s1''s shard exactly full, the allotments still adding up to 300');
+create function pg_temp.buy_on_shard(p_op text, p_tier int, p_shard int, p_qty int, p_at int) returns public.checkout_claim
+language plpgsql as $$
+declare
+  v_claim public.checkout_claim;
+begin
+  -- Claims until one lands on p_shard (the others are cancelled: their seats leave at once).
+  for i in 1 .. 200 loop
+    v_claim := pg_temp.buy(p_op || '-' || i, pg_temp.items(p_tier, p_qty), p_at);
+    if private.order_capacity_shard(v_claim.order_id, 8) = p_shard then
+      update public.orders set status = 'cancelled' where checkout_operation_id like 'op-cap-' || p_op || '-%' and id <> v_claim.order_id;
+      return v_claim;
+    end if;
+  end loop;
+  raise exception 'no claim landed on shard %', p_shard;
+end;
+$$;
+select is((pg_temp.buy_on_shard('s2', 5, pg_temp.shard_of('s1', 5), 2, 20)).outcome, 'created',
+  'a claim whose shard is full still gets seats the other shards have');
+select is((select sum(allotted)::int from private.tier_capacity where tier_id = pg_temp.tier(5)), 300,
+  'the allotments, divided again, still add up to the capacity');
+select is(pg_temp.over(5, 20), 0::bigint, 'and no shard takes more than its allotment');
+select cmp_ok((select allotted from private.tier_capacity where tier_id = pg_temp.tier(5) and shard = pg_temp.shard_of('s1', 5)),
+  '>=', 5, 'the full shard got allotment for s1 and the new claim');
+select is(pg_temp.problems(5, 20), '', 'check_tier_capacity agrees after the slow path');
+
+-- Exact sell-out on 8 shards: 300 seats sold one by one, the 301st is sold out.
+update public.orders set status = 'cancelled' where checkout_operation_id like 'op-cap-s%';
+select is(private.tier_seats_taken(pg_temp.tier(5), pg_temp.t(30)), 0::bigint, 'fixture: tier 5 empty again');
+create function pg_temp.sell(p_prefix text, p_tier int, p_n int, p_at int) returns int language plpgsql as $$
+declare
+  v_sold int := 0;
+begin
+  for i in 1 .. p_n loop
+    perform pg_temp.buy(p_prefix || i, pg_temp.items(p_tier, 1), p_at);
+    v_sold := v_sold + 1;
+  end loop;
+  return v_sold;
+end;
+$$;
+select is(pg_temp.sell('x', 5, 300, 40), 300, '300 claims of one seat each are all created');
+select is(private.tier_seats_taken(pg_temp.tier(5), pg_temp.t(40)), 300::bigint, 'the tier is exactly full');
+select throws_ok($$select pg_temp.buy('x301', pg_temp.items(5, 1), 40)$$, 'CK003', null,
+  'the 301st seat is sold out');
+select is(pg_temp.over(5, 40), 0::bigint, 'no shard over its allotment at the sell-out');
+select is(pg_temp.problems(5, 40), '', 'check_tier_capacity agrees at the sell-out');
+
+-- A seat freed on any shard is sold again, whichever shard the next claim lands on.
+update public.orders set status = 'cancelled' where checkout_operation_id = 'op-cap-x7';
+select is((pg_temp.buy('y1', pg_temp.items(5, 1), 50)).outcome, 'created', 'a freed seat is sold again');
+select throws_ok($$select pg_temp.buy('y2', pg_temp.items(5, 1), 50)$$, 'CK003', null, 'and then the tier is full again');
+
+-- A capacity change divides the allotments again, never below a shard's seats.
+update events.ticket_tiers set capacity = 340 where id = pg_temp.tier(5);
+select is((select sum(allotted)::int from private.tier_capacity where tier_id = pg_temp.tier(5)), 340,
+  'raising the capacity divides the new figure');
+select is(pg_temp.over(5, 60), 0::bigint, 'each shard keeps at least its seats');
+select is(pg_temp.sell('z', 5, 40, 60), 40, 'the 40 new seats are sold');
+select throws_ok($$select pg_temp.buy('z41', pg_temp.items(5, 1), 60)$$, 'CK003', null, 'and not one more');
+update events.ticket_tiers set capacity = 200 where id = pg_temp.tier(5);
+select is(pg_temp.allotments(5), '0,0,0,0,0,0,0,0', 'a capacity below the seats taken leaves no allotment');
+select is(pg_temp.problems(5, 60), '', 'which check_tier_capacity accepts');
+update public.orders set status = 'cancelled' where checkout_operation_id like 'op-cap-x%';
+select is((pg_temp.buy('w1', pg_temp.items(5, 2), 70)).outcome, 'created',
+  'once seats are free below the lowered capacity, a claim gets them (the slow path divides again)');
+select is((select sum(allotted)::int from private.tier_capacity where tier_id = pg_temp.tier(5)), 200,
+  'the allotments add up to the lowered capacity again');
+
+-- check_tier_capacity reports broken allotments and seats on the wrong shard; repair fixes them.
+update private.tier_capacity set allotted = allotted + 5 where tier_id = pg_temp.tier(5) and shard = 0;
+select is(pg_temp.problems(5, 70), 'allotments do not add up to the capacity', 'an allotment that breaks the sum is reported');
+update private.tier_capacity c set allotted = 0
+where c.tier_id = pg_temp.tier(5) and c.shard = (select x.shard from private.tier_capacity x where x.tier_id = c.tier_id and x.paid_seats + x.held_seats > 0 order by x.shard limit 1);
+select ok(pg_temp.problems(5, 70) like '%a shard takes more than its allotment%', 'a shard over its allotment is reported');
+update private.tier_capacity c set held_seats = held_seats + case when c.shard = 0 then 1 else -1 end
+where c.tier_id = pg_temp.tier(5) and c.shard in (0, (select x.shard from private.tier_capacity x where x.tier_id = c.tier_id and x.shard > 0 and x.held_seats > 0 order by x.shard limit 1));
+select ok(pg_temp.problems(5, 70) like '%seats counted on the wrong shard%', 'seats moved to another shard are reported');
+select is(public.repair_tier_capacity(pg_temp.tier(5), pg_temp.t(70)), 43::bigint, 'repair recounts the tier (y1, z1..z40, w1)');
+select is(pg_temp.problems(5, 70), '', 'and divides its allotments again');
+
+-- A late payment whose shard is full takes its seats back from the other shards' room.
+select is((pg_temp.buy('late', pg_temp.items(6, 4), 0)).outcome, 'created', 'a claim of 4 seats of the 256-seat tier');
+-- Fixture: every allotment on one other shard.
+update private.tier_capacity c set allotted = 0 where c.tier_id = pg_temp.tier(6);
+update private.tier_capacity c set allotted = 256 where c.tier_id = pg_temp.tier(6) and c.shard = (pg_temp.shard_of('late', 6) + 3) % 8;
+select is((public.settle_checkout_session(jsonb_build_object('id', 'cs_test_cap_late', 'status', 'complete',
+  'payment_status', 'paid', 'client_reference_id', pg_temp.order_of('late'), 'amount_total', 4000, 'currency', 'usd'),
+  pg_temp.t(5000))).outcome, 'paid', 'its hold lapsed and its shard has no allotment, yet the tier has room: paid');
+select is(pg_temp.problems(6, 5000), '', 'its shard was given the allotment for them');
+select is(pg_temp.over(6, 5000), 0::bigint, 'no shard over its allotment after the late payment');
 
 select * from finish();
 rollback;

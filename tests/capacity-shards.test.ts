@@ -1,0 +1,140 @@
+/**
+ * A sharded tier (256 seats or more counts on 8 counter rows, each with its share of the
+ * capacity) is sold exactly under real concurrency: buyers on separate connections claim at
+ * once, the shards fill unevenly, claims whose shard is full move allotment from the others
+ * under all the tier's locks, and the tier sells exactly its capacity: never more, and no
+ * buyer is told sold out while a seat is free.
+ */
+import assert from "node:assert/strict";
+import postgres from "postgres";
+import { closeAll, openPool, openSeparateConnections } from "./support/database.ts";
+import type { Sql } from "../supabase/functions/_shared/db.ts";
+
+const SEATS = 300;
+const BUYERS = 400;
+const CONNECTIONS = 40;
+
+async function createTier(
+  sql: Sql,
+  capacity: number,
+): Promise<{ eventId: string; tierId: string }> {
+  const [event] = await sql<{ id: string }[]>`
+    insert into events.events (title, currency, status) values ('Shard Night', 'usd', 'published')
+    returning id`;
+  const [tier] = await sql<{ id: string }[]>`
+    insert into events.ticket_tiers (event_id, name, unit_amount, capacity, max_per_order)
+    values (${event!.id}, 'Floor', 2500, ${capacity}, 10) returning id`;
+  return { eventId: event!.id, tierId: tier!.id };
+}
+
+/** One buyer's claim of one seat: created, or the SQLSTATE it was refused with. */
+async function claim(sql: Sql, eventId: string, tierId: string, buyer: number): Promise<string> {
+  const op = `shard-${crypto.randomUUID()}`;
+  try {
+    const [row] = await sql<{ outcome: string }[]>`
+      select outcome from public.claim_checkout(${op}, ${`checkout:create:${op}:${crypto.randomUUID()}`},
+        repeat('a', 64), gen_random_uuid(), ${eventId}::uuid,
+        ${
+      sql.json([{ tierId, quantity: 1 }])
+    }::jsonb, null, ${`buyer${buyer}@shards.example`}, null,
+        'http://shop.test/ok', 'http://shop.test/cancel', 1920, 30)`;
+    return row!.outcome;
+  } catch (error) {
+    if (error instanceof postgres.PostgresError) return error.code;
+    throw error;
+  }
+}
+
+/** `BUYERS` buyers over `CONNECTIONS` connections at once; the tally of their answers. */
+async function onSale(eventId: string, tierId: string): Promise<Record<string, number>> {
+  const connections = await openSeparateConnections(CONNECTIONS);
+  const answers: Record<string, number> = {};
+  let next = 0;
+  try {
+    await Promise.all(connections.map(async (sql) => {
+      while (next < BUYERS) {
+        const answer = await claim(sql, eventId, tierId, next++);
+        answers[answer] = (answers[answer] ?? 0) + 1;
+      }
+    }));
+  } finally {
+    await closeAll(connections);
+  }
+  return answers;
+}
+
+Deno.test(`a ${SEATS}-seat tier on 8 shards sold to ${BUYERS} concurrent buyers: exactly ${SEATS} created, the rest sold out`, async () => {
+  const sql = openPool(2);
+  try {
+    const { eventId, tierId } = await createTier(sql, SEATS);
+    const [shards] = await sql<{ n: number; allotted: number }[]>`
+      select count(*)::int as n, sum(allotted)::int as allotted from private.tier_capacity where tier_id = ${tierId}`;
+    assert.deepEqual(
+      shards,
+      { n: 8, allotted: SEATS },
+      "the tier counts on 8 shards sharing its capacity",
+    );
+
+    const answers = await onSale(eventId, tierId);
+    assert.deepEqual(answers, { created: SEATS, CK003: BUYERS - SEATS });
+
+    const [counts] = await sql<{ orders: number; taken: number; recounted: number }[]>`
+      select (select count(*)::int from public.orders o join public.order_items i on i.order_id = o.id
+              where i.tier_id = ${tierId} and o.status = 'pending') as orders,
+             private.tier_seats_taken(${tierId})::int as taken,
+             private.tier_seats_recounted(${tierId})::int as recounted`;
+    assert.deepEqual(counts, { orders: SEATS, taken: SEATS, recounted: SEATS });
+    const over = await sql`
+      select shard from private.tier_capacity c
+      where c.tier_id = ${tierId} and private.tier_shard_taken(c.tier_id, c.shard, now()) > c.allotted`;
+    assert.equal(over.length, 0, "no shard takes more than its allotment");
+    const [allotted] = await sql<{ sum: number; shares: string }[]>`
+      select sum(allotted)::int as sum, string_agg(allotted::text, ',' order by shard) as shares
+      from private.tier_capacity where tier_id = ${tierId}`;
+    assert.equal(allotted!.sum, SEATS, "the allotments still add up to the capacity");
+    // The shards filled unevenly (orders land on them by their ids), so the even first division
+    // (38 × 4 + 37 × 4) cannot have lasted: claims on full shards moved allotment.
+    assert.notEqual(
+      allotted!.shares,
+      "38,38,38,38,37,37,37,37",
+      "the slow path divided the seats again",
+    );
+    assert.deepEqual(
+      [...await sql`select * from public.check_tier_capacity() where tier_id = ${tierId}`],
+      [],
+    );
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+});
+
+Deno.test("seats freed while a sharded tier sells out are sold again, never beyond its capacity", async () => {
+  const sql = openPool(2);
+  try {
+    const { eventId, tierId } = await createTier(sql, SEATS);
+    // Half the buyers at once; then, while the other half claim, 50 of the first holds end.
+    const first = await onSale(eventId, tierId);
+    assert.equal(first.created, SEATS, "the first wave sells out");
+    const [answers] = await Promise.all([
+      onSale(eventId, tierId),
+      sql`update public.orders o set status = 'cancelled'
+          where o.id in (select i.order_id from public.order_items i join public.orders x on x.id = i.order_id
+                         where i.tier_id = ${tierId} and x.status = 'pending' order by i.order_id limit 50)`,
+    ]);
+    const created = answers.created ?? 0;
+    assert.ok(created <= 50, `at most the 50 freed seats are sold again (${created})`);
+    assert.equal(created + (answers.CK003 ?? 0), BUYERS, "every buyer is created or sold out");
+    const [counts] = await sql<{ taken: number; recounted: number }[]>`
+      select private.tier_seats_taken(${tierId})::int as taken,
+             private.tier_seats_recounted(${tierId})::int as recounted`;
+    assert.equal(counts!.taken, counts!.recounted);
+    assert.equal(counts!.taken, SEATS - 50 + created, "every seat taken is one of a created claim");
+    assert.ok(counts!.taken <= SEATS, "never beyond the capacity");
+    assert.deepEqual(
+      [...await sql`select * from public.check_tier_capacity() where tier_id = ${tierId}`],
+      [],
+    );
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+});
