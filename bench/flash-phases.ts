@@ -534,9 +534,9 @@ async function onSale(
     while (next < options.buyers) {
       const buyer = next++;
       const tierId = options.tierIds[buyer % options.tierIds.length]!;
-      const key = `bench-onsale-${bench.runTag}-${options.tierIds.length}-${
-        options.authorization ? "p" : "d"
-      }-${buyer}`;
+      // Each run sells its own event: keys must not repeat across runs (a key that sold in the
+      // direct run would be a 422 mismatch in the pooled one).
+      const key = `bench-onsale-${bench.runTag}-${options.eventId.slice(0, 8)}-${buyer}`;
       const body = JSON.stringify({
         eventId: options.eventId,
         items: [{ tierId, quantity: 1 }],
