@@ -138,3 +138,61 @@ Deno.test("seats freed while a sharded tier sells out are sold again, never beyo
     await sql.end({ timeout: 5 });
   }
 });
+
+Deno.test("a payment whose transaction began before its hold lapsed is judged on the clock when it applies: no oversell", async () => {
+  const sql = openPool(2);
+  const connections = await openSeparateConnections(2);
+  const [late, rival] = connections as [Sql, Sql];
+  try {
+    // A 2-seat tier, held by one pending order whose seats count for one more second.
+    const { eventId, tierId } = await createTier(sql, 2);
+    const op = `clock-${crypto.randomUUID()}`;
+    const [held] = await sql<{ order_id: string }[]>`
+      select order_id from public.claim_checkout(${op}, ${`checkout:create:${op}:${crypto.randomUUID()}`},
+        repeat('a', 64), gen_random_uuid(), ${eventId}::uuid, ${
+      sql.json([{ tierId, quantity: 2 }])
+    }::jsonb, null, 'held@clock.example', null, 'http://shop.test/ok', 'http://shop.test/cancel',
+        1920, 30)`;
+    const orderId = held!.order_id;
+    await sql`update public.orders set hold_expires_at = clock_timestamp() + interval '1 second',
+                seats_held_until = clock_timestamp() + interval '1 second',
+                stripe_checkout_session_id = ${`cs_clock_${orderId}`}
+              where id = ${orderId}::uuid`;
+    const [order] = await sql<{ amount_total: number }[]>`
+      select amount_total from public.orders where id = ${orderId}::uuid`;
+
+    // The webhook's transaction starts while the hold is live (now() is frozen there)…
+    const result = await late.begin(async (tx) => {
+      await tx`select now()`;
+      await new Promise((r) => setTimeout(r, 1_500));
+      // …meanwhile the hold lapsed and a rival bought a seat of the two.
+      assert.equal(await claim(rival, eventId, tierId, 1), "created");
+      const session = {
+        id: `cs_clock_${orderId}`,
+        object: "checkout.session",
+        status: "complete",
+        payment_status: "paid",
+        amount_total: order!.amount_total,
+        currency: "usd",
+        client_reference_id: orderId,
+        payment_intent: `pi_clock_${orderId}`,
+        metadata: { order_id: orderId },
+      };
+      const [row] = await tx<{ outcome: string }[]>`
+        select (public.settle_checkout_session(${tx.json(session)}::jsonb)).outcome`;
+      return row!.outcome;
+    });
+    assert.equal(
+      result,
+      "capacity_conflict",
+      "the late payment found its seats sold, not oversold",
+    );
+    const [taken] = await sql<{ n: number }[]>`
+      select private.tier_seats_taken(${tierId}::uuid)::int as n`;
+    assert.equal(taken!.n, 1, `the rival's seat only, never 3 of 2 (${taken!.n})`);
+    assert.equal((await sql`select * from public.check_tier_capacity()`).length, 0);
+  } finally {
+    await closeAll(connections);
+    await sql.end({ timeout: 5 });
+  }
+});

@@ -570,9 +570,10 @@ declare
   v_shard integer;
   v_was_held integer;
 begin
-  select o.status into v_status from public.orders o where o.id = old.order_id;
   v_shard := private.order_capacity_shard(old.order_id, private.tier_shards(old.tier_id));
   perform private.lock_tier_shard(old.tier_id, v_shard);
+  -- Read under the shard's lock: a payment applied meanwhile has moved the seats already.
+  select o.status into v_status from public.orders o where o.id = old.order_id;
   delete from private.seat_holds h where h.order_id = old.order_id and h.tier_id = old.tier_id
   returning h.quantity into v_was_held;
   update private.tier_capacity c

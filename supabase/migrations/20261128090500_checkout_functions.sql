@@ -420,6 +420,11 @@ begin
   if v_order.hold_expires_at >= p_now + interval '30 minutes 10 seconds' then
     return private.checkout_claim_order(v_result, p_order_id);
   end if;
+  -- The new order's seats go on other shards than the old one's: take every shard of its tiers
+  -- first, in tier then shard order, so that cancelling the old order and holding the new one
+  -- never take shards out of that order (which could deadlock with a claim at sell-out).
+  perform private.lock_tier_capacity(i.tier_id)
+  from public.order_items i where i.order_id = p_order_id order by i.tier_id;
   update public.orders o set status = 'cancelled' where o.id = p_order_id and o.status = 'pending';
   v_armed := private.arm_stripe_idempotency_attempt(
     (select k.id from public.stripe_idempotency_keys k

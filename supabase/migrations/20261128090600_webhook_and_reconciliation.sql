@@ -101,6 +101,41 @@ begin
 end;
 $$;
 
+-- Whether a pending order still holds its seats, decided under its shards' locks and on the
+-- clock at that moment, not at the transaction's start: a claim that counted the hold as lapsed
+-- has then either committed before this instant (and the clock says lapsed) or waits for these
+-- locks (and will count the order as paid). When the hold has lapsed the locks are let go again
+-- (a rolled-back subtransaction), so the room check that follows takes the tiers' shards in
+-- their own order.
+create or replace function private.order_hold_live(p_order public.orders, p_now timestamptz)
+returns boolean
+language plpgsql volatile set search_path = ''
+as $$
+declare
+  v_item record;
+begin
+  if p_order.status <> 'pending' then
+    return false;
+  end if;
+  begin
+    for v_item in
+      select i.tier_id from public.order_items i where i.order_id = p_order.id order by i.tier_id
+    loop
+      perform private.lock_tier_shard(v_item.tier_id,
+        private.order_capacity_shard(p_order.id, private.tier_shards(v_item.tier_id)));
+    end loop;
+    if p_order.seats_held_until > greatest(p_now, clock_timestamp()) then
+      return true; -- the shards stay locked until the payment is applied
+    end if;
+    raise exception using errcode = 'CKS02', message = 'the hold lapsed';
+  exception when sqlstate 'CKS02' then
+    return false;
+  end;
+end;
+$$;
+comment on function private.order_hold_live(public.orders, timestamptz) is
+  'Internal: whether a pending order still holds its seats now, decided under its shards'' locks.';
+
 -- The session completed (paid, or paying by a delayed method). An order that no longer holds
 -- its seats (ended, or its grace ran out before this word) takes them back only if they are
 -- still free; otherwise the conflict is recorded and nothing is oversold. The caller holds the
@@ -125,7 +160,7 @@ begin
   end if;
   if exists (select 1 from events.events e where e.id = p_order.event_id and e.status = 'cancelled') then
     v_conflict := 'paid after its event was cancelled';
-  elsif not (p_order.status = 'pending' and p_order.seats_held_until > p_now) then
+  elsif not private.order_hold_live(p_order, p_now) then
     v_short := private.order_seats_unavailable(p_order.id, p_now);
     if v_short is not null then
       v_conflict := format('paid after its hold ended and tier %s has no seats left', v_short);
