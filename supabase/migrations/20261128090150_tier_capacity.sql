@@ -7,7 +7,7 @@
 --          and until when they count); triggers on events.ticket_tiers, public.orders and
 --          public.order_items that keep both in step with the rows, whoever writes them;
 --          functions in private: tier_capacity_shards, order_capacity_shard, tier_allotments,
---          create_tier_counter, tier_shards, lock_tier_shard, lock_tier_capacity,
+--          create_tier_counter, tier_shards, lock_tier_shard, lock_order_shard, lock_tier_capacity,
 --          tier_shard_taken, tier_shards_taken, tier_seats_taken, tier_seats_recounted,
 --          reallot_tier, make_tier_room, take_tier_room; in public (operators):
 --          check_tier_capacity, repair_tier_capacity, release_lapsed_seat_holds (its pg_cron job
@@ -237,6 +237,22 @@ end;
 $$;
 comment on function private.lock_tier_shard(uuid, integer) is
   'Internal: locks one shard of a tier''s counter (the lock of the orders counted on it).';
+
+-- Locks the shard of a tier that an order's seats count on; returns that shard. What every
+-- writer of one order's seats takes (the triggers, a late payment judging its hold).
+create or replace function private.lock_order_shard(p_tier_id uuid, p_order_id uuid)
+returns integer
+language plpgsql volatile set search_path = ''
+as $$
+declare
+  v_shard integer := private.order_capacity_shard(p_order_id, private.tier_shards(p_tier_id));
+begin
+  perform private.lock_tier_shard(p_tier_id, v_shard);
+  return v_shard;
+end;
+$$;
+comment on function private.lock_order_shard(uuid, uuid) is
+  'Internal: locks the shard of a tier that an order''s seats count on, and returns it.';
 
 -- Locks every shard of a tier's counter, in shard order (creating the counter if the tier
 -- predates its trigger). What a writer that changes the allotments takes.
@@ -534,8 +550,7 @@ begin
   for v_item in
     select i.tier_id, i.quantity from public.order_items i where i.order_id = new.id order by i.tier_id
   loop
-    v_shard := private.order_capacity_shard(new.id, private.tier_shards(v_item.tier_id));
-    perform private.lock_tier_shard(v_item.tier_id, v_shard);
+    v_shard := private.lock_order_shard(v_item.tier_id, new.id);
     v_was_held := null;
     delete from private.seat_holds h where h.order_id = new.id and h.tier_id = v_item.tier_id
     returning h.quantity into v_was_held;
@@ -570,8 +585,7 @@ declare
   v_shard integer;
   v_was_held integer;
 begin
-  v_shard := private.order_capacity_shard(old.order_id, private.tier_shards(old.tier_id));
-  perform private.lock_tier_shard(old.tier_id, v_shard);
+  v_shard := private.lock_order_shard(old.tier_id, old.order_id);
   -- Read under the shard's lock: a payment applied meanwhile has moved the seats already.
   select o.status into v_status from public.orders o where o.id = old.order_id;
   delete from private.seat_holds h where h.order_id = old.order_id and h.tier_id = old.tier_id

@@ -121,8 +121,7 @@ begin
     for v_item in
       select i.tier_id from public.order_items i where i.order_id = p_order.id order by i.tier_id
     loop
-      perform private.lock_tier_shard(v_item.tier_id,
-        private.order_capacity_shard(p_order.id, private.tier_shards(v_item.tier_id)));
+      perform private.lock_order_shard(v_item.tier_id, p_order.id);
     end loop;
     if p_order.seats_held_until > greatest(p_now, clock_timestamp()) then
       return true; -- the shards stay locked until the payment is applied

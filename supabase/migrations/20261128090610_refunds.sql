@@ -264,14 +264,9 @@ begin
   if v_refund.status in ('pending', 'requires_action', 'succeeded') then
     -- The operation made its refund and cleanup has since forgotten the operation (after 24
     -- hours): answer with that refund (now as a replay), never refund again.
-    perform public.record_stripe_idempotency(private.refund_operation(), p_operation_id, p_lease_token,
-      v_refund.stripe_refund_id, 201, private.refund_response(v_refund, v_order),
-      jsonb_build_object('refund_id', v_refund.stripe_refund_id), p_now);
-    v_claim := private.claim_of('replay', (select k from public.stripe_idempotency_keys k
-      where k.operation_type = private.refund_operation() and k.operation_id = p_operation_id));
-    v_claim.outcome := 'replay';
-    v_claim.response_status := 201;
-    v_claim.response_body := private.refund_response(v_refund, v_order);
+    v_claim := private.claim_of('replay', public.record_stripe_idempotency(private.refund_operation(),
+      p_operation_id, p_lease_token, v_refund.stripe_refund_id, 201, private.refund_response(v_refund, v_order),
+      jsonb_build_object('refund_id', v_refund.stripe_refund_id), p_now));
     return private.refund_claim_of(v_claim, p_operation_id, null, null);
   end if;
 

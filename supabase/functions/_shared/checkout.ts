@@ -25,7 +25,7 @@ import {
   sqlState,
   type WebhookResult,
 } from "./db.ts";
-import { apiError, type ErrorCode } from "./errors.ts";
+import { apiError, type ErrorCode, sqlFunctionError } from "./errors.ts";
 import {
   canonicalJsonResponse,
   envelope,
@@ -370,14 +370,9 @@ function fromSqlError(error: unknown): unknown {
       retryAfter: 1,
     });
   }
-  const code = state ? SQL_ERRORS[state] : undefined;
-  if (!code) return error;
-  // The SQL message already says what was wrong ("Cannot create checkout: tier X is sold out").
-  const message = error instanceof Error ? error.message.replace(/^Cannot [^:]*: /, "") : undefined;
   // CK006 carries the seconds until a pending hold frees up in its DETAIL.
   const detail = Number((error as { detail?: string }).detail);
-  return apiError(code, {
-    reason: message,
+  return sqlFunctionError(error, state, SQL_ERRORS, {
     retryAfter: state === "CK006" && Number.isFinite(detail) ? detail : undefined,
-  });
+  }) ?? error;
 }

@@ -449,7 +449,7 @@ export async function claimStuckCheckouts(
 // what jsonb will store (undefined fields dropped) and satisfies that type. jsonb cannot hold
 // U+0000 nor a lone surrogate, so those become U+FFFD rather than failing the whole statement
 // (a signed Stripe event carrying one would otherwise be refused for three days of retries).
-function toJson(value: unknown): postgres.JSONValue {
+export function toJson(value: unknown): postgres.JSONValue {
   return JSON.parse(
     JSON.stringify(value ?? null),
     (_key, field) => typeof field === "string" ? jsonbSafe(field) : field,

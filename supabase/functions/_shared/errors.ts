@@ -120,3 +120,20 @@ export function apiError(code: ErrorCode, options: ApiErrorOptions = {}): HttpEr
     },
   });
 }
+
+/**
+ * An error a SQL function raised, as the catalogued error its SQLSTATE stands for in `codes`, or
+ * undefined when it stands for none. The function's message already says what was wrong
+ * ("Cannot create checkout: tier X is sold out"): its reason is kept, without the action.
+ */
+export function sqlFunctionError(
+  error: unknown,
+  state: string | undefined,
+  codes: Readonly<Record<string, ErrorCode>>,
+  options: { retryAfter?: number } = {},
+): HttpError | undefined {
+  const code = state ? codes[state] : undefined;
+  if (!code) return undefined;
+  const reason = error instanceof Error ? error.message.replace(/^Cannot [^:]*: /, "") : undefined;
+  return apiError(code, { reason, retryAfter: options.retryAfter });
+}

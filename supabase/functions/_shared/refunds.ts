@@ -6,8 +6,8 @@
  */
 import type Stripe from "stripe";
 import { makeStripeIdempotencyKey } from "./checkout-utils.ts";
-import { type Sql, sqlState } from "./db.ts";
-import { apiError, type ErrorCode } from "./errors.ts";
+import { type Sql, sqlState, toJson } from "./db.ts";
+import { type ErrorCode, sqlFunctionError } from "./errors.ts";
 import type { RequestContext } from "./http.ts";
 import { runAttempt } from "./idempotency.ts";
 
@@ -168,11 +168,7 @@ function required<T>(value: T | null): T {
 
 /** A refund SQL error as the API error it means, or the error itself. */
 export function refundSqlError(error: unknown): unknown {
-  const state = sqlState(error);
-  const code = state ? SQL_ERRORS[state] : undefined;
-  if (!code) return error;
-  const message = error instanceof Error ? error.message.replace(/^Cannot [^:]*: /, "") : undefined;
-  return apiError(code, { reason: message });
+  return sqlFunctionError(error, sqlState(error), SQL_ERRORS) ?? error;
 }
 
 /** The database steps of a refund attempt; a test may wrap them to inject faults. */
@@ -193,7 +189,7 @@ export function sqlRefundStore(sql: Sql): RefundStore {
     record: async ({ operationId, leaseToken, refund }) => {
       const [row] = await sql<{ body: RefundResponse }[]>`
         select public.record_refund(${operationId}, ${leaseToken}::uuid,
-          ${sql.json(JSON.parse(JSON.stringify(refund)))}::jsonb) as body`;
+          ${sql.json(toJson(refund))}::jsonb) as body`;
       if (!row) throw new Error("Cannot record refund: the database returned no row");
       return row.body;
     },
