@@ -32,3 +32,21 @@ begin
 end;
 $$;
 comment on function private.uuid_v7() is 'A version 7 (time-ordered) UUID: index inserts stay on the rightmost pages.';
+
+-- What a table's rules function (a CHECK calling one PL/pgSQL function instead of many CHECK
+-- constraints, see private.order_rules) raises for the rule a row breaks: check_violation,
+-- with the table and its rules constraint named as a CHECK's error would name them. Volatile,
+-- though the rules functions calling it are immutable: an immutable call with constant
+-- arguments would be folded (raised) when their expression is planned.
+create or replace function private.rule_broken(p_table text, p_rule text)
+returns boolean
+language plpgsql volatile set search_path = ''
+as $$
+begin
+  raise exception using errcode = 'check_violation',
+    message = format('new row for relation "%s" violates check constraint "%s_rules"', p_table, p_table),
+    detail = format('Rule: %s.', p_rule), table = p_table, constraint = p_table || '_rules';
+end;
+$$;
+comment on function private.rule_broken(text, text) is
+  'Internal: raises check_violation (23514) for a broken rule of a table''s rules function.';
