@@ -400,7 +400,7 @@ export async function sizeBenchmark(
 
   await admin`drop table if exists public.bench_compact_keys`;
   await admin`
-    create table public.bench_compact_keys (like public.stripe_idempotency_keys including all)`;
+    create table public.bench_compact_keys (like public.stripe_idempotency_keys including all excluding constraints)`;
   await admin`
     insert into public.bench_compact_keys overriding system value
     select * from public.stripe_idempotency_keys`;

@@ -76,6 +76,32 @@ select outcome from public.claim_checkout(
 `;
 }
 
+/** One pgbench point (simple protocol), measured again while disturbed. */
+function pgbenchPoint(
+  bench: Bench,
+  dir: string,
+  file: string,
+  clients: number,
+  seconds: number,
+  tag: string,
+): Promise<PgbenchRun & { retries: number }> {
+  return undisturbed((attempt) =>
+    runPgbench(bench, {
+      dir,
+      file,
+      clients,
+      seconds,
+      tag: `${clients}-${tag}-${attempt}`,
+      mode: "simple",
+    })
+  );
+}
+
+/** The median of `runs` by `key` (the upper one of an even count). */
+function median<T>(runs: T[], key: (run: T) => number): T {
+  return [...runs].sort((a, b) => key(a) - key(b))[Math.floor(runs.length / 2)]!;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. History
 // ---------------------------------------------------------------------------------------------
@@ -83,6 +109,8 @@ select outcome from public.claim_checkout(
 /** Late payments, one at a time. */
 export interface LatePayments extends LatencySummary {
   perSecond: number;
+  /** WAL bytes per payment, from a checkpoint on (full-page images included). */
+  walBytes: number;
   otherCores: number;
   retries?: number;
 }
@@ -106,6 +134,8 @@ export interface HistoryLevel {
 
 /** The history benchmark. */
 export interface HistoryResult {
+  /** Measurements per point (claims and late payments); each figure is the median one. */
+  rounds: number;
   events: number;
   tiersPerEvent: number;
   soldSeats: number;
@@ -119,7 +149,10 @@ export interface HistoryResult {
 /**
  * Inserts historical orders up to `to` (from `from`): paid, expired and cancelled in turn, each
  * one item of one of `tiers`, in chunks of 50,000 (one statement each, through the triggers).
- * The first `sold` of the range go to `soldTier` as paid.
+ * The first `sold` of the range go to `soldTier` as paid. Shaped like production's: every order
+ * went to Stripe (a random Checkout Session id), a paid one has its PaymentIntent and paid_at,
+ * and its operation id is a random client key (md5 of its number, then its tier), so that new
+ * keys and ids land among the old ones in their indexes, as random keys do.
  */
 async function fillHistory(
   bench: Bench,
@@ -144,13 +177,16 @@ async function fillHistory(
       ), made as (
         insert into public.orders (event_id, guest_email, status, currency, amount_total,
                                    hold_expires_at, seats_held_until, paid_at, created_at,
-                                   checkout_operation_id)
+                                   checkout_operation_id, stripe_checkout_session_id,
+                                   stripe_payment_intent_id)
         select event_id, 'past' || g || '@history.bench.example', status, 'usd', 2500,
                now() - interval '400 days' + g * interval '1 second',
                now() - interval '399 days' + g * interval '1 second',
                case when status = 'paid' then now() - interval '400 days' end,
                now() - interval '400 days' + g * interval '1 second',
-               'past-' || g || '-' || tier_id
+               md5(g::text) || '-' || tier_id,
+               'cs_live_' || md5('session' || g) || md5('s' || g),
+               case when status = 'paid' then 'pi_' || left(md5('intent' || g), 24) end
         from src
         returning id, checkout_operation_id
       )
@@ -206,7 +242,9 @@ async function claimWal(sql: postgres.Sql, eventId: string, tier: string): Promi
 
 /**
  * `count` payments that arrive after their order's hold ran out (the late-payment path checks
- * the tier's room), one at a time through processWebhookEvent.
+ * the tier's room), one at a time through processWebhookEvent. Operation ids are random client
+ * keys and each session names its PaymentIntent, as in production; WAL is what the payments
+ * wrote (full-page images included: a random key's leaf in an index as large as the history).
  */
 async function latePayments(
   bench: Bench,
@@ -215,23 +253,21 @@ async function latePayments(
   tier: string,
   count: number,
 ): Promise<LatePayments> {
-  const tag = `late-${bench.runTag}-${crypto.randomUUID().slice(0, 8)}`;
-  await bench.admin.unsafe(`
-    do $late$
-    begin
-      for i in 1..${count} loop
-        perform public.claim_checkout('${tag}-' || i, 'checkout:create:${tag}-' || i || ':' ||
-          gen_random_uuid(), repeat('d', 64), gen_random_uuid(), '${eventId}',
-          '[{"tierId":"${tier}","quantity":1}]'::jsonb, null, 'late' || i || '@bench.example', null,
-          'https://shop.example/ok', 'https://shop.example/cancel', 1920, 30);
-      end loop;
-    end
-    $late$`);
+  const operations = Array.from({ length: count }, () => `late-${crypto.randomUUID()}`);
+  await bench.admin`
+    select public.claim_checkout(op, 'checkout:create:' || op || ':' || gen_random_uuid(),
+      repeat('d', 64), gen_random_uuid(), ${eventId}::uuid,
+      jsonb_build_array(jsonb_build_object('tierId', ${tier}::uuid, 'quantity', 1)), null,
+      op || '@bench.example', null, 'https://shop.example/ok', 'https://shop.example/cancel', 1920, 30)
+    from unnest(${operations}::text[]) op`;
   const orders = await bench.admin<{ id: string; amount: number }[]>`
     update public.orders
     set hold_expires_at = now() - interval '2 hours', seats_held_until = now() - interval '1 hour'
-    where checkout_operation_id like ${tag + "-%"}
+    where id in (select k.order_id from public.stripe_idempotency_keys k
+                 where k.operation_type = 'checkout:create' and k.operation_id = any(${operations}::text[]))
     returning id, amount_total as amount`;
+  await bench.admin`checkpoint`;
+  const [start] = await bench.admin<{ lsn: string }[]>`select pg_current_wal_lsn()::text as lsn`;
   const samples: number[] = [];
   const meter = await startMeter([], bench.postmasterPid);
   const started = performance.now();
@@ -245,6 +281,7 @@ async function latePayments(
       currency: "usd",
       payment_status: "paid",
       status: "complete",
+      payment_intent: `pi_${crypto.randomUUID().replaceAll("-", "").slice(0, 24)}`,
     };
     const begin = performance.now();
     const result = await processWebhookEvent(sql, {
@@ -258,9 +295,12 @@ async function latePayments(
   }
   const seconds = (performance.now() - started) / 1000;
   const { otherCores } = await meter.stop();
+  const [wal] = await bench.admin<{ bytes: string }[]>`
+    select pg_wal_lsn_diff(pg_current_wal_lsn(), ${start!.lsn}::pg_lsn)::text as bytes`;
   return {
     ...summarize(samples),
     perSecond: round(orders.length / seconds, 1),
+    walBytes: Math.round(Number(wal!.bytes) / orders.length),
     otherCores: round(otherCores, 3),
   };
 }
@@ -281,6 +321,8 @@ export async function historyBenchmark(
     clients: number[];
     seconds: number;
     latePayments: number;
+    /** Measurements per point; the median is kept. */
+    rounds: number;
   },
 ): Promise<HistoryResult> {
   const { admin } = bench;
@@ -332,28 +374,27 @@ export async function historyBenchmark(
           `${dir}/${file}.sql`,
           claimScript(`bench-h${orders}-${name}-${bench.runTag}`, eventId, `'${target}'`),
         );
-        const runs: PgbenchRun[] = [];
-        for (const clients of options.clients) {
-          const run = await undisturbed((attempt) =>
-            runPgbench(bench, {
-              dir,
-              file,
-              clients,
-              seconds: options.seconds,
-              tag: `${clients}-${attempt}`,
-              mode: "simple",
-            })
-          );
-          progress(`history ${orders}: claims on ${name} × ${clients}: ${run.tps} tps`);
-          runs.push(run);
+        // Rounds interleave the client counts; each point keeps its median round (by
+        // throughput), so that one disturbed run on the shared cores does not make the figure.
+        const rounds = new Map<number, PgbenchRun[]>(options.clients.map((c) => [c, []]));
+        for (let round = 0; round < options.rounds; round++) {
+          for (const clients of options.clients) {
+            const run = await pgbenchPoint(bench, dir, file, clients, options.seconds, `${round}`);
+            progress(`history ${orders}: claims on ${name} × ${clients}: ${run.tps} tps`);
+            rounds.get(clients)!.push(run);
+          }
         }
-        return runs;
+        return options.clients.map((c) => median(rounds.get(c)!, (run) => run.tps));
       };
       const claims = await runClaims(tier, "fresh");
       const sold = top ? await runClaims(soldTier, "sold") : null;
-      const late = await undisturbed(() =>
-        latePayments(bench, sql, eventId, tier, options.latePayments)
-      );
+      const lateRounds: LatePayments[] = [];
+      for (let round = 0; round < options.rounds; round++) {
+        lateRounds.push(
+          await undisturbed(() => latePayments(bench, sql, eventId, tier, options.latePayments)),
+        );
+      }
+      const late = median(lateRounds, (run) => -run.p50);
       progress(`history ${orders}: late payments p50 ${late.p50.toFixed(2)} ms`);
       levels.push({
         orders,
@@ -370,6 +411,7 @@ export async function historyBenchmark(
     await Deno.remove(dir, { recursive: true });
   }
   return {
+    rounds: options.rounds,
     events: options.events,
     tiersPerEvent: options.tiersPerEvent,
     soldSeats: options.soldSeats,
@@ -447,16 +489,7 @@ export async function hotTierBenchmark(
           ["claim, 64 tiers", "spread"],
         ] as const
       ) {
-        const run = await undisturbed((attempt) =>
-          runPgbench(bench, {
-            dir,
-            file,
-            clients,
-            seconds: options.seconds,
-            tag: `${clients}-${attempt}`,
-            mode: "simple",
-          })
-        );
+        const run = await pgbenchPoint(bench, dir, file, clients, options.seconds, "hot");
         progress(`hot tier: ${statement} × ${clients}: ${run.tps} tps (${run.failed} failed)`);
         points.push({ statement, run });
         await admin`checkpoint`;

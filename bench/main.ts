@@ -74,8 +74,9 @@ const PLAN = {
     tiersPerEvent: 5,
     soldSeats: scale(100_000, 10_000),
     clients: [1, 8],
-    seconds: scale(5, 2),
+    seconds: scale(4, 2),
     latePayments: scale(300, 50),
+    rounds: scale(3, 1),
   },
 };
 

@@ -83,7 +83,12 @@ function historyLevel(orders: number, slower: number) {
     orders,
     claims: [pgbenchRun(1, 500 / slower, 2 * slower), pgbenchRun(8, 900 / slower, 9 * slower)],
     soldTier: orders === 50_000 ? [pgbenchRun(1, 490, 2.1), pgbenchRun(8, 880, 9.1)] : null,
-    latePayment: { ...latency(1.5 * slower, 3 * slower), perSecond: 600, otherCores: 0.01 },
+    latePayment: {
+      ...latency(1.5 * slower, 3 * slower),
+      perSecond: 600,
+      walBytes: 4_500,
+      otherCores: 0.01,
+    },
     buffersPerClaim: 80,
     walBytesPerClaim: 4_000,
     disagreeingTiers: 0,
@@ -244,6 +249,7 @@ function fixture(): Results {
       projectedBytes: { asWritten: 1600 * 8_640_000, compact: 1300 * 8_640_000 },
     },
     history: {
+      rounds: 3,
       events: 50,
       tiersPerEvent: 5,
       soldSeats: 10_000,

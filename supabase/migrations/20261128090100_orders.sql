@@ -109,9 +109,14 @@ create index orders_user_id_idx on public.orders (user_id) where user_id is not 
 create index orders_event_id_idx on public.orders (event_id);
 -- Payments that found no seats, for reconciliation to refund.
 create index orders_capacity_conflict_idx on public.orders (updated_at) where status = 'capacity_conflict';
--- Every order an operation made: a claim refuses to open a new payment while one is paid.
-create index orders_checkout_operation_id_idx on public.orders (checkout_operation_id)
-  where checkout_operation_id is not null;
+-- An operation's orders that Stripe said were paid, or whose payment is under way: a claim
+-- refuses to open a new payment while one exists (private.checkout_operation_payment, whose
+-- WHERE is this predicate). Pending orders are left out, so a claim adds no entry here: with
+-- every order in it, each claim put its random client key into a random leaf of an index as
+-- large as the history, a full-page image in the WAL after every checkpoint (one per claim at
+-- 1,000,000 orders). It grows with paid orders only.
+create index orders_paid_operation_idx on public.orders (checkout_operation_id)
+  where paid_at is not null or (status = 'pending' and session_completed_at is not null);
 -- Pending holds per buyer (user, or guest email and address) and per client address, for the
 -- hold-flooding limits.
 create index orders_pending_guest_idx on public.orders (guest_email, client_address, created_at) where status = 'pending';

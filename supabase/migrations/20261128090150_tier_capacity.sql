@@ -108,8 +108,11 @@ create table private.seat_holds (
 );
 comment on table private.seat_holds is
   'The seats of each pending order, per tier, until when they count (the order''s seats_held_until), and their shard.';
--- What a claim reads besides its counter: this tier's holds that lapsed by p_now (of its shard).
-create index seat_holds_tier_held_until_idx on private.seat_holds (tier_id, held_until) include (shard, quantity);
+-- What a claim reads besides its counter: the holds of its tier and shard that lapsed by
+-- p_now. The shard is in the key, so that a claim reads only its own shard's lapsed holds
+-- (and can mark the deleted ones dead), not every lapsed hold of the tier.
+create index seat_holds_tier_shard_held_until_idx on private.seat_holds (tier_id, shard, held_until)
+  include (quantity);
 
 alter table private.tier_capacity enable row level security;
 alter table private.seat_holds enable row level security;
@@ -296,8 +299,8 @@ begin
   return (
     select array_agg(c.paid_seats + c.held_seats - coalesce(l.seats, 0) order by c.shard)
     from private.tier_capacity c
-    left join (select h.shard, sum(h.quantity) as seats from private.seat_holds h
-               where h.tier_id = p_tier_id and h.held_until <= p_now group by h.shard) l on l.shard = c.shard
+    cross join lateral (select sum(h.quantity) as seats from private.seat_holds h
+                        where h.tier_id = c.tier_id and h.shard = c.shard and h.held_until <= p_now) l
     where c.tier_id = p_tier_id);
 end;
 $$;
@@ -310,10 +313,11 @@ language plpgsql stable set search_path = '' set plan_cache_mode = force_generic
 as $$
 begin
   return coalesce((
-    select sum(c.paid_seats + c.held_seats)
-           - coalesce((select sum(h.quantity) from private.seat_holds h
-                       where h.tier_id = p_tier_id and h.held_until <= p_now), 0)
-    from private.tier_capacity c where c.tier_id = p_tier_id), 0);
+    select sum(c.paid_seats + c.held_seats - coalesce(l.seats, 0))
+    from private.tier_capacity c
+    cross join lateral (select sum(h.quantity) as seats from private.seat_holds h
+                        where h.tier_id = c.tier_id and h.shard = c.shard and h.held_until <= p_now) l
+    where c.tier_id = p_tier_id), 0);
 end;
 $$;
 comment on function private.tier_seats_taken(uuid, timestamptz) is

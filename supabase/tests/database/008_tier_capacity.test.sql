@@ -2,13 +2,13 @@
 -- without any job, the job only deletes what no longer counts, and check_tier_capacity finds
 -- any counter that disagrees with the orders (repair_tier_capacity fixes it).
 begin;
-select plan(95);
+select plan(97);
 
 -- Structure and privileges
 select has_table('private', 'tier_capacity', 'a counter row per tier');
 select has_table('private', 'seat_holds', 'a hold row per tier of each pending order');
-select has_index('private', 'seat_holds', 'seat_holds_tier_held_until_idx',
-  'a claim reads its tier''s lapsed holds through an index');
+select has_index('private', 'seat_holds', 'seat_holds_tier_shard_held_until_idx',
+  'a claim reads its shard''s lapsed holds through an index');
 select ok((select bool_and(c.relrowsecurity) from pg_class c
            where c.oid in ('private.tier_capacity'::regclass, 'private.seat_holds'::regclass)),
   'RLS is on for the counters');
@@ -277,6 +277,22 @@ select is((public.settle_checkout_session(jsonb_build_object('id', 'cs_test_cap_
   pg_temp.t(5000))).outcome, 'paid', 'its hold lapsed and its shard has no allotment, yet the tier has room: paid');
 select is(pg_temp.problems(6, 5000), '', 'its shard was given the allotment for them');
 select is(pg_temp.over(6, 5000), 0::bigint, 'no shard over its allotment after the late payment');
+
+-- A claim's pending order adds no entry to the index of operation ids (random client keys: an
+-- entry lands on a random leaf of an index as large as the history). Counted in pages, not time.
+create temp table op_index_before as
+  select pg_relation_size('public.orders_paid_operation_idx') as bytes;
+insert into public.orders (event_id, guest_email, checkout_operation_id, currency, amount_total,
+                           hold_expires_at, seats_held_until)
+select (select event_id from events.ticket_tiers where id = pg_temp.tier(6)), 'op' || g || '@example.com',
+       md5(g::text) || '-pending', 'usd', 1000, now(), now()
+from generate_series(1, 2000) g;
+select is(pg_relation_size('public.orders_paid_operation_idx'), (select bytes from op_index_before),
+  '2,000 pending orders leave the index of operation ids as it was');
+update public.orders set status = 'paid', paid_at = now()
+where checkout_operation_id like '%-pending' and guest_email like 'op%@example.com';
+select cmp_ok(pg_relation_size('public.orders_paid_operation_idx'), '>', (select bytes from op_index_before),
+  'once paid, they are in it (what a claim looks them up by)');
 
 select * from finish();
 rollback;
