@@ -368,26 +368,33 @@ export async function historyBenchmark(
       const [check] = await admin<{ n: number }[]>`
         select count(*)::int as n from public.check_tier_capacity()`;
       const tier = await createTier(bench, eventId, `Fresh at ${orders}`, 10_000_000);
-      const runClaims = async (target: string, name: string) => {
-        const file = `claim-${orders}-${name}`;
+      // Claims on each target tier (the level's fresh tier; at the top level the sold one too).
+      // Rounds interleave the targets and the client counts; each point keeps its median round
+      // (by throughput), so that one disturbed run on the shared cores, or whatever else the
+      // database does meanwhile, does not make a figure alone.
+      const targets: [string, string][] = [[tier, "fresh"]];
+      if (top) targets.push([soldTier, "sold"]);
+      const rounds = new Map<string, PgbenchRun[]>();
+      for (const [target, name] of targets) {
         await Deno.writeTextFile(
-          `${dir}/${file}.sql`,
+          `${dir}/claim-${orders}-${name}.sql`,
           claimScript(`bench-h${orders}-${name}-${bench.runTag}`, eventId, `'${target}'`),
         );
-        // Rounds interleave the client counts; each point keeps its median round (by
-        // throughput), so that one disturbed run on the shared cores does not make the figure.
-        const rounds = new Map<number, PgbenchRun[]>(options.clients.map((c) => [c, []]));
-        for (let round = 0; round < options.rounds; round++) {
+      }
+      for (let round = 0; round < options.rounds; round++) {
+        for (const [, name] of targets) {
           for (const clients of options.clients) {
+            const file = `claim-${orders}-${name}`;
             const run = await pgbenchPoint(bench, dir, file, clients, options.seconds, `${round}`);
             progress(`history ${orders}: claims on ${name} × ${clients}: ${run.tps} tps`);
-            rounds.get(clients)!.push(run);
+            rounds.set(`${name} ${clients}`, [...(rounds.get(`${name} ${clients}`) ?? []), run]);
           }
         }
-        return options.clients.map((c) => median(rounds.get(c)!, (run) => run.tps));
-      };
-      const claims = await runClaims(tier, "fresh");
-      const sold = top ? await runClaims(soldTier, "sold") : null;
+      }
+      const medians = (name: string) =>
+        options.clients.map((c) => median(rounds.get(`${name} ${c}`)!, (run) => run.tps));
+      const claims = medians("fresh");
+      const sold = top ? medians("sold") : null;
       const lateRounds: LatePayments[] = [];
       for (let round = 0; round < options.rounds; round++) {
         lateRounds.push(

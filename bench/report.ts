@@ -1315,7 +1315,8 @@ function historySection(r: Results): string[] {
     "operation ids, each naming its PaymentIntent) go through `process_stripe_webhook_event` " +
     "one at a time from a checkpoint on (the late-payment path checks the tier's room), and " +
     "`EXPLAIN (ANALYZE, BUFFERS)` counts the shared buffers of one claim (fewest of 5). Claims " +
-    `and late payments are measured ${h.rounds} times (claims interleaving the client counts); ` +
+    `and late payments are measured ${h.rounds} times (claims interleaving tiers and client ` +
+    "counts); " +
     "each row is the median run, by throughput for claims and by p50 for late payments. " +
     "tests/capacity-history.test.ts asserts the buffer figure in `npm test`.",
     table(

@@ -4,7 +4,12 @@
  * keys and algorithms, including HS256 keyed with a public key (algorithm confusion).
  */
 import assert from "node:assert/strict";
-import { createTokenVerifier, type Jwk } from "../supabase/functions/_shared/auth.ts";
+import {
+  createTokenVerifier,
+  type Jwk,
+  operatorCaller,
+  publishableKeyCaller,
+} from "../supabase/functions/_shared/auth.ts";
 import { HttpError } from "../supabase/functions/_shared/errors.ts";
 import { checkoutHandlerFromEnv } from "../supabase/functions/_shared/wiring.ts";
 import {
@@ -555,4 +560,46 @@ Deno.test("a legacy API key verifier takes only its role: anon for anon, service
   await rejects401(anon(`Bearer ${serviceKey}`), "service_role is not anon");
   await rejects401(service(`Bearer ${anonKey}`), "anon is not service_role");
   await rejects401(anon(`Bearer ${await userToken(crypto.randomUUID())}`), "a user is not anon");
+});
+
+Deno.test("an API key that matched once keeps matching, and no other string is let in after it", async () => {
+  const withKey = (apikey: string) =>
+    new Request("http://localhost/", { method: "POST", headers: { apikey } });
+  const status = async (check: (request: Request) => Promise<unknown>, apikey: string) => {
+    try {
+      return JSON.stringify(await check(withKey(apikey)));
+    } catch (error) {
+      return error instanceof HttpError ? String(error.status) : `threw ${error}`;
+    }
+  };
+  const publishable = publishableKeyCaller({
+    keys: { web: "sb_publishable_web_0001", app: "sb_publishable_app_0002" },
+  });
+  const web = JSON.stringify({ kind: "publishable", keyName: "web" });
+  // Twice: the second answer is the remembered one.
+  assert.equal(await status(publishable, "sb_publishable_web_0001"), web);
+  assert.equal(await status(publishable, "sb_publishable_web_0001"), web);
+  for (
+    const stranger of [
+      "sb_publishable_web_000",
+      "sb_publishable_web_00011",
+      "SB_PUBLISHABLE_WEB_0001",
+      "x",
+    ]
+  ) {
+    assert.equal(await status(publishable, stranger), "401", stranger);
+  }
+  assert.equal(
+    await status(publishable, "sb_publishable_app_0002"),
+    JSON.stringify({ kind: "publishable", keyName: "app" }),
+  );
+  assert.equal(await status(publishable, "sb_publishable_web_0001"), web);
+  const secret = operatorCaller({ keys: { ops: "sb_secret_ops_0003" } });
+  for (let i = 0; i < 2; i++) {
+    assert.equal(
+      await status(secret, "sb_secret_ops_0003"),
+      JSON.stringify({ kind: "secret", keyName: "ops" }),
+    );
+    assert.equal(await status(secret, "sb_secret_ops_000"), "401");
+  }
 });

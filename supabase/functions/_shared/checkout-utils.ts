@@ -2,6 +2,7 @@
  * Pure helpers for exactly-once Stripe operations: canonical requests, fingerprints and the
  * Stripe idempotency keys, shaped `operation_type:stable_id:UUID`.
  */
+import { createHash } from "node:crypto";
 import { v4 as uuidv4 } from "uuid";
 
 /** `resource:verb`, lowercase; matches the table's check constraint. */
@@ -72,9 +73,12 @@ function sortKeys(value: unknown): unknown {
   return value;
 }
 
-/** sha256, hex, of the canonical JSON of `value`: the request fingerprint stored with a claim. */
-export async function fingerprint(value: unknown): Promise<string> {
-  const bytes = new TextEncoder().encode(canonicalJson(value));
-  const digest = await crypto.subtle.digest("SHA-256", bytes);
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+/**
+ * sha256, hex, of the canonical JSON of `value`: the request fingerprint stored with a claim.
+ * node:crypto's hash, not WebCrypto's: every request computes one, and crypto.subtle.digest's
+ * round trip to a worker thread took 37 µs against 3 µs (a fifth of a replay's CPU in the
+ * function, profiled).
+ */
+export function fingerprint(value: unknown): Promise<string> {
+  return Promise.resolve(createHash("sha256").update(canonicalJson(value)).digest("hex"));
 }
