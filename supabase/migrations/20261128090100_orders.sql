@@ -50,14 +50,17 @@ create table public.orders (
 -- separate ones cost about 90 µs per single-row statement here (a claim, a record, a webhook
 -- each run one or two), against about 5 µs for one PL/pgSQL call whose expression is planned
 -- once per session. A broken rule raises check_violation (23514) naming it. Same semantics as a
--- CHECK: a rule that is null (an absent optional column) holds.
+-- CHECK: a rule that is null (an absent optional column) holds. The CHECK depends on the whole
+-- row, not on the columns it reads: a migration that drops or renames one of them must replace
+-- this function in the same migration.
 create or replace function private.order_rules(o public.orders)
 returns boolean
 language plpgsql immutable set search_path = ''
 as $$
 begin
   return case
-    when (o.guest_email is null or (length(o.guest_email) <= 254 and o.guest_email ~ '^[^@\s]+@[^@\s]+$')) is false
+    -- [:space:], not \s: a function body is read again in each session, under its settings.
+    when (o.guest_email is null or (length(o.guest_email) <= 254 and o.guest_email ~ '^[^@[:space:]]+@[^@[:space:]]+$')) is false
       then private.rule_broken('orders', 'guest_email is an address of at most 254 characters')
     when (o.guest_name is null or length(o.guest_name) <= 200) is false
       then private.rule_broken('orders', 'guest_name has at most 200 characters')

@@ -42,7 +42,8 @@ create table public.stripe_idempotency_keys (
 
 -- The rules every row keeps, as one CHECK calling one function, for the reason given at
 -- private.order_rules (a claim and a record each write this table once). Each rule is named
--- as the constraint that held it before. Null holds, as in a CHECK.
+-- as the constraint that held it before. Null holds, as in a CHECK. A migration that drops or
+-- renames a column it reads must replace it in the same migration.
 create or replace function private.idempotency_key_rules(k public.stripe_idempotency_keys)
 returns boolean
 language plpgsql immutable set search_path = ''

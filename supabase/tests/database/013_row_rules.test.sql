@@ -3,7 +3,7 @@
 -- 20261128090100_orders.sql). Each rule still rejects the row that breaks it, with
 -- check_violation naming that rule, and lets through what a CHECK would (nulls included).
 begin;
-select plan(34);
+select plan(35);
 
 -- The rule a statement breaks ('Rule: …' from the error's detail), or what else happened.
 create function pg_temp.broken(p_sql text) returns text language plpgsql as $$
@@ -32,6 +32,8 @@ $$;
 
 select is(pg_temp.order_update($$guest_email = 'not an address'$$),
   '23514 Rule: guest_email is an address of at most 254 characters.', 'orders: a guest email is an address');
+select is(pg_temp.order_update($$guest_email = 'a b@example.com'$$),
+  '23514 Rule: guest_email is an address of at most 254 characters.', 'orders: a guest email has no whitespace');
 select is(pg_temp.order_update($$guest_email = repeat('a', 250) || '@b.co'$$),
   '23514 Rule: guest_email is an address of at most 254 characters.', 'orders: a guest email has at most 254 characters');
 select is(pg_temp.order_update($$guest_name = repeat('n', 201)$$),
