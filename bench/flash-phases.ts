@@ -217,14 +217,27 @@ async function claimBuffers(sql: postgres.Sql, eventId: string, tier: string): P
 }
 
 /**
+ * A checkpoint, then a function that returns the WAL bytes written since it (full-page images
+ * included: the first change of each page after a checkpoint copies the whole page).
+ */
+async function walFromCheckpoint(sql: postgres.Sql): Promise<() => Promise<number>> {
+  await sql`checkpoint`;
+  const [start] = await sql<{ lsn: string }[]>`select pg_current_wal_lsn()::text as lsn`;
+  return async () => {
+    const [wal] = await sql<{ bytes: string }[]>`
+      select pg_wal_lsn_diff(pg_current_wal_lsn(), ${start!.lsn}::pg_lsn)::text as bytes`;
+    return Number(wal!.bytes);
+  };
+}
+
+/**
  * WAL bytes per claim of 200 claims on `tier`, one at a time, right after a checkpoint: what
  * each commit waits for. A claim that dirties pages all over large indexes writes their full
  * images again after every checkpoint; one that appends to the rightmost pages does not.
  */
 async function claimWal(sql: postgres.Sql, eventId: string, tier: string): Promise<number> {
   const count = 200;
-  await sql`checkpoint`;
-  const [start] = await sql<{ lsn: string }[]>`select pg_current_wal_lsn()::text as lsn`;
+  const walSince = await walFromCheckpoint(sql);
   const items = JSON.stringify([{ tierId: tier, quantity: 1 }]);
   for (let i = 0; i < count; i++) {
     const op = `bench-wal-${crypto.randomUUID()}`;
@@ -235,9 +248,7 @@ async function claimWal(sql: postgres.Sql, eventId: string, tier: string): Promi
          1920, 30)`,
     );
   }
-  const [wal] = await sql<{ bytes: string }[]>`
-    select pg_wal_lsn_diff(pg_current_wal_lsn(), ${start!.lsn}::pg_lsn)::text as bytes`;
-  return Math.round(Number(wal!.bytes) / count);
+  return Math.round((await walSince()) / count);
 }
 
 /**
@@ -266,8 +277,7 @@ async function latePayments(
     where id in (select k.order_id from public.stripe_idempotency_keys k
                  where k.operation_type = 'checkout:create' and k.operation_id = any(${operations}::text[]))
     returning id, amount_total as amount`;
-  await bench.admin`checkpoint`;
-  const [start] = await bench.admin<{ lsn: string }[]>`select pg_current_wal_lsn()::text as lsn`;
+  const walSince = await walFromCheckpoint(bench.admin);
   const samples: number[] = [];
   const meter = await startMeter([], bench.postmasterPid);
   const started = performance.now();
@@ -295,12 +305,11 @@ async function latePayments(
   }
   const seconds = (performance.now() - started) / 1000;
   const { otherCores } = await meter.stop();
-  const [wal] = await bench.admin<{ bytes: string }[]>`
-    select pg_wal_lsn_diff(pg_current_wal_lsn(), ${start!.lsn}::pg_lsn)::text as bytes`;
+  const walBytes = await walSince();
   return {
     ...summarize(samples),
     perSecond: round(orders.length / seconds, 1),
-    walBytes: Math.round(Number(wal!.bytes) / orders.length),
+    walBytes: Math.round(walBytes / orders.length),
     otherCores: round(otherCores, 3),
   };
 }

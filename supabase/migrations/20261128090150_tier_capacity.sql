@@ -306,18 +306,14 @@ end;
 $$;
 
 -- Seats of a tier currently taken, from its counter (all shards): paid plus held, minus the
--- holds that lapsed by p_now. Exact when read under all the tier's shard locks.
+-- holds that lapsed by p_now (the sum of tier_shards_taken, in the caller's snapshot). Exact
+-- when read under all the tier's shard locks.
 create or replace function private.tier_seats_taken(p_tier_id uuid, p_now timestamptz default now())
 returns bigint
-language plpgsql stable set search_path = '' set plan_cache_mode = force_generic_plan
+language plpgsql stable set search_path = ''
 as $$
 begin
-  return coalesce((
-    select sum(c.paid_seats + c.held_seats - coalesce(l.seats, 0))
-    from private.tier_capacity c
-    cross join lateral (select sum(h.quantity) as seats from private.seat_holds h
-                        where h.tier_id = c.tier_id and h.shard = c.shard and h.held_until <= p_now) l
-    where c.tier_id = p_tier_id), 0);
+  return coalesce((select sum(x) from unnest(private.tier_shards_taken(p_tier_id, p_now)) x), 0);
 end;
 $$;
 comment on function private.tier_seats_taken(uuid, timestamptz) is
