@@ -464,7 +464,8 @@ begin
     return private.checkout_claim_order(v_result, v_order.id);
   end if;
   if v_order.status = 'pending' and v_order.hold_expires_at > p_now then
-    -- The stored response is the whole answer: no need to gather the order's lines.
+    -- The stored response is the whole answer: no need to gather the order's lines. (The same
+    -- test as claim_checkout's first read; here for a row that changed since that read.)
     v_result.response_status := p_stored.response_status;
     v_result.response_body := p_stored.response_body;
     v_result.order_id := v_order.id;
@@ -517,14 +518,11 @@ declare
   v_claim public.stripe_idempotency_claim;
   v_result public.checkout_claim;
   v_request private.checkout_request;
-  v_order_id uuid := private.uuid_v7();
+  v_order_id uuid;
 begin
-  if p_lock_timeout_ms is not null then
-    if p_lock_timeout_ms not between 1 and 600000 then
-      raise exception using errcode = '22023', message = format(
-        'Cannot claim checkout: lock timeout of %s ms is outside 1..600000', p_lock_timeout_ms);
-    end if;
-    perform set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+  if p_lock_timeout_ms not between 1 and 600000 then
+    raise exception using errcode = '22023', message = format(
+      'Cannot claim checkout: lock timeout of %s ms is outside 1..600000', p_lock_timeout_ms);
   end if;
   if p_hold_seconds is null or p_hold_seconds not between 60 and 86400
      or p_hold_grace_seconds is null or p_hold_grace_seconds not between 0 and 86400 then
@@ -532,6 +530,27 @@ begin
       'Cannot claim checkout: hold of %s seconds (grace %s) is outside 60..86400 (0..86400)',
       p_hold_seconds, p_hold_grace_seconds);
   end if;
+
+  -- The replay of a live session, the answer to a retry storm, in one plain read: no lock, no
+  -- write, no nested call. Exactly answer_replay's first answer (completed, same fingerprint,
+  -- the order pending and before its expires_at); whatever else the row says, and a row that
+  -- changed since this read, is decided below, where answer_replay keeps the same test.
+  select 'replay', k.stripe_idempotency_key, null, null, k.attempt, k.response_status, k.response_body,
+         o.id, o.event_id, null, null, null, null, null, null, null, p_operation_id, null, null
+  into v_result
+  from public.stripe_idempotency_keys k
+  join public.orders o on o.id = k.order_id
+  where k.operation_type = private.checkout_operation() and k.operation_id = p_operation_id
+    and k.status = 'completed' and k.request_fingerprint = p_request_fingerprint
+    and o.paid_at is null and o.status = 'pending' and o.hold_expires_at > p_now;
+  if found then
+    return v_result;
+  end if;
+
+  if p_lock_timeout_ms is not null then
+    perform set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+  end if;
+  v_order_id := private.uuid_v7();
   v_request := (p_operation_id, p_event_id, p_items, p_user_id, p_guest_email, p_guest_name,
     p_success_url, p_cancel_url, p_client_address, p_now + make_interval(secs => p_hold_seconds),
     p_now + make_interval(secs => p_hold_seconds + p_hold_grace_seconds), p_now)::private.checkout_request;

@@ -1,6 +1,6 @@
 -- Checkout claim, record and release: orders, prices from the tiers, capacity holds, renewals.
 begin;
-select plan(63);
+select plan(65);
 
 insert into events.events (id, title, currency, status) values
   ('e0000000-0000-4000-8000-000000000001', 'Test Gig', 'eur', 'published'),
@@ -81,6 +81,23 @@ create temp table c3 as select * from pg_temp.claim('op-checkout-0000001', 'd', 
 select row_eq('select outcome, response_status, response_body, order_id from c3',
   (select row('replay'::text, 201, '{"orderId":"x","sessionId":"cs_test_gig_1"}'::jsonb, order_id) from c1),
   'a retry replays the stored response');
+select row_eq('select c3.* from c3',
+  (select row('replay'::text, c2.stripe_idempotency_key, null::uuid, null::timestamptz, c2.attempt, 201,
+              '{"orderId":"x","sessionId":"cs_test_gig_1"}'::jsonb, c1.order_id, c1.event_id, null::text,
+              null::integer, null::timestamptz, null::jsonb, null::text, null::text, null::text,
+              'op-checkout-0000001'::text, null::text, null::integer)::public.checkout_claim from c1, c2),
+  'the replay names the key and attempt, the order and its event, and nothing else');
+-- A retry storm's answer is one plain read: no nested function, so no lock, write or key made.
+set local track_functions = 'pl';
+create temp table calls_before as select funcid, calls from pg_stat_xact_user_functions;
+create temp table c3s as select * from pg_temp.claim('op-checkout-0000001', 'd', 'a', pg_temp.items(2, 3), 61);
+select is(
+  (select coalesce(array_agg(f.schemaname || '.' || f.funcname order by f.funcname), '{}')
+   from pg_stat_xact_user_functions f left join calls_before b using (funcid)
+   -- checkout_operation() is an immutable constant: planning folds it into the statement.
+   where f.calls > coalesce(b.calls, 0) and f.funcname not in ('claim_checkout', 'checkout_operation')),
+  '{}'::text[], 'a replay of a live session runs no function but claim_checkout itself');
+reset track_functions;
 select throws_ok(
   format($$select public.record_checkout('op-checkout-0000001', %L, 'cs_test_gig_2', '{}', '2030-01-01 12:00:41+00')$$,
          (select lease_token from c1)),
