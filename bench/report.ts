@@ -643,8 +643,10 @@ function replayReadsNote(r: Results): string {
     }, ` +
     "so it waits for no flush. What it still pays for is PL/pgSQL: " +
     (top ? `the statement runs ${ms(top.msPerRequest)} ms inside Postgres, ` : "") +
-    `of which the SQL statements inside it account for ${ms(inner)} ms; the rest is function ` +
-    "calls (each with its own `set search_path`), composite values and the JSON it returns.";
+    `of which the SQL statements inside it account for ${ms(inner)} ms (a live session's ` +
+    "replay is one read of the operation joined to its order, with no nested function); the " +
+    "rest is the PL/pgSQL call itself: its twenty arguments, its own `set search_path`, and " +
+    "the composite row it returns.";
 }
 
 function replanNote(r: Results): string | undefined {
