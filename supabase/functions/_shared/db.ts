@@ -255,13 +255,21 @@ interface CheckoutClaimRow {
   reconcile_attempts: number | null;
 }
 
+/**
+ * The items as JSON without toJson's copy: they were validated (a UUID and an integer each), so
+ * no string in them can hold what jsonb refuses. Every checkout sends them, replays included.
+ */
+function itemsJson(items: CheckoutClaimInput["items"]): postgres.JSONValue {
+  return items.map((i) => ({ tierId: i.tierId, quantity: i.quantity }));
+}
+
 /** The checkout claim: idempotency claim, order and seat hold, in one statement. */
 export async function claimCheckout(sql: Sql, input: CheckoutClaimInput): Promise<CheckoutClaim> {
   const limits = input.limits;
   const [row] = await sql<CheckoutClaimRow[]>`
     select * from public.claim_checkout(
       ${input.operationId}, ${input.stripeIdempotencyKey}, ${input.requestFingerprint},
-      ${input.leaseToken}::uuid, ${input.eventId}::uuid, ${sql.json(toJson(input.items))}::jsonb,
+      ${input.leaseToken}::uuid, ${input.eventId}::uuid, ${sql.json(itemsJson(input.items))}::jsonb,
       ${input.userId}::uuid, ${input.guestEmail}, ${input.guestName},
       ${input.successUrl}, ${input.cancelUrl}, ${input.holdSeconds}::int, ${input.leaseSeconds}::int,
       coalesce(${input.now ?? null}::timestamptz, now()), ${input.clientAddress ?? null}::inet,

@@ -222,9 +222,16 @@ export async function readRawText(request: Request, maxBytes: number): Promise<s
 }
 
 async function readLimitedBytes(request: Request, maxBytes: number): Promise<Uint8Array> {
-  const declared = Number(request.headers.get("content-length") ?? "0");
+  const length = request.headers.get("content-length");
+  const declared = Number(length ?? "0");
   if (declared > maxBytes) throw tooLarge(maxBytes);
   if (!request.body) return new Uint8Array();
+  if (length !== null && Number.isInteger(declared)) {
+    // A declared length within the limit is what HTTP/1.1 framing delivers: one read, no loop.
+    const bytes = new Uint8Array(await request.arrayBuffer());
+    if (bytes.byteLength > maxBytes) throw tooLarge(maxBytes);
+    return bytes;
+  }
   const reader = request.body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
