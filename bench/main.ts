@@ -172,6 +172,7 @@ async function fsyncProbe(dir: string): Promise<{ p50: number; p99: number }> {
 
 async function setupDatabase(sql: postgres.Sql): Promise<{ event: BenchEvent; cron: string[] }> {
   await sql`create extension if not exists pg_stat_statements with schema extensions`;
+  await sql`create extension if not exists pg_prewarm with schema extensions`;
   // pg_cron would run the cleanup on its own every 15 minutes, in the middle of a measurement.
   const cron = await sql<{ jobname: string }[]>`
     update cron.job set active = false where active returning jobname`;

@@ -1321,7 +1321,9 @@ function historySection(r: Results): string[] {
     "`EXPLAIN (ANALYZE, BUFFERS)` counts the shared buffers of one claim (fewest of 5). Claims " +
     `and late payments are measured ${h.rounds} times (claims interleaving tiers and client ` +
     "counts); " +
-    "each row is the median run, by throughput for claims and by p50 for late payments. " +
+    "each row is the median run, by throughput for claims and by p50 for late payments (whose " +
+    "p99 is over the payments of all runs together; before each run the indexes of orders and " +
+    "order_items are read into the OS page cache, not into shared buffers). " +
     "tests/capacity-history.test.ts asserts the buffer figure in `npm test`.",
     table(
       [
