@@ -1315,10 +1315,13 @@ function historySection(r: Results): string[] {
     "its PaymentIntent, so that new ids land among old ones in their indexes. After each step " +
     "(vacuum analyze, checkpoint), pgbench calls `claim_checkout` for one seat of a tier made " +
     `for that step (${h.seconds} s per client count, simple protocol), then of the sold tier; ` +
-    `then ${int(h.latePayments)} payments that land after their hold ran out (random ` +
-    "operation ids, each naming its PaymentIntent) go through `process_stripe_webhook_event` " +
-    "one at a time from a checkpoint on (the late-payment path checks the tier's room), and " +
-    "`EXPLAIN (ANALYZE, BUFFERS)` counts the shared buffers of one claim (fewest of 5). Claims " +
+    "`EXPLAIN (ANALYZE, BUFFERS)` counts the shared buffers of one claim (fewest of 5) and 200 " +
+    `claims from a checkpoint on their WAL; then ${int(h.latePayments)} payments that land ` +
+    "after their hold ran out (random operation ids, each naming its PaymentIntent) go " +
+    "through `process_stripe_webhook_event` one at a time from a checkpoint on (the " +
+    "late-payment path checks the tier's room), each run after a vacuum of the tables the " +
+    "claims churn (seat_holds, tier_capacity, stripe_idempotency_keys, stripe_webhook_events), " +
+    "so that autovacuum does not start inside some runs and not others. Claims " +
     `and late payments are measured ${h.rounds} times (claims interleaving tiers and client ` +
     "counts); " +
     "each row is the median run, by throughput for claims and by p50 for late payments (whose " +
