@@ -420,9 +420,10 @@ export async function historyBenchmark(
         options.clients.map((c) => median(rounds.get(`${name} ${c}`)!, (run) => run.tps));
       const claims = medians("fresh");
       const sold = top ? medians("sold") : null;
-      // A claim's buffers and WAL are counted here, in the state its throughput was measured in:
-      // after the late payments' vacuum, claims at 1,000,000 orders wrote about one more page
-      // image each (12.2-12.6 KB against 4.6-4.7 KB in runs without it), cause not found.
+      // A claim's buffers and WAL are counted here, in the state its throughput was measured in
+      // (before this level's late payments). With the late payments' vacuum at the earlier
+      // levels, claims at 1,000,000 orders write about one more page image each (11.5-12.6 KB,
+      // against 4.6-4.7 KB in runs without that vacuum); the cause is not found yet.
       const buffersPerClaim = await claimBuffers(sql, eventId, tier);
       const walBytesPerClaim = await claimWal(sql, eventId, tier);
       const lateRounds: LatePayments[] = [];
