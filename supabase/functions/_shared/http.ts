@@ -227,7 +227,7 @@ async function readLimitedBytes(request: Request, maxBytes: number): Promise<Uin
   if (declared > maxBytes) throw tooLarge(maxBytes);
   if (!request.body) return new Uint8Array();
   if (length !== null && Number.isInteger(declared)) {
-    // A declared length within the limit is what HTTP/1.1 framing delivers: one read, no loop.
+    // A declared length within the limit is all that HTTP framing delivers: read in one call.
     const bytes = new Uint8Array(await request.arrayBuffer());
     if (bytes.byteLength > maxBytes) throw tooLarge(maxBytes);
     return bytes;
