@@ -421,9 +421,12 @@ export async function historyBenchmark(
       const claims = medians("fresh");
       const sold = top ? medians("sold") : null;
       // A claim's buffers and WAL are counted here, in the state its throughput was measured in
-      // (before this level's late payments). With the late payments' vacuum at the earlier
-      // levels, claims at 1,000,000 orders write about one more page image each (11.5-12.6 KB,
-      // against 4.6-4.7 KB in runs without that vacuum); the cause is not found yet.
+      // (before this level's late payments). At 1,000,000 orders a claim writes about one more
+      // page image (11.5-12.9 KB against about 4.3 KB empty): the vacuum after the fill leaves
+      // 224-256 bytes free on each packed page of orders, the free space map sends each new
+      // pending order (244 bytes with its line pointer) to the next such page, and each is its
+      // first change since the checkpoint (pg_waldump: 200 of 267 page images on the orders
+      // heap, 200 different pages). Production's history pages have such gaps after autovacuum.
       const buffersPerClaim = await claimBuffers(sql, eventId, tier);
       const walBytesPerClaim = await claimWal(sql, eventId, tier);
       const lateRounds: LatePayments[] = [];
