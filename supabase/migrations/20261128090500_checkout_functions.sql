@@ -535,16 +535,18 @@ begin
   -- write, no nested call. Exactly answer_replay's first answer (completed, same fingerprint,
   -- the order pending and before its expires_at); whatever else the row says, and a row that
   -- changed since this read, is decided below, where answer_replay keeps the same test.
-  select 'replay', k.stripe_idempotency_key, null, null, k.attempt, k.response_status, k.response_body,
-         o.id, o.event_id, null, null, null, null, null, null, null, p_operation_id, null, null
-  into v_result
+  select k.stripe_idempotency_key, k.attempt, k.response_status, k.response_body, o.id, o.event_id
+  into v_result.stripe_idempotency_key, v_result.attempt, v_result.response_status,
+       v_result.response_body, v_result.order_id, v_result.event_id
   from public.stripe_idempotency_keys k
   join public.orders o on o.id = k.order_id
   where k.operation_type = private.checkout_operation() and k.operation_id = p_operation_id
     and k.status = 'completed' and k.request_fingerprint = p_request_fingerprint
     and o.paid_at is null and o.status = 'pending' and o.hold_expires_at > p_now;
   if found then
-    return v_result;
+    v_result.outcome := 'replay';
+    v_result.operation_id := p_operation_id;
+    return v_result; -- every other field null, as answer_replay leaves them
   end if;
 
   if p_lock_timeout_ms is not null then
