@@ -192,8 +192,10 @@ async function fillHistory(
         from src
         returning id, checkout_operation_id
       )
-      insert into public.order_items (order_id, tier_id, product_name, quantity, unit_amount)
-      select m.id, right(m.checkout_operation_id, 36)::uuid, 'Past — seat', 1, 2500 from made m`);
+      insert into public.order_items (order_id, tier_id, shard, product_name, quantity, unit_amount)
+      select m.id, c.tier_id, private.order_capacity_shard(m.id, c.shards), 'Past — seat', 1, 2500
+      from made m
+      join private.tier_capacity c on c.tier_id = right(m.checkout_operation_id, 36)::uuid and c.shard = 0`);
   }
 }
 

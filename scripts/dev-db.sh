@@ -10,6 +10,7 @@
 # it must be a folder the postgres user can reach) and prints the export lines for
 # DATABASE_URL, POOLER_DATABASE_URL (PgBouncer in transaction mode in front of it, for
 # tests/pooler.test.ts) and the PG* variables that pg_prove reads. `npm test` does not use it.
+# It runs without fsync; DEV_DB_OPTIONS='' gives a durable one (for timing a commit's cost).
 set -euo pipefail
 export RUST_BACKTRACE=0 NO_COLOR=1 DO_NOT_TRACK=1 SUPABASE_TELEMETRY_DISABLED=1
 
@@ -29,7 +30,7 @@ reset() {
   pg_init "$DIR/data" "$DIR/initdb.log" >&2
   port="$(free_port)"
   pg_start "$DIR/data" "$DIR/log" "$port" "" \
-    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >&2
+    "${DEV_DB_OPTIONS--c fsync=off -c synchronous_commit=off -c full_page_writes=off} -c max_connections=200" >&2
   url="$(pg_url "$port")"
   pg_bootstrap "$url" "$ROOT" >&2
   "$ROOT/node_modules/.bin/supabase" db push --db-url "$url" --include-seed --yes </dev/null >&2

@@ -128,12 +128,12 @@ async function addHistory(sql: Sql, tiers: Tiers, count: number): Promise<void> 
       from generate_series(1, ${count}::int) g
       returning id, checkout_operation_id
     )
-    insert into public.order_items (order_id, tier_id, product_name, quantity, unit_amount)
-    select m.id,
-           case when right(m.checkout_operation_id, 1)::int % 2 = 0 then ${tiers.hot}::uuid
-                else ${tiers.other}::uuid end,
-           'History Night — old', 1, 2500
-    from made m`;
+    insert into public.order_items (order_id, tier_id, shard, product_name, quantity, unit_amount)
+    select m.id, c.tier_id, private.order_capacity_shard(m.id, c.shards), 'History Night — old', 1, 2500
+    from made m
+    join private.tier_capacity c on c.shard = 0 and c.tier_id =
+      case when right(m.checkout_operation_id, 1)::int % 2 = 0 then ${tiers.hot}::uuid
+           else ${tiers.other}::uuid end`;
   await sql`analyze public.orders`;
   await sql`analyze public.order_items`;
 }

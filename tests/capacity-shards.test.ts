@@ -213,3 +213,43 @@ Deno.test("a payment whose transaction began before its hold lapsed is judged on
     await sql.end({ timeout: 5 });
   }
 });
+
+Deno.test("a claim in flight locks its counter shard only, not the tier's or any other shard's row: buyers of one tier share no row lock", async () => {
+  const sql = openPool(2);
+  const connections = await openSeparateConnections(2);
+  const [buyer, other] = connections as [Sql, Sql];
+  try {
+    const { eventId, tierId } = await createTier(sql, 10_000);
+    const [shards] = await sql<{ n: number }[]>`
+      select count(*)::int as n from private.tier_capacity where tier_id = ${tierId}`;
+    assert.equal(shards!.n, 64, "a 10,000-seat tier counts on 64 shards");
+    const rolledBack = new Error("rolled back on purpose");
+    const ended = await buyer.begin(async (tx) => {
+      assert.equal(await claim(tx as unknown as Sql, eventId, tierId, 1), "created");
+      const [item] = await tx<{ shard: number }[]>`
+        select h.shard from private.seat_holds h where h.tier_id = ${tierId}`;
+      // FOR UPDATE NOWAIT fails at once on a row the claim holds in any mode (a foreign key's
+      // KEY SHARE included): the tier's row and the other shards must be free.
+      await other`select 1 from events.ticket_tiers where id = ${tierId} for update nowait`;
+      const free = await other<{ shard: number }[]>`
+        select shard from private.tier_capacity where tier_id = ${tierId} and shard <> ${
+        item!.shard
+      }
+        order by shard for update nowait`;
+      assert.equal(free.length, 63, "every other shard is free");
+      await assert.rejects(
+        other`select 1 from private.tier_capacity where tier_id = ${tierId} and shard = ${
+          item!.shard
+        }
+              for update nowait`,
+        (error: unknown) => error instanceof postgres.PostgresError && error.code === "55P03",
+        "the claim's own shard is locked",
+      );
+      throw rolledBack; // nothing of the claim stays
+    }).catch((error) => error);
+    assert.equal(ended, rolledBack);
+  } finally {
+    await closeAll(connections);
+    await sql.end({ timeout: 5 });
+  }
+});

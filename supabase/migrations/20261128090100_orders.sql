@@ -15,7 +15,7 @@ create table public.orders (
   status text not null default 'pending',
   currency text not null,
   amount_total integer not null,
-  stripe_checkout_session_id text unique,
+  stripe_checkout_session_id text,
   -- The checkout operation (its client Idempotency-Key) that made this order; lets a webhook
   -- find the operation's idempotency record when the session ends.
   checkout_operation_id text,
@@ -35,7 +35,7 @@ create table public.orders (
   session_completed_at timestamptz,
   paid_at timestamptz,
   -- The PaymentIntent that paid (from the completed session): what a refund names.
-  stripe_payment_intent_id text unique,
+  stripe_payment_intent_id text,
   -- Refunds Stripe confirmed (succeeded), in minor units; pending ones are in public.refunds.
   amount_refunded integer not null default 0,
   -- A chargeback was opened (charge.dispute.created): the operator's to answer in Stripe.
@@ -108,6 +108,13 @@ comment on table public.orders is 'A buyer''s order for one event; pending until
 comment on column public.orders.amount_total is 'Sum of the items in minor units, computed from ticket_tiers.';
 comment on column public.orders.hold_expires_at is 'The Checkout Session''s expires_at; past it, a retry asks Stripe before renewing.';
 comment on column public.orders.seats_held_until is 'Until when a pending order''s seats count, unless Stripe ends the session first: expires_at plus a grace for a missed webhook.';
+-- Unique where set. Partial, so that a claim's new order (no session, no PaymentIntent yet)
+-- adds no entry to either: a null key is an entry too, and every claim's went to the same
+-- leaf, where concurrent claims queued for its lock.
+create unique index orders_stripe_checkout_session_id_key on public.orders (stripe_checkout_session_id)
+  where stripe_checkout_session_id is not null;
+create unique index orders_stripe_payment_intent_id_key on public.orders (stripe_payment_intent_id)
+  where stripe_payment_intent_id is not null;
 create index orders_user_id_idx on public.orders (user_id) where user_id is not null;
 create index orders_event_id_idx on public.orders (event_id);
 -- Payments that found no seats, for reconciliation to refund.
@@ -121,14 +128,26 @@ create index orders_capacity_conflict_idx on public.orders (updated_at) where st
 create index orders_paid_operation_idx on public.orders (checkout_operation_id)
   where paid_at is not null or (status = 'pending' and session_completed_at is not null);
 -- Pending holds per buyer (user, or guest email and address) and per client address, for the
--- hold-flooding limits.
-create index orders_pending_guest_idx on public.orders (guest_email, client_address, created_at) where status = 'pending';
-create index orders_pending_user_idx on public.orders (user_id, created_at) where status = 'pending';
-create index orders_pending_address_idx on public.orders (client_address, created_at) where status = 'pending';
+-- hold-flooding limits. Each leaves out the rows whose key is null (a guest has no user id,
+-- a user no email, a request may have no address), which its reader's equality never matches,
+-- so a claim adds only the entries that can be read.
+create index orders_pending_guest_idx on public.orders (guest_email, client_address, created_at)
+  where status = 'pending' and guest_email is not null;
+create index orders_pending_user_idx on public.orders (user_id, created_at)
+  where status = 'pending' and user_id is not null;
+create index orders_pending_address_idx on public.orders (client_address, created_at)
+  where status = 'pending' and client_address is not null;
 
 create table public.order_items (
   order_id uuid not null references public.orders (id) on delete cascade,
-  tier_id uuid not null references events.ticket_tiers (id),
+  -- The tier is referenced through its counter row (tier_id, shard) → private.tier_capacity →
+  -- events.ticket_tiers (see 20261128090150_tier_capacity.sql): a claim already holds that
+  -- row's lock, so the foreign key's check adds no lock, where a key on the tier's own row
+  -- made every buyer of a hot tier share one row lock (a multixact rewritten by each).
+  tier_id uuid not null,
+  -- The tier's counter row this item's seats count on: private.order_capacity_shard(order_id,
+  -- the tier's shards); the counting trigger refuses any other value.
+  shard smallint not null,
   -- What the buyer was shown at Stripe; a retried Stripe call must send the same name again.
   product_name text not null check (length(product_name) between 1 and 500),
   quantity integer not null check (quantity between 1 and 100),

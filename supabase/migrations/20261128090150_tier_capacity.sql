@@ -24,10 +24,12 @@
 --          their seats off held_seats), so even a lost webhook per checkout cannot make claims
 --          slower over time.
 --          Shards: a tier's counter is N rows (N = tier_capacity_shards(capacity) when the
---          counter is made, and fixed from then on: 8 for unlimited tiers and tiers of 256 seats
---          or more, else 1). An order's seats of a tier always count on the shard
---          order_capacity_shard(order id, N) (the order id's last 16 bits mod N), so every
---          trigger knows the one row it changes, and a hold row carries its shard. Each shard
+--          counter is made, and fixed from then on: 64 for unlimited tiers and tiers of 8,192
+--          seats or more, 8 from 256 seats, else 1). An order's seats of a tier always count on
+--          the shard order_capacity_shard(order id, N) (the order id's last 16 bits mod N), so
+--          every trigger knows the one row it changes; a hold row and an order item carry their
+--          shard, and the item references its counter row (tier_id, shard), the lock the claim
+--          already holds, instead of the tier's row, which all buyers of a tier would share. Each shard
 --          of a limited tier has an allotment (allotted); the allotments add up to the capacity
 --          and no shard takes more than its allotment, so the sum of the shards' seats never
 --          exceeds the capacity. A claim (take_tier_room) locks only its shard and checks that
@@ -114,6 +116,13 @@ comment on table private.seat_holds is
 create index seat_holds_tier_shard_held_until_idx on private.seat_holds (tier_id, shard, held_until)
   include (quantity);
 
+-- An order item's tier is referenced through the counter row it counts on (its columns are
+-- in 20261128090100_orders.sql): a claim holds that row's lock already, so the check takes no
+-- lock of its own, and a tier with items still cannot be deleted (its counter rows cascade,
+-- and the items refuse it).
+alter table public.order_items add constraint order_items_tier_shard_fkey
+  foreign key (tier_id, shard) references private.tier_capacity (tier_id, shard);
+
 alter table private.tier_capacity enable row level security;
 alter table private.seat_holds enable row level security;
 -- Service only: RLS on, no policies. The triggers run as whoever writes orders (service_role).
@@ -124,13 +133,18 @@ grant select, insert, update, delete on private.tier_capacity, private.seat_hold
 -- Shards and allotments
 -- ------------------------------------------------------------------------------------------
 
--- How many shards a tier's counter gets when it is made (fixed from then on).
+-- How many shards a tier's counter gets when it is made (fixed from then on): as many as
+-- keeps each shard's share at 128 seats or more (fewer shards leave more seats on each, and
+-- claims take the slow path less often near a sell-out), so that 64 buyers at once of a
+-- large or unlimited tier rarely wait for the same row.
 create or replace function private.tier_capacity_shards(p_capacity integer)
 returns integer
 language plpgsql immutable set search_path = ''
 as $$
 begin
-  return case when p_capacity is null or p_capacity >= 256 then 8 else 1 end;
+  return case when p_capacity is null or p_capacity >= 8192 then 64
+              when p_capacity >= 256 then 8
+              else 1 end;
 end;
 $$;
 
@@ -505,11 +519,18 @@ declare
 begin
   for v_item in
     select x.* from (
-      select i.order_id, i.tier_id, i.quantity, o.status, o.seats_held_until,
-             private.order_capacity_shard(i.order_id, private.tier_shards(i.tier_id)) as shard
-      from new_items i join public.orders o on o.id = i.order_id) x
+      select i.order_id, i.tier_id, i.quantity, o.status, o.seats_held_until, i.shard,
+             private.order_capacity_shard(i.order_id, c.shards) as order_shard
+      from new_items i
+      join public.orders o on o.id = i.order_id
+      join private.tier_capacity c on c.tier_id = i.tier_id and c.shard = i.shard) x
     order by x.tier_id, x.shard
   loop
+    if v_item.shard <> v_item.order_shard then
+      raise exception using errcode = '23514', message = format(
+        'Cannot add order item: order %s counts its seats of tier %s on shard %s, not %s',
+        v_item.order_id, v_item.tier_id, v_item.order_shard, v_item.shard);
+    end if;
     if v_tier is distinct from v_item.tier_id or v_shard is distinct from v_item.shard then
       if v_paid <> 0 or v_held <> 0 then
         perform private.add_tier_seats(v_tier, v_shard, v_paid, v_held);

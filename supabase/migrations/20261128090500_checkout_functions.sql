@@ -180,8 +180,12 @@ begin
         detail = v_item.id::text;
     end if;
   end loop;
-  insert into public.order_items (order_id, tier_id, product_name, quantity, unit_amount)
-  select p_order_id, t.id, p_event.title || ' — ' || t.name, (x ->> 'quantity')::int, t.unit_amount
+  insert into public.order_items (order_id, tier_id, shard, product_name, quantity, unit_amount)
+  select p_order_id, t.id,
+         -- A subquery per line: a join let the planner scan every tier's counter rows.
+         private.order_capacity_shard(p_order_id,
+           (select c.shards from private.tier_capacity c where c.tier_id = t.id and c.shard = 0)),
+         p_event.title || ' — ' || t.name, (x ->> 'quantity')::int, t.unit_amount
   from jsonb_array_elements(p_items) x
   join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = p_event.id
   order by t.id;

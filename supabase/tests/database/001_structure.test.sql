@@ -1,6 +1,6 @@
 -- Structure: the tables, columns and functions that other parts of the platform rely on by name.
 begin;
-select plan(37);
+select plan(38);
 
 select has_schema('events');
 select has_table('events', 'events', 'events.events exists');
@@ -37,7 +37,9 @@ select col_type_is('public', 'stripe_idempotency_keys', 'response_body', 'jsonb'
 select col_not_null('public', 'stripe_idempotency_keys', 'expires_at', 'every row expires');
 
 select col_is_unique('public', 'stripe_webhook_events', 'stripe_event_id', 'one row per Stripe event id');
-select col_is_unique('public', 'orders', 'stripe_checkout_session_id', 'a session belongs to one order');
+-- Unique where set (a claim's new order has neither yet, and adds no entry for a null).
+select index_is_unique('public', 'orders', 'orders_stripe_checkout_session_id_key', 'a session belongs to one order');
+select index_is_unique('public', 'orders', 'orders_stripe_payment_intent_id_key', 'a PaymentIntent belongs to one order');
 
 -- Every table has RLS on.
 select is(

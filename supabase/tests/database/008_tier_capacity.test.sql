@@ -2,7 +2,7 @@
 -- without any job, the job only deletes what no longer counts, and check_tier_capacity finds
 -- any counter that disagrees with the orders (repair_tier_capacity fixes it).
 begin;
-select plan(97);
+select plan(103);
 
 -- Structure and privileges
 select has_table('private', 'tier_capacity', 'a counter row per tier');
@@ -169,7 +169,11 @@ select is((select count(*)::int from private.tier_capacity where tier_id = pg_te
   'a 3-seat tier keeps one row (as before)');
 select is(pg_temp.allotments(3), '3', 'whose allotment is the capacity');
 select results_eq($$select count(*)::int, count(allotted)::int from private.tier_capacity where tier_id = pg_temp.tier(4)$$,
-  $$values (8, 0)$$, 'an unlimited tier has 8 shards and no allotments');
+  $$values (64, 0)$$, 'an unlimited tier has 64 shards and no allotments');
+select results_eq(
+  $$select private.tier_capacity_shards(c) from unnest(array[1, 255, 256, 8191, 8192, 1000000]) c$$,
+  $$values (1), (1), (8), (8), (64), (64)$$,
+  'shards by capacity: one row below 256 seats, 8 from 256, 64 from 8,192 (128 seats or more each)');
 
 -- Fast path: a claim counts on its order's shard only.
 select is((pg_temp.buy('s1', pg_temp.items(5, 3), 0)).outcome, 'created', 'a claim of 3 seats of the 300-seat tier');
@@ -277,6 +281,32 @@ select is((public.settle_checkout_session(jsonb_build_object('id', 'cs_test_cap_
   pg_temp.t(5000))).outcome, 'paid', 'its hold lapsed and its shard has no allotment, yet the tier has room: paid');
 select is(pg_temp.problems(6, 5000), '', 'its shard was given the allotment for them');
 select is(pg_temp.over(6, 5000), 0::bigint, 'no shard over its allotment after the late payment');
+
+-- An order item references its tier through the counter row it counts on (the lock a claim
+-- holds already), never the tier's own row, which every buyer of the tier would share.
+select is((select array_agg(confrelid::regclass::text order by confrelid::regclass::text) from pg_constraint
+           where conrelid = 'public.order_items'::regclass and contype = 'f'),
+  array['orders', 'private.tier_capacity'], 'order items reference their order and their counter row');
+insert into public.orders (id, event_id, guest_email, currency, amount_total, hold_expires_at, seats_held_until)
+values ('08000000-0000-7000-8000-000000000005', 'e8000000-0000-4000-8000-000000000001', 'shard@example.com',
+        'usd', 1000, now() + interval '1 hour', now() + interval '2 hours');
+select throws_ok($$insert into public.order_items (order_id, tier_id, shard, product_name, quantity, unit_amount)
+  values ('08000000-0000-7000-8000-000000000005', pg_temp.tier(5),
+          (private.order_capacity_shard('08000000-0000-7000-8000-000000000005', 8) + 1) % 8, 'x', 1, 1000)$$,
+  '23514', null, 'an item on another shard than its order''s is refused');
+select lives_ok($$insert into public.order_items (order_id, tier_id, shard, product_name, quantity, unit_amount)
+  values ('08000000-0000-7000-8000-000000000005', pg_temp.tier(5),
+          private.order_capacity_shard('08000000-0000-7000-8000-000000000005', 8), 'x', 1, 1000)$$,
+  'on its order''s shard it is counted');
+update public.orders set stripe_checkout_session_id = 'cs_test_shard_dup', stripe_payment_intent_id = 'pi_test_shard_dup'
+where id = '08000000-0000-7000-8000-000000000005';
+select throws_ok($$insert into public.orders (event_id, guest_email, currency, amount_total, hold_expires_at,
+                                              seats_held_until, stripe_checkout_session_id)
+  values ('e8000000-0000-4000-8000-000000000001', 'dup@example.com', 'usd', 1000, now() + interval '1 hour',
+          now() + interval '2 hours', 'cs_test_shard_dup')$$,
+  '23505', null, 'a session id belongs to one order (unique where set)');
+select throws_ok($$delete from events.ticket_tiers where id = pg_temp.tier(5)$$, '23503', null,
+  'a tier with order items cannot be deleted (its counter rows cascade, the items refuse)');
 
 -- A claim's pending order adds no entry to the index of operation ids (random client keys: an
 -- entry lands on a random leaf of an index as large as the history). Counted in pages, not time.
