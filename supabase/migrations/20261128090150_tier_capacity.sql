@@ -12,7 +12,7 @@
 --          reallot_tier, make_tier_room, take_tier_room; in public (operators):
 --          check_tier_capacity, repair_tier_capacity, release_lapsed_seat_holds (its pg_cron job
 --          is scheduled with the others). The checkout functions that take seats
---          (create_checkout_order, hold_tier_seats, order_seats_unavailable, claim_checkout with
+--          (create_checkout_order, order_seats_unavailable, claim_checkout with
 --          its lock timeout) live with the checkout and webhook migrations.
 -- Design:  sold seats (paid_seats) are those of orders paid or partially refunded; a full
 --          refund gives them back. Seats taken at p_now = paid_seats + held_seats - (seats of

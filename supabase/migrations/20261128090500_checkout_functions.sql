@@ -2,7 +2,7 @@
 -- capacity hold in the same transaction; the record also stores the session on the order.
 -- Objects: type public.checkout_claim; functions claim_checkout, record_checkout,
 --          release_checkout; in private: checkout_request, checkout_operation, create_checkout_order,
---          hold_tier_seats, checkout_claim_order, checkout_operation_payment, refuse_if_paid,
+--          checkout_claim_order, checkout_operation_payment, refuse_if_paid,
 --          enforce_pending_hold_limits, renew_checkout_operation, resume_takeover, answer_replay.
 -- Risks:   prices and names come only from events.ticket_tiers. Any rejection raises, so a
 --          rejected checkout writes nothing. The database's clock never decides that a session
@@ -71,9 +71,14 @@ create type private.checkout_request as (
 );
 
 -- Creates a pending order holding seats, after checking the event, the tiers and capacity. The
--- order is written whole first (priced from the catalogue); the tiers' counters (one shard of
--- each) are locked last, so a hot tier's lock is held only for its count, the items and the
--- commit.
+-- tiers are read once (not locked) from the catalogue, in id order, and their rules checked; the
+-- order is written whole (priced from them); then each tier's room is taken in id order
+-- (take_tier_room: the order's shard of the tier locked with room for its seats, allotment
+-- moved to it from the tier's other shards if it had none; no room in the whole tier: CK003,
+-- which undoes it all), and the lines are inserted in one statement, whose trigger adds the
+-- holds and the seats to the shards already locked. So a hot tier's lock is held only for its
+-- count, the items and the commit, and concurrent checkouts of overlapping tiers queue, never
+-- deadlock.
 create or replace function private.create_checkout_order(p_order_id uuid, p_request private.checkout_request)
 returns public.orders
 language plpgsql volatile set search_path = ''
@@ -86,6 +91,11 @@ declare
   v_requested int;
   v_found int := 0;
   v_amount bigint := 0;
+  -- The lines, in tier id order: what the tiers said when they were read.
+  v_tier_ids uuid[];
+  v_names text[];
+  v_quantities int[];
+  v_prices int[];
 begin
   if num_nonnulls(r.user_id, r.guest_email) <> 1 then
     raise exception using errcode = '22023',
@@ -110,7 +120,6 @@ begin
     raise exception using errcode = '22023', message = 'Cannot create checkout: a tier is repeated';
   end if;
 
-  -- The tiers' rules, read (not locked) from the catalogue.
   for v_item in
     select t.*, (x ->> 'quantity')::int as quantity
     from jsonb_array_elements(r.items) x
@@ -129,6 +138,10 @@ begin
         message = format('Cannot create checkout: tier %s is not on sale now', v_item.name), detail = v_item.id::text;
     end if;
     v_amount := v_amount + v_item.quantity::bigint * v_item.unit_amount;
+    v_tier_ids[v_found] := v_item.id;
+    v_names[v_found] := v_item.name;
+    v_quantities[v_found] := v_item.quantity;
+    v_prices[v_found] := v_item.unit_amount;
   end loop;
   if v_found <> v_requested then
     raise exception using errcode = 'CK002', message = 'Cannot create checkout: a tier does not belong to this event';
@@ -142,59 +155,26 @@ begin
           r.seats_held_until, r.now, r.now)
   returning o.* into v_order;
 
-  perform private.hold_tier_seats(v_order.id, v_event, r.items, r.now);
+  for i in 1 .. v_found loop
+    if not private.take_tier_room(v_tier_ids[i], p_order_id, v_quantities[i], r.now) then
+      raise exception using errcode = 'CK003',
+        message = format('Cannot create checkout: tier %s is sold out', v_names[i]),
+        detail = v_tier_ids[i]::text;
+    end if;
+  end loop;
+  insert into public.order_items (order_id, tier_id, shard, product_name, quantity, unit_amount)
+  select p_order_id, l.tier_id,
+         -- A subquery per line: a join let the planner scan every tier's counter rows.
+         private.order_capacity_shard(p_order_id,
+           (select c.shards from private.tier_capacity c where c.tier_id = l.tier_id and c.shard = 0)),
+         v_event.title || ' — ' || l.name, l.quantity, l.unit_amount
+  from unnest(v_tier_ids, v_names, v_quantities, v_prices) as l (tier_id, name, quantity, unit_amount)
+  order by l.tier_id;
   return v_order;
 end;
 $$;
 comment on function private.create_checkout_order(uuid, private.checkout_request) is
-  'Internal to claim_checkout: a pending order priced from the tiers, holding seats, or an error.';
-
--- The order's seats, tier by tier in id order: each tier's room is taken first
--- (take_tier_room: the order's shard of the tier locked with room for its seats, allotment moved
--- to it from the tier's other shards if it had none; no room in the whole tier: CK003, which
--- undoes it all), then the lines are inserted in one statement, whose trigger adds the holds
--- and the seats to the shards already locked. Concurrent checkouts of overlapping tiers queue,
--- never deadlock. The caller has checked the tiers' rules. Returns how many lines it inserted.
-create or replace function private.hold_tier_seats(
-  p_order_id uuid,
-  p_event events.events,
-  p_items jsonb,
-  p_now timestamptz
-)
-returns integer
-language plpgsql volatile set search_path = ''
-as $$
-declare
-  v_item record;
-  v_found integer;
-begin
-  for v_item in
-    select t.id, t.name, (x ->> 'quantity')::int as quantity
-    from jsonb_array_elements(p_items) x
-    join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = p_event.id
-    order by t.id
-  loop
-    if not private.take_tier_room(v_item.id, p_order_id, v_item.quantity, p_now) then
-      raise exception using errcode = 'CK003',
-        message = format('Cannot create checkout: tier %s is sold out', v_item.name),
-        detail = v_item.id::text;
-    end if;
-  end loop;
-  insert into public.order_items (order_id, tier_id, shard, product_name, quantity, unit_amount)
-  select p_order_id, t.id,
-         -- A subquery per line: a join let the planner scan every tier's counter rows.
-         private.order_capacity_shard(p_order_id,
-           (select c.shards from private.tier_capacity c where c.tier_id = t.id and c.shard = 0)),
-         p_event.title || ' — ' || t.name, (x ->> 'quantity')::int, t.unit_amount
-  from jsonb_array_elements(p_items) x
-  join events.ticket_tiers t on t.id = (x ->> 'tierId')::uuid and t.event_id = p_event.id
-  order by t.id;
-  get diagnostics v_found = row_count;
-  return v_found;
-end;
-$$;
-comment on function private.hold_tier_seats(uuid, events.events, jsonb, timestamptz) is
-  'Internal to create_checkout_order: each tier''s room taken (its shard locked, in tier id order) or CK003, then the lines inserted.';
+  'Internal to claim_checkout: a pending order priced from the tiers, holding seats (each tier''s shard locked, in tier id order), or an error.';
 
 -- Fills the order part of a checkout_claim. (PL/pgSQL, like every helper on a claim's path: a
 -- SQL function with a pinned search_path is planned again on every call.)

@@ -2,7 +2,7 @@
 -- without any job, the job only deletes what no longer counts, and check_tier_capacity finds
 -- any counter that disagrees with the orders (repair_tier_capacity fixes it).
 begin;
-select plan(103);
+select plan(105);
 
 -- Structure and privileges
 select has_table('private', 'tier_capacity', 'a counter row per tier');
@@ -307,6 +307,22 @@ select throws_ok($$insert into public.orders (event_id, guest_email, currency, a
   '23505', null, 'a session id belongs to one order (unique where set)');
 select throws_ok($$delete from events.ticket_tiers where id = pg_temp.tier(5)$$, '23503', null,
   'a tier with order items cannot be deleted (its counter rows cascade, the items refuse)');
+
+-- The order's total and its lines are priced from one read of the tiers: a price changed while
+-- the claim runs (here by a trigger, right after the order row is written) changes neither.
+create function pg_temp.reprice() returns trigger language plpgsql as $$
+begin
+  update events.ticket_tiers set unit_amount = unit_amount + 100 where id = pg_temp.tier(4);
+  return null;
+end;
+$$;
+create trigger reprice_during_claim after insert on public.orders for each row execute function pg_temp.reprice();
+select is((pg_temp.buy('reprice', pg_temp.items(4, 2), 0)).amount_total, 2000, 'the claim is priced as the tier was read');
+drop trigger reprice_during_claim on public.orders;
+select results_eq($$select o.amount_total, sum(i.amount)::int, min(i.unit_amount) from public.orders o
+                    join public.order_items i on i.order_id = o.id
+                    where o.id = pg_temp.order_of('reprice') group by o.id$$,
+  $$values (2000, 2000, 1000)$$, 'its lines carry the same prices as its total');
 
 -- A claim's pending order adds no entry to the index of operation ids (random client keys: an
 -- entry lands on a random leaf of an index as large as the history). Counted in pages, not time.
