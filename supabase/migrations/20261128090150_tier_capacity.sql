@@ -686,14 +686,15 @@ returns table (
 language sql stable set search_path = ''
 as $$
   with items as (
-    select i.tier_id, i.quantity, o.status, o.seats_held_until,
+    select i.tier_id, i.quantity, o.status, o.seats_held_until, i.shard as item_shard,
            private.order_capacity_shard(i.order_id, k.shards) as shard
     from public.order_items i join public.orders o on o.id = i.order_id
     left join private.tier_capacity k on k.tier_id = i.tier_id and k.shard = 0
   ), recount as (
     select x.tier_id, x.shard,
            coalesce(sum(x.quantity) filter (where x.status in ('paid', 'partially_refunded')), 0) as paid,
-           coalesce(sum(x.quantity) filter (where x.status = 'pending' and x.seats_held_until > p_now), 0) as held
+           coalesce(sum(x.quantity) filter (where x.status = 'pending' and x.seats_held_until > p_now), 0) as held,
+           count(*) filter (where x.item_shard is distinct from x.shard) as misfiled
     from items x
     group by x.tier_id, x.shard
   ), holds as (
@@ -726,7 +727,8 @@ as $$
     from shards s
     group by s.tier_id
   ), tier_recount as (
-    select r.tier_id, sum(r.paid) as paid, sum(r.held) as held from recount r group by r.tier_id
+    select r.tier_id, sum(r.paid) as paid, sum(r.held) as held, sum(r.misfiled) as misfiled
+    from recount r group by r.tier_id
   ), tier_holds as (
     select h.tier_id, sum(h.listed) as listed, sum(h.lapsed) as lapsed, sum(h.stray) as stray
     from holds h group by h.tier_id
@@ -736,7 +738,7 @@ as $$
            (c.held_seats - coalesce(hs.lapsed, 0))::bigint as held_counted,
            coalesce(r.held, 0)::bigint as held_recounted,
            c.held_seats as held_seats, coalesce(hs.listed, 0)::bigint as held_listed,
-           coalesce(hs.stray, 0)::bigint as stray_holds,
+           coalesce(hs.stray, 0)::bigint as stray_holds, coalesce(r.misfiled, 0) as misfiled_items,
            c.shard_rows, c.shards, c.max_shards, c.allotted, c.unallotted, c.no_allotment, c.misplaced,
            c.over_allotment
     from events.ticket_tiers t
@@ -753,6 +755,7 @@ as $$
              case when x.held_seats <> x.held_listed then 'held_seats differs from its hold rows' end,
              case when x.held_counted <> x.held_recounted then 'held seats differ' end,
              case when x.stray_holds > 0 then 'hold rows disagree with their orders' end,
+             case when x.misfiled_items > 0 then 'order items name another shard than their order''s' end,
              case when x.paid_counted = x.paid_recounted and x.held_seats = x.held_listed
                        and x.held_counted = x.held_recounted and x.misplaced > 0
                   then 'seats counted on the wrong shard' end,
@@ -788,6 +791,9 @@ begin
     return 0; -- no such tier
   end if;
   perform private.lock_tier_capacity(p_tier_id);
+  -- Items loaded with triggers off may name another shard than their order's.
+  update public.order_items i set shard = private.order_capacity_shard(i.order_id, v_shards)
+  where i.tier_id = p_tier_id and i.shard <> private.order_capacity_shard(i.order_id, v_shards);
   delete from private.seat_holds h where h.tier_id = p_tier_id;
   insert into private.seat_holds (order_id, tier_id, quantity, held_until, shard)
   select i.order_id, i.tier_id, i.quantity, o.seats_held_until, private.order_capacity_shard(i.order_id, v_shards)
