@@ -1434,14 +1434,14 @@ function hotTierNote(h: HotTierResult, ratios: ReturnType<typeof hotRatios>): st
       } ms (1 / throughput) against ` +
       `${ms(1000 / (row?.tps ?? NaN))} ms per single-row update`;
   });
-  return "A tier of 256 seats or more counts on 8 shard rows (`private.tier_capacity`), each " +
-    "with its share of the capacity; a claim locks only its order's shard, checks it against " +
-    "that share and holds it through the commit's WAL flush (a claim whose shard is full takes " +
-    `all 8 to move seats between them). ${parts.join(". ")}. Spread over ${h.tiers} tiers, ` +
-    "claims are bounded by the CPU one costs (Postgres CPU per transaction above) on " +
-    "cores shared with pgbench; on one tier, each shard is also held while its holder waits for " +
-    "the commit flush and for a core among the other backends, which the single-row update (no " +
-    "other work) barely needs.";
+  return "The hot tier (100,000,000 seats) counts on 64 shard rows (`private.tier_capacity`; " +
+    "tiers of 8,192 seats or more and unlimited ones, 8 from 256 seats), each with its share " +
+    "of the capacity; a claim locks only its order's shard, checks it against that share and " +
+    "holds it through the commit's WAL flush (a claim whose shard is full takes all of them to " +
+    "move seats between them), and its order item references that shard's row, not the tier's. " +
+    `${parts.join(". ")}. With one tier within a few percent of ${h.tiers} tiers, the hot ` +
+    "tier's locks are no longer what limits it: claims are bounded by the CPU one costs " +
+    "(Postgres CPU per transaction above, against the update's) on cores shared with pgbench.";
 }
 
 function onSaleSection(r: Results): string[] {
