@@ -1439,9 +1439,19 @@ function hotTierNote(h: HotTierResult, ratios: ReturnType<typeof hotRatios>): st
     "of the capacity; a claim locks only its order's shard, checks it against that share and " +
     "holds it through the commit's WAL flush (a claim whose shard is full takes all of them to " +
     "move seats between them), and its order item references that shard's row, not the tier's. " +
-    `${parts.join(". ")}. With one tier within a few percent of ${h.tiers} tiers, the hot ` +
-    "tier's locks are no longer what limits it: claims are bounded by the CPU one costs " +
-    "(Postgres CPU per transaction above, against the update's) on cores shared with pgbench.";
+    `${parts.join(". ")}. ${hotTierBound(h, ratios)}`;
+}
+
+/** What bounds the hot tier, judged from this run's one-tier / spread ratios. */
+function hotTierBound(h: HotTierResult, ratios: ReturnType<typeof hotRatios>): string {
+  const worst = Math.min(...ratios.map((ratio) => ratio.vsSpread));
+  const cpu = "the CPU one claim costs (Postgres CPU per transaction above, against the " +
+    "update's) on cores shared with pgbench";
+  return worst >= 0.9
+    ? `One tier runs at ${x(worst)} or more of ${h.tiers} tiers, which share no counter row, so ` +
+      `the hot tier's locks are not what limits it: claims are bounded by ${cpu}.`
+    : `One tier runs at only ${x(worst)} of ${h.tiers} tiers at worst: its shards' locks, ` +
+      `held through the commit, cost it that much beyond ${cpu}.`;
 }
 
 function onSaleSection(r: Results): string[] {

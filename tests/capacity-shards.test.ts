@@ -214,7 +214,7 @@ Deno.test("a payment whose transaction began before its hold lapsed is judged on
   }
 });
 
-Deno.test("a claim in flight locks its counter shard only, not the tier's or any other shard's row: buyers of one tier share no row lock", async () => {
+Deno.test("a claim in flight locks its counter shard only, not the tier's or any other shard's row: buyers of one tier share no lock of the tier", async () => {
   const sql = openPool(2);
   const connections = await openSeparateConnections(2);
   const [buyer, other] = connections as [Sql, Sql];

@@ -146,7 +146,8 @@ create table public.order_items (
   -- made every buyer of a hot tier share one row lock (a multixact rewritten by each).
   tier_id uuid not null,
   -- The tier's counter row this item's seats count on: private.order_capacity_shard(order_id,
-  -- the tier's shards); the counting trigger refuses any other value.
+  -- the tier's shards). The counting trigger refuses any other value on insert, and
+  -- public.check_tier_capacity reports one written later (or with triggers off).
   shard smallint not null,
   -- What the buyer was shown at Stripe; a retried Stripe call must send the same name again.
   product_name text not null check (length(product_name) between 1 and 500),

@@ -133,10 +133,10 @@ grant select, insert, update, delete on private.tier_capacity, private.seat_hold
 -- Shards and allotments
 -- ------------------------------------------------------------------------------------------
 
--- How many shards a tier's counter gets when it is made (fixed from then on): as many as
--- keeps each shard's share at 128 seats or more (fewer shards leave more seats on each, and
--- claims take the slow path less often near a sell-out), so that 64 buyers at once of a
--- large or unlimited tier rarely wait for the same row.
+-- How many shards a tier's counter gets when it is made (fixed from then on): 64 from 8,192
+-- seats (128 or more each) and for unlimited tiers, so that 64 buyers at once of a large tier
+-- rarely wait for the same row; 8 from 256 seats (32 or more each); else one. Fewer shards
+-- leave more seats on each, so claims near a sell-out take the slow path less often.
 create or replace function private.tier_capacity_shards(p_capacity integer)
 returns integer
 language plpgsql immutable set search_path = ''

@@ -2,7 +2,7 @@
 -- without any job, the job only deletes what no longer counts, and check_tier_capacity finds
 -- any counter that disagrees with the orders (repair_tier_capacity fixes it).
 begin;
-select plan(108);
+select plan(112);
 
 -- Structure and privileges
 select has_table('private', 'tier_capacity', 'a counter row per tier');
@@ -173,7 +173,7 @@ select results_eq($$select count(*)::int, count(allotted)::int from private.tier
 select results_eq(
   $$select private.tier_capacity_shards(c) from unnest(array[1, 255, 256, 8191, 8192, 1000000]) c$$,
   $$values (1), (1), (8), (8), (64), (64)$$,
-  'shards by capacity: one row below 256 seats, 8 from 256, 64 from 8,192 (128 seats or more each)');
+  'shards by capacity: one row below 256 seats, 8 from 256, 64 from 8,192');
 
 -- Fast path: a claim counts on its order's shard only.
 select is((pg_temp.buy('s1', pg_temp.items(5, 3), 0)).outcome, 'created', 'a claim of 3 seats of the 300-seat tier');
@@ -316,6 +316,20 @@ select throws_ok($$insert into public.orders (event_id, guest_email, currency, a
   '23505', null, 'a session id belongs to one order (unique where set)');
 select throws_ok($$delete from events.ticket_tiers where id = pg_temp.tier(5)$$, '23503', null,
   'a tier with order items cannot be deleted (its counter rows cascade, the items refuse)');
+
+-- A 64-shard tier sells out exactly: made with 8,192 seats, lowered to 100 (about 1.6 seats per
+-- shard, so most claims take the slow path), 100 claims one by one all get a seat, the 101st is
+-- sold out, and the counters agree with the rows.
+insert into events.ticket_tiers (id, event_id, name, unit_amount, capacity, max_per_order)
+values (pg_temp.tier(9), 'e8000000-0000-4000-8000-000000000001', 'Tier 9', 1000, 8192, 10);
+update events.ticket_tiers set capacity = 100 where id = pg_temp.tier(9);
+select results_eq($$select count(*)::int, sum(allotted)::int from private.tier_capacity where tier_id = pg_temp.tier(9)$$,
+  $$values (64, 100)$$, 'a tier made with 8,192 seats keeps its 64 shards, sharing its lowered capacity');
+select is((select count(*) from generate_series(1, 100) g
+           where (pg_temp.buy('s64-' || g, pg_temp.items(9, 1), 100)).outcome = 'created'), 100::bigint,
+  'its 100 seats sold one by one, none refused while a seat was free');
+select throws_ok($$select pg_temp.buy('s64-101', pg_temp.items(9, 1), 100)$$, 'CK003', null, 'the 101st is sold out');
+select is(pg_temp.problems(9, 100), '', 'its counters agree with the rows, no shard over its allotment');
 
 -- The order's total and its lines are priced from one read of the tiers: a price changed while
 -- the claim runs (here by a trigger, right after the order row is written) changes neither.
