@@ -1,9 +1,9 @@
 /**
  * A sharded tier (256 seats or more counts on 8 counter rows, 8,192 or more on 64, each with
  * its share of the capacity) is sold exactly under real concurrency: buyers on separate
- * connections claim at once, the shards fill unevenly, claims whose shard is full move allotment from the others
- * under all the tier's locks, and the tier sells exactly its capacity: never more, and no
- * buyer is told sold out while a seat is free.
+ * connections claim at once, the shards fill unevenly, claims whose shard is full move
+ * allotment from the others under all the tier's locks, and the tier sells exactly its
+ * capacity: never more, and no buyer is told sold out while a seat is free.
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";

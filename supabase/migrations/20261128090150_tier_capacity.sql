@@ -29,11 +29,11 @@
 --          the shard order_capacity_shard(order id, N) (the order id's last 16 bits mod N), so
 --          every trigger knows the one row it changes; a hold row and an order item carry their
 --          shard, and the item references its counter row (tier_id, shard), the lock the claim
---          already holds, instead of the tier's row, which all buyers of a tier would share. Each shard
---          of a limited tier has an allotment (allotted); the allotments add up to the capacity
---          and no shard takes more than its allotment, so the sum of the shards' seats never
---          exceeds the capacity. A claim (take_tier_room) locks only its shard and checks that
---          shard's seats against its allotment (the fast path). When that shard has no room,
+--          already holds, instead of the tier's row, which all buyers of a tier would share.
+--          Each shard of a limited tier has an allotment (allotted); the allotments add up to
+--          the capacity and no shard takes more than its allotment, so the sum of the shards'
+--          seats never exceeds the capacity. A claim (take_tier_room) locks only its shard and
+--          checks that shard's seats against its allotment (the fast path). When it has no room,
 --          the claim undoes its lock (a rolled-back subtransaction) and takes the slow path
 --          (make_tier_room): with every shard of the tier locked in shard order it checks the
 --          tier's whole room (none: CK003, exactly as with one row) and divides the seats left
@@ -413,17 +413,18 @@ end;
 $$;
 
 -- Room for p_quantity more seats of a tier for order p_order_id, at p_now: locks the order's
--- shard of the tier and returns true when it has room (fast path) or the tier's allotments
--- could be divided again to give it room (slow path, with all the shards locked); false when
--- the tier has no room. An unlimited tier always has room (its shard is locked all the same).
--- Callers take their tiers in id order. What a claim and a late payment both use.
+-- shard of the tier and returns that shard when it has room (fast path) or the tier's
+-- allotments could be divided again to give it room (slow path, with all the shards locked);
+-- null when the tier has no room. An unlimited tier always has room (its shard is locked all
+-- the same). Callers take their tiers in id order. What a claim and a late payment both use;
+-- the claim's order items name the shard it returns.
 create or replace function private.take_tier_room(
   p_tier_id uuid,
   p_order_id uuid,
   p_quantity integer,
   p_now timestamptz
 )
-returns boolean
+returns integer
 language plpgsql volatile set search_path = ''
 as $$
 declare
@@ -434,22 +435,23 @@ begin
   if v_shards = 1 then
     -- One shard: its allotment is the capacity, so its room is the tier's.
     v_allotted := private.lock_tier_shard(p_tier_id, 0);
-    return v_allotted is null or private.tier_shard_taken(p_tier_id, 0, p_now) + p_quantity <= v_allotted;
+    return case when v_allotted is null or private.tier_shard_taken(p_tier_id, 0, p_now) + p_quantity <= v_allotted
+                then 0 end;
   end if;
   begin
     v_allotted := private.lock_tier_shard(p_tier_id, v_shard);
     if v_allotted is null or private.tier_shard_taken(p_tier_id, v_shard, p_now) + p_quantity <= v_allotted then
-      return true; -- the subtransaction is kept, and the shard's lock with it
+      return v_shard; -- the subtransaction is kept, and the shard's lock with it
     end if;
     raise exception using errcode = 'CKS01', message = 'the shard lacks room';
   exception when sqlstate 'CKS01' then
     null; -- rolled back: the shard's lock is released before the slow path takes them all
   end;
-  return private.make_tier_room(p_tier_id, v_shard, p_quantity, p_now);
+  return case when private.make_tier_room(p_tier_id, v_shard, p_quantity, p_now) then v_shard end;
 end;
 $$;
 comment on function private.take_tier_room(uuid, uuid, integer, timestamptz) is
-  'Internal: locks an order''s shard of a tier with room for its seats (moving allotment if needed); false when the tier has none.';
+  'Internal: locks an order''s shard of a tier with room for its seats (moving allotment if needed) and returns it; null when the tier has none.';
 
 -- ------------------------------------------------------------------------------------------
 -- Triggers: the counters follow the rows

@@ -96,6 +96,7 @@ declare
   v_names text[];
   v_quantities int[];
   v_prices int[];
+  v_shards int[]; -- each tier's shard that take_tier_room locked for this order
 begin
   if num_nonnulls(r.user_id, r.guest_email) <> 1 then
     raise exception using errcode = '22023',
@@ -156,19 +157,17 @@ begin
   returning o.* into v_order;
 
   for i in 1 .. v_found loop
-    if not private.take_tier_room(v_tier_ids[i], p_order_id, v_quantities[i], r.now) then
+    v_shards[i] := private.take_tier_room(v_tier_ids[i], p_order_id, v_quantities[i], r.now);
+    if v_shards[i] is null then
       raise exception using errcode = 'CK003',
         message = format('Cannot create checkout: tier %s is sold out', v_names[i]),
         detail = v_tier_ids[i]::text;
     end if;
   end loop;
   insert into public.order_items (order_id, tier_id, shard, product_name, quantity, unit_amount)
-  select p_order_id, l.tier_id,
-         -- A subquery per line: a join let the planner scan every tier's counter rows.
-         private.order_capacity_shard(p_order_id,
-           (select c.shards from private.tier_capacity c where c.tier_id = l.tier_id and c.shard = 0)),
-         v_event.title || ' — ' || l.name, l.quantity, l.unit_amount
-  from unnest(v_tier_ids, v_names, v_quantities, v_prices) as l (tier_id, name, quantity, unit_amount)
+  select p_order_id, l.tier_id, l.shard, v_event.title || ' — ' || l.name, l.quantity, l.unit_amount
+  from unnest(v_tier_ids, v_shards, v_names, v_quantities, v_prices)
+    as l (tier_id, shard, name, quantity, unit_amount)
   order by l.tier_id;
   return v_order;
 end;
