@@ -5,7 +5,8 @@
 -- Objects: tables private.tier_capacity (per tier and shard: its allotment, paid seats, held
 --          seats) and private.seat_holds (per tier of each pending order: its seats, its shard
 --          and until when they count); triggers on events.ticket_tiers, public.orders and
---          public.order_items that keep both in step with the rows, whoever writes them;
+--          public.order_items that keep both in step with the rows, whoever writes them
+--          (a claim's own items excepted: create_checkout_order counts them itself);
 --          functions in private: tier_capacity_shards, order_capacity_shard, tier_allotments,
 --          create_tier_counter, tier_shards, lock_tier_shard, lock_order_shard, lock_tier_capacity,
 --          tier_shard_taken, tier_shards_taken, tier_seats_taken, tier_seats_recounted,
@@ -556,9 +557,14 @@ begin
   return null;
 end;
 $$;
+-- Except the one statement of a claim that counts its own items (create_checkout_order): it
+-- sets private.items_counted_by to its transaction's id for that statement only, so a value
+-- left in a session by mistake never matches another transaction.
 create trigger order_items_count_new after insert on public.order_items
   referencing new table as new_items
-  for each statement execute function private.count_new_order_items();
+  for each statement
+  when (current_setting('private.items_counted_by', true) is distinct from pg_current_xact_id()::text)
+  execute function private.count_new_order_items();
 
 -- An order's status or seats_held_until changed (Stripe's word, a release, a renewal, an
 -- operator): its holds and the counters follow, tier by tier in id order, each on the order's

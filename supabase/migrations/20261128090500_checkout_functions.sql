@@ -78,15 +78,20 @@ create type private.checkout_request as (
 -- which undoes it all), and the lines are inserted in one statement, whose trigger adds the
 -- holds and the seats to the shards already locked. So a hot tier's lock is held only for its
 -- count, the items and the commit, and concurrent checkouts of overlapping tiers queue, never
--- deadlock.
-create or replace function private.create_checkout_order(p_order_id uuid, p_request private.checkout_request)
-returns public.orders
+-- deadlock. Returns p_claim with the order's part filled from what it wrote (what
+-- checkout_claim_order would read back, without reading it back).
+create or replace function private.create_checkout_order(
+  p_order_id uuid,
+  p_request private.checkout_request,
+  p_claim public.checkout_claim
+)
+returns public.checkout_claim
 language plpgsql volatile set search_path = ''
 as $$
 declare
   r private.checkout_request := p_request;
+  v_claim public.checkout_claim := p_claim;
   v_event events.events;
-  v_order public.orders;
   v_item record;
   v_requested int;
   v_found int := 0;
@@ -154,7 +159,10 @@ begin
   values (p_order_id, r.event_id, r.user_id, r.guest_email, r.guest_name, r.success_url, r.cancel_url,
           r.operation_id, r.client_address, 'pending', v_event.currency, v_amount, r.hold_expires_at,
           r.seats_held_until, r.now, r.now)
-  returning o.* into v_order;
+  returning o.id, o.event_id, o.currency, o.amount_total, o.hold_expires_at, o.success_url, o.cancel_url,
+            o.guest_email, o.stripe_checkout_session_id
+  into v_claim.order_id, v_claim.event_id, v_claim.currency, v_claim.amount_total, v_claim.hold_expires_at,
+       v_claim.success_url, v_claim.cancel_url, v_claim.customer_email, v_claim.stripe_session_id;
 
   for i in 1 .. v_found loop
     v_shards[i] := private.take_tier_room(v_tier_ids[i], p_order_id, v_quantities[i], r.now);
@@ -164,16 +172,38 @@ begin
         detail = v_tier_ids[i]::text;
     end if;
   end loop;
-  insert into public.order_items (order_id, tier_id, shard, product_name, quantity, unit_amount)
-  select p_order_id, l.tier_id, l.shard, v_event.title || ' — ' || l.name, l.quantity, l.unit_amount
-  from unnest(v_tier_ids, v_shards, v_names, v_quantities, v_prices)
-    as l (tier_id, shard, name, quantity, unit_amount)
-  order by l.tier_id;
-  return v_order;
+  -- The claim counts its own seats, on the shards it holds (what count_new_order_items would
+  -- do for a pending order, without its trigger and the transition table it reads: a seventh of
+  -- a claim). The trigger skips only a statement of the transaction that set this mark to its
+  -- own id, and the mark is cleared right after; every other writer's items are counted by it.
+  perform set_config('private.items_counted_by', pg_current_xact_id()::text, true);
+  -- The lines as checkout_claim_order builds them, from the rows as inserted.
+  with items as (
+    insert into public.order_items (order_id, tier_id, shard, product_name, quantity, unit_amount)
+    select p_order_id, l.tier_id, l.shard, v_event.title || ' — ' || l.name, l.quantity, l.unit_amount
+    from unnest(v_tier_ids, v_shards, v_names, v_quantities, v_prices)
+      as l (tier_id, shard, name, quantity, unit_amount)
+    order by l.tier_id
+    returning tier_id, product_name, unit_amount, quantity)
+  select jsonb_agg(jsonb_build_object('tier_id', i.tier_id, 'product_name', i.product_name,
+                                      'unit_amount', i.unit_amount, 'quantity', i.quantity)
+                   order by i.tier_id)
+  into v_claim.lines
+  from items i;
+  perform set_config('private.items_counted_by', '', true);
+  insert into private.seat_holds (order_id, tier_id, quantity, held_until, shard)
+  select p_order_id, l.tier_id, l.quantity, r.seats_held_until, l.shard
+  from unnest(v_tier_ids, v_shards, v_quantities) as l (tier_id, shard, quantity);
+  -- One update per line (a join with the lines would be planned as a scan of every counter).
+  for i in 1 .. v_found loop
+    update private.tier_capacity c set held_seats = c.held_seats + v_quantities[i]
+    where c.tier_id = v_tier_ids[i] and c.shard = v_shards[i];
+  end loop;
+  return v_claim;
 end;
 $$;
-comment on function private.create_checkout_order(uuid, private.checkout_request) is
-  'Internal to claim_checkout: a pending order priced from the tiers, holding seats (each tier''s shard locked, in tier id order), or an error.';
+comment on function private.create_checkout_order(uuid, private.checkout_request, public.checkout_claim) is
+  'Internal to claim_checkout: a pending order priced from the tiers, holding seats (each tier''s shard locked, in tier id order), and the claim filled for it; or an error.';
 
 -- Fills the order part of a checkout_claim. (PL/pgSQL, like every helper on a claim's path: a
 -- SQL function with a pinned search_path is planned again on every call.)
@@ -554,8 +584,7 @@ begin
     perform private.refuse_if_paid(p_operation_id);
     perform private.enforce_pending_hold_limits(p_user_id, p_guest_email, p_client_address,
       p_max_pending_per_buyer, p_max_pending_per_address, p_pending_window_seconds, p_now);
-    perform private.create_checkout_order(v_order_id, v_request);
-    return private.checkout_claim_order(v_result, v_order_id);
+    return private.create_checkout_order(v_order_id, v_request, v_result);
   when 'takeover' then
     v_result := private.resume_takeover(v_result, v_claim.order_id, p_stripe_idempotency_key, p_now);
   when 'replay' then
@@ -569,11 +598,11 @@ begin
   end if;
 
   -- retry and renew: a new order for the new key (the old order stays as history).
-  perform private.create_checkout_order(v_order_id, v_request);
+  v_result := private.create_checkout_order(v_order_id, v_request, v_result);
   update public.stripe_idempotency_keys k
   set order_id = v_order_id
   where k.operation_type = private.checkout_operation() and k.operation_id = p_operation_id;
-  return private.checkout_claim_order(v_result, v_order_id);
+  return v_result;
 end;
 $$;
 comment on function public.claim_checkout(text, text, text, uuid, uuid, jsonb, uuid, text, text, text, text, integer, integer, timestamptz, inet, integer, integer, integer, integer, integer) is

@@ -2,7 +2,7 @@
 -- without any job, the job only deletes what no longer counts, and check_tier_capacity finds
 -- any counter that disagrees with the orders (repair_tier_capacity fixes it).
 begin;
-select plan(112);
+select plan(116);
 
 -- Structure and privileges
 select has_table('private', 'tier_capacity', 'a counter row per tier');
@@ -362,6 +362,24 @@ update public.orders set status = 'paid', paid_at = now()
 where checkout_operation_id like '%-pending' and guest_email like 'op%@example.com';
 select cmp_ok(pg_relation_size('public.orders_paid_operation_idx'), '>', (select bytes from op_index_before),
   'once paid, they are in it (what a claim looks them up by)');
+
+-- A claim counts its own items (create_checkout_order) and marks that one statement, by its
+-- transaction's id, for the counting trigger to skip; any other writer's items are counted,
+-- even with a mark of another transaction left in the session.
+insert into events.ticket_tiers (id, event_id, name, unit_amount, capacity, max_per_order)
+values (pg_temp.tier(10), 'e8000000-0000-4000-8000-000000000001', 'Tier 10', 1000, 50, 10);
+select is((pg_temp.buy('once', pg_temp.items(10, 3), 0)).outcome, 'created', 'a claim of 3 seats of tier 10');
+select is(pg_temp.counter(10) || ', ' || (select count(*) from private.seat_holds where tier_id = pg_temp.tier(10)) || ' hold',
+  '0 paid, 3 held, 1 hold', 'the claim counted its seats once, with one hold row');
+select set_config('private.items_counted_by', (pg_current_xact_id()::text::bigint - 1)::text, false);
+insert into public.orders (id, event_id, guest_email, currency, amount_total, hold_expires_at, seats_held_until)
+values ('08000000-0000-7000-8000-000000000010', 'e8000000-0000-4000-8000-000000000001', 'mark@example.com',
+        'usd', 2000, now() + interval '1 hour', now() + interval '2 hours');
+select lives_ok($$insert into public.order_items (order_id, tier_id, shard, product_name, quantity, unit_amount)
+  values ('08000000-0000-7000-8000-000000000010', pg_temp.tier(10), 0, 'x', 2, 1000)$$,
+  'an operator inserts an item with another transaction''s mark left in the session');
+select is(pg_temp.counter(10), '0 paid, 5 held', 'its seats are counted by the trigger all the same');
+select set_config('private.items_counted_by', '', false);
 
 select * from finish();
 rollback;
