@@ -55,12 +55,15 @@ begin
     -- Length apart from the pattern: a bounded repeat ({1,150}) costs 23 µs a match, + 1 µs.
     when (length(k.operation_id) between 1 and 150 and k.operation_id ~ '^[A-Za-z0-9_.-]+$') is false
       then private.rule_broken('stripe_idempotency_keys', 'operation_id_format: 1 to 150 of A-Z a-z 0-9 _ . -')
-    -- The Stripe key names its own operation: operation_type:operation_id:uuid.
+    -- The Stripe key names its own operation: operation_type:operation_id:uuid. Hex digits are
+    -- matched by translating them all to 0 and comparing with the shape: the same test as the
+    -- bounded regexes ([0-9a-f]{8}-…, [0-9a-f]{64}), which cost 2.5 and 5.6 µs a match here.
     when (length(k.stripe_idempotency_key) <= 255
-          and right(k.stripe_idempotency_key, 36) ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+          and translate(right(k.stripe_idempotency_key, 36), '123456789abcdef', '000000000000000')
+              = '00000000-0000-0000-0000-000000000000'
           and k.stripe_idempotency_key = k.operation_type || ':' || k.operation_id || ':' || right(k.stripe_idempotency_key, 36)) is false
       then private.rule_broken('stripe_idempotency_keys', 'key_shape: operation_type:operation_id:uuid, at most 255 characters')
-    when (k.request_fingerprint ~ '^[0-9a-f]{64}$') is false
+    when (translate(k.request_fingerprint, '123456789abcdef', '000000000000000') = repeat('0', 64)) is false
       then private.rule_broken('stripe_idempotency_keys', 'fingerprint_format: a sha256 hex digest')
     when (k.status in ('in_progress', 'completed', 'failed')) is false
       then private.rule_broken('stripe_idempotency_keys', 'status: in_progress, completed or failed')

@@ -582,8 +582,10 @@ begin
   when 'created' then
     -- Cleanup may have forgotten the operation while its order was paid: never charge again.
     perform private.refuse_if_paid(p_operation_id);
-    perform private.enforce_pending_hold_limits(p_user_id, p_guest_email, p_client_address,
-      p_max_pending_per_buyer, p_max_pending_per_address, p_pending_window_seconds, p_now);
+    if num_nonnulls(p_max_pending_per_buyer, p_max_pending_per_address) > 0 then
+      perform private.enforce_pending_hold_limits(p_user_id, p_guest_email, p_client_address,
+        p_max_pending_per_buyer, p_max_pending_per_address, p_pending_window_seconds, p_now);
+    end if;
     return private.create_checkout_order(v_order_id, v_request, v_result);
   when 'takeover' then
     v_result := private.resume_takeover(v_result, v_claim.order_id, p_stripe_idempotency_key, p_now);
