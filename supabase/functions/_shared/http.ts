@@ -192,6 +192,9 @@ export function errorResponse(error: HttpError, action: string): Response {
   return json(error.status, { error: body }, error.headers);
 }
 
+/** One fatal UTF-8 decoder: a decode() without `stream` starts from a fresh state on every call. */
+const UTF8_FATAL = new TextDecoder("utf-8", { fatal: true });
+
 /** Reads a JSON body: content type, size limit (streamed, so a huge body is never buffered), parse. */
 export async function readJsonBody(request: Request, maxBytes = MAX_BODY_BYTES): Promise<unknown> {
   const type = request.headers.get("content-type") ?? "";
@@ -201,7 +204,7 @@ export async function readJsonBody(request: Request, maxBytes = MAX_BODY_BYTES):
   const bytes = await readLimitedBytes(request, maxBytes);
   let text: string;
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    text = UTF8_FATAL.decode(bytes);
   } catch {
     throw apiError("invalid_json", { reason: "the body is not valid UTF-8" });
   }
@@ -225,13 +228,15 @@ async function readLimitedBytes(request: Request, maxBytes: number): Promise<Uin
   const length = request.headers.get("content-length");
   const declared = Number(length ?? "0");
   if (declared > maxBytes) throw tooLarge(maxBytes);
-  if (!request.body) return new Uint8Array();
   if (length !== null && Number.isInteger(declared)) {
     // A declared length within the limit is all that HTTP framing delivers: read in one call.
+    // request.body is not read first: its getter makes a ReadableStream that arrayBuffer() then
+    // reads through, instead of Deno's direct path (about 12 µs a request). No body reads empty.
     const bytes = new Uint8Array(await request.arrayBuffer());
     if (bytes.byteLength > maxBytes) throw tooLarge(maxBytes);
     return bytes;
   }
+  if (!request.body) return new Uint8Array();
   const reader = request.body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
