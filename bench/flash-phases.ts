@@ -481,13 +481,18 @@ export async function historyBenchmark(
 /** One pgbench point of the hot-tier benchmark. */
 export interface HotTierPoint {
   statement: "single-row update" | "claim, one tier" | "claim, 64 tiers";
+  /** The round with the median throughput. */
   run: PgbenchRun;
+  /** Throughput of every round, in the order they ran. */
+  roundsTps: number[];
 }
 
 /** The hot-tier benchmark. */
 export interface HotTierResult {
   seconds: number;
   tiers: number;
+  /** Rounds of every point, interleaved; each point keeps its median round. */
+  rounds: number;
   points: HotTierPoint[];
 }
 
@@ -498,7 +503,7 @@ export interface HotTierResult {
  */
 export async function hotTierBenchmark(
   bench: Bench,
-  options: { clients: number[]; seconds: number; tiers: number },
+  options: { clients: number[]; seconds: number; tiers: number; rounds: number },
 ): Promise<HotTierResult> {
   const { admin } = bench;
   await admin`create schema if not exists bench_hot`;
@@ -531,26 +536,44 @@ export async function hotTierBenchmark(
       `\\set t random(0, ${options.tiers - 1})\n`,
     ),
   );
-  const points: HotTierPoint[] = [];
+  const statements = [
+    ["single-row update", "row"],
+    ["claim, one tier", "hot"],
+    ["claim, 64 tiers", "spread"],
+  ] as const;
+  // Rounds interleave the statements and client counts, and each point keeps its median round
+  // (by throughput), as the history points do: one 5-second run on the shared cores moves by
+  // 5–10%, and the verdict is a ratio of two such runs.
+  const runs = new Map<string, PgbenchRun[]>();
   try {
-    for (const clients of options.clients) {
-      for (
-        const [statement, file] of [
-          ["single-row update", "row"],
-          ["claim, one tier", "hot"],
-          ["claim, 64 tiers", "spread"],
-        ] as const
-      ) {
-        const run = await pgbenchPoint(bench, dir, file, clients, options.seconds, "hot");
-        progress(`hot tier: ${statement} × ${clients}: ${run.tps} tps (${run.failed} failed)`);
-        points.push({ statement, run });
-        await admin`checkpoint`;
+    for (let round = 0; round < options.rounds; round++) {
+      for (const clients of options.clients) {
+        for (const [statement, file] of statements) {
+          const run = await pgbenchPoint(
+            bench,
+            dir,
+            file,
+            clients,
+            options.seconds,
+            `hot-${round}`,
+          );
+          progress(`hot tier: ${statement} × ${clients}: ${run.tps} tps (${run.failed} failed)`);
+          const key = `${statement}|${clients}`;
+          runs.set(key, [...runs.get(key) ?? [], run]);
+          await admin`checkpoint`;
+        }
       }
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
-  return { seconds: options.seconds, tiers: options.tiers, points };
+  const points: HotTierPoint[] = options.clients.flatMap((clients) =>
+    statements.map(([statement]) => {
+      const all = runs.get(`${statement}|${clients}`)!;
+      return { statement, run: median(all, (r) => r.tps), roundsTps: all.map((r) => r.tps) };
+    })
+  );
+  return { seconds: options.seconds, tiers: options.tiers, rounds: options.rounds, points };
 }
 
 // ---------------------------------------------------------------------------------------------

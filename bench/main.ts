@@ -67,7 +67,7 @@ const PLAN = {
     tiers: 64,
     instances: 4,
   },
-  hotTier: { clients: [16, 64], seconds: scale(5, 2), tiers: 64 },
+  hotTier: { clients: [16, 64], seconds: scale(5, 2), tiers: 64, rounds: scale(3, 1) },
   history: {
     levels: scale([0, 100_000, 1_000_000], [0, 10_000, 50_000]),
     events: scale(200, 50),

@@ -1391,6 +1391,7 @@ function hotTierSection(r: Results): string[] {
       String(p.run.clients),
       p.statement,
       int(p.run.tps),
+      (p.roundsTps ?? [p.run.tps]).map(int).join(", "),
       ms(p.run.latency.p50),
       ms(p.run.latency.p99),
       int(p.run.failed),
@@ -1401,7 +1402,9 @@ function hotTierSection(r: Results): string[] {
   });
   return [
     "## 9. Hot tier",
-    `pgbench, ${h.seconds} s per point, simple protocol: the single-row limit ` +
+    `pgbench, ${h.seconds} s per point and round, ${h.rounds ?? 1} round(s) interleaving ` +
+    "the statements and client counts, each point's median round shown (tps of every round " +
+    "beside it), simple protocol: the single-row limit " +
     "(`update … set n = n + 1` of one row, fsync on: the ceiling of any design that " +
     "serializes a tier on one row lock), `claim_checkout` for one seat of one tier, and the same " +
     `claims spread over ${h.tiers} tiers of one event (each transaction draws its tier).`,
@@ -1410,6 +1413,7 @@ function hotTierSection(r: Results): string[] {
         "clients",
         "statement",
         "tps",
+        "tps of each round",
         "p50 ms",
         "p99 ms",
         "failed",
