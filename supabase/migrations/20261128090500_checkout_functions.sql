@@ -1,8 +1,8 @@
 -- Checkout on top of the idempotency protocol: the claim also creates the order and its
 -- capacity hold in the same transaction; the record also stores the session on the order.
 -- Objects: type public.checkout_claim; functions claim_checkout, record_checkout,
---          release_checkout; in private: checkout_request, checkout_operation, create_checkout_order,
---          checkout_claim_order, checkout_operation_payment, refuse_if_paid,
+--          release_checkout; in private: checkout_request, checkout_operation, checkout_line,
+--          create_checkout_order, checkout_claim_order, checkout_operation_payment, refuse_if_paid,
 --          enforce_pending_hold_limits, renew_checkout_operation, resume_takeover, answer_replay.
 -- Risks:   prices and names come only from events.ticket_tiers. Any rejection raises, so a
 --          rejected checkout writes nothing. The database's clock never decides that a session
@@ -70,13 +70,31 @@ create type private.checkout_request as (
   now timestamptz
 );
 
+-- One Stripe line item of a claim (checkout_claim.lines), as both a new order's claim and
+-- checkout_claim_order write it.
+create or replace function private.checkout_line(
+  p_tier_id uuid,
+  p_product_name text,
+  p_unit_amount integer,
+  p_quantity integer
+)
+returns jsonb
+language plpgsql immutable set search_path = ''
+as $$
+begin
+  return jsonb_build_object('tier_id', p_tier_id, 'product_name', p_product_name,
+                            'unit_amount', p_unit_amount, 'quantity', p_quantity);
+end;
+$$;
+
 -- Creates a pending order holding seats, after checking the event, the tiers and capacity. The
 -- tiers are read once (not locked) from the catalogue, in id order, and their rules checked; the
 -- order is written whole (priced from them); then each tier's room is taken in id order
 -- (take_tier_room: the order's shard of the tier locked with room for its seats, allotment
 -- moved to it from the tier's other shards if it had none; no room in the whole tier: CK003,
--- which undoes it all), and the lines are inserted in one statement, whose trigger adds the
--- holds and the seats to the shards already locked. So a hot tier's lock is held only for its
+-- which undoes it all), and the lines are inserted in one statement, their holds and seats
+-- added to the shards already locked (by this function, not the counting trigger, see below).
+-- So a hot tier's lock is held only for its
 -- count, the items and the commit, and concurrent checkouts of overlapping tiers queue, never
 -- deadlock. Returns p_claim with the order's part filled from what it wrote (what
 -- checkout_claim_order would read back, without reading it back).
@@ -185,8 +203,7 @@ begin
       as l (tier_id, shard, name, quantity, unit_amount)
     order by l.tier_id
     returning tier_id, product_name, unit_amount, quantity)
-  select jsonb_agg(jsonb_build_object('tier_id', i.tier_id, 'product_name', i.product_name,
-                                      'unit_amount', i.unit_amount, 'quantity', i.quantity)
+  select jsonb_agg(private.checkout_line(i.tier_id, i.product_name, i.unit_amount, i.quantity)
                    order by i.tier_id)
   into v_claim.lines
   from items i;
@@ -196,8 +213,7 @@ begin
   from unnest(v_tier_ids, v_shards, v_quantities) as l (tier_id, shard, quantity);
   -- One update per line (a join with the lines would be planned as a scan of every counter).
   for i in 1 .. v_found loop
-    update private.tier_capacity c set held_seats = c.held_seats + v_quantities[i]
-    where c.tier_id = v_tier_ids[i] and c.shard = v_shards[i];
+    perform private.add_tier_seats(v_tier_ids[i], v_shards[i], 0, v_quantities[i]);
   end loop;
   return v_claim;
 end;
@@ -216,8 +232,7 @@ begin
   select (p_claim.outcome, p_claim.stripe_idempotency_key, p_claim.lease_token, p_claim.lease_expires_at,
           p_claim.attempt, p_claim.response_status, p_claim.response_body, o.id, o.event_id, o.currency,
           o.amount_total, o.hold_expires_at,
-          (select jsonb_agg(jsonb_build_object('tier_id', i.tier_id, 'product_name', i.product_name,
-                                               'unit_amount', i.unit_amount, 'quantity', i.quantity)
+          (select jsonb_agg(private.checkout_line(i.tier_id, i.product_name, i.unit_amount, i.quantity)
                             order by i.tier_id)
            from public.order_items i where i.order_id = o.id),
           o.success_url, o.cancel_url, o.guest_email, p_claim.operation_id, o.stripe_checkout_session_id,
