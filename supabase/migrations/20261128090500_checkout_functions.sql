@@ -90,13 +90,12 @@ $$;
 -- Creates a pending order holding seats, after checking the event, the tiers and capacity. The
 -- tiers are read once (not locked) from the catalogue, in id order, and their rules checked; the
 -- order is written whole (priced from them); then each tier's room is taken in id order
--- (take_tier_room: the order's shard of the tier locked with room for its seats, allotment
--- moved to it from the tier's other shards if it had none; no room in the whole tier: CK003,
--- which undoes it all), and the lines are inserted in one statement, their holds and seats
--- added to the shards already locked (by this function, not the counting trigger, see below).
--- So a hot tier's lock is held only for its
--- count, the items and the commit, and concurrent checkouts of overlapping tiers queue, never
--- deadlock. Returns p_claim with the order's part filled from what it wrote (what
+-- (take_tier_room: the order's shard of the tier locked, with room for its seats, by the
+-- update that adds them as held; allotment moved to it from the tier's other shards if it had
+-- none; no room in the whole tier: CK003, which undoes it all), and the lines and their holds
+-- are inserted in one statement each (counted here, not by the counting trigger, see below).
+-- So a hot tier's lock is held only for its count, the items and the commit, and concurrent
+-- checkouts of overlapping tiers queue, never deadlock. Returns p_claim with the order's part filled from what it wrote (what
 -- checkout_claim_order would read back, without reading it back).
 create or replace function private.create_checkout_order(
   p_order_id uuid,
@@ -120,6 +119,7 @@ declare
   v_quantities int[];
   v_prices int[];
   v_shards int[]; -- each tier's shard that take_tier_room locked for this order
+  v_mark text; -- set_config's answer (an assignment: PERFORM would run a query through SPI)
 begin
   if num_nonnulls(r.user_id, r.guest_email) <> 1 then
     raise exception using errcode = '22023',
@@ -183,18 +183,18 @@ begin
        v_claim.success_url, v_claim.cancel_url, v_claim.customer_email, v_claim.stripe_session_id;
 
   for i in 1 .. v_found loop
-    v_shards[i] := private.take_tier_room(v_tier_ids[i], p_order_id, v_quantities[i], r.now);
+    v_shards[i] := private.take_tier_room(v_tier_ids[i], p_order_id, v_quantities[i], r.now, v_quantities[i]);
     if v_shards[i] is null then
       raise exception using errcode = 'CK003',
         message = format('Cannot create checkout: tier %s is sold out', v_names[i]),
         detail = v_tier_ids[i]::text;
     end if;
   end loop;
-  -- The claim counts its own seats, on the shards it holds (what count_new_order_items would
-  -- do for a pending order, without its trigger and the transition table it reads: a seventh of
-  -- a claim). The trigger skips only a statement of the transaction that set this mark to its
+  -- The claim counts its own seats (take_tier_room added them to the shards it holds; the hold
+  -- rows follow): what count_new_order_items would do for a pending order, without its trigger
+  -- and the transition table it reads (a seventh of a claim). The trigger skips only a statement of the transaction that set this mark to its
   -- own id, and the mark is cleared right after; every other writer's items are counted by it.
-  perform set_config('private.items_counted_by', pg_current_xact_id()::text, true);
+  v_mark := set_config('private.items_counted_by', pg_current_xact_id()::text, true);
   -- The lines as checkout_claim_order builds them, from the rows as inserted.
   with items as (
     insert into public.order_items (order_id, tier_id, shard, product_name, quantity, unit_amount)
@@ -207,14 +207,10 @@ begin
                    order by i.tier_id)
   into v_claim.lines
   from items i;
-  perform set_config('private.items_counted_by', '', true);
+  v_mark := set_config('private.items_counted_by', '', true);
   insert into private.seat_holds (order_id, tier_id, quantity, held_until, shard)
   select p_order_id, l.tier_id, l.quantity, r.seats_held_until, l.shard
   from unnest(v_tier_ids, v_shards, v_quantities) as l (tier_id, shard, quantity);
-  -- One update per line (a join with the lines would be planned as a scan of every counter).
-  for i in 1 .. v_found loop
-    perform private.add_tier_seats(v_tier_ids[i], v_shards[i], 0, v_quantities[i]);
-  end loop;
   return v_claim;
 end;
 $$;

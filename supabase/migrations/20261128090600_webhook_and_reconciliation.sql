@@ -38,7 +38,7 @@ begin
   for v_item in
     select i.tier_id, i.quantity from public.order_items i where i.order_id = p_order_id order by i.tier_id
   loop
-    if private.take_tier_room(v_item.tier_id, p_order_id, v_item.quantity, p_now) is null then
+    if private.take_tier_room(v_item.tier_id, p_order_id, v_item.quantity, p_now, 0) is null then
       return v_item.tier_id;
     end if;
   end loop;

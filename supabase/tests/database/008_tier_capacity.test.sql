@@ -2,7 +2,7 @@
 -- without any job, the job only deletes what no longer counts, and check_tier_capacity finds
 -- any counter that disagrees with the orders (repair_tier_capacity fixes it).
 begin;
-select plan(117);
+select plan(121);
 
 -- Structure and privileges
 select has_table('private', 'tier_capacity', 'a counter row per tier');
@@ -384,6 +384,24 @@ select lives_ok($$insert into public.order_items (order_id, tier_id, shard, prod
   'an operator inserts an item with another transaction''s mark left in the session');
 select is(pg_temp.counter(10), '0 paid, 5 held', 'its seats are counted by the trigger all the same');
 select set_config('private.items_counted_by', '', false);
+
+-- A claim writes its shard's counter row once, by the update that locks it: a lock taken in the
+-- fast path's subtransaction and the update after it in the parent are two transaction ids on
+-- one row, which PostgreSQL records as a MultiXact, one per claim. None here, sharded or not
+-- (one claim each: a second claim of a shard in the same transaction would make one, since
+-- the first one's foreign key check left the row locked by the transaction's own id).
+insert into events.ticket_tiers (id, event_id, name, unit_amount, capacity, max_per_order)
+values (pg_temp.tier(11), 'e8000000-0000-4000-8000-000000000001', 'Tier 11', 1000, 8192, 10),
+       (pg_temp.tier(12), 'e8000000-0000-4000-8000-000000000001', 'Tier 12', 1000, 10, 10);
+checkpoint;
+create temp table multixacts_before as select next_multixact_id::text::bigint as n from pg_control_checkpoint();
+select is((pg_temp.buy('mx-64', pg_temp.items(11, 2), 0)).outcome, 'created', 'a claim on a 64-shard tier');
+select is((pg_temp.buy('mx-1', pg_temp.items(12, 1), 0)).outcome, 'created', 'a claim on a one-shard tier');
+checkpoint;
+select is((select next_multixact_id::text::bigint from pg_control_checkpoint()) - (select n from multixacts_before), 0::bigint,
+  'they made no MultiXact');
+select is(pg_temp.counter(11) || '; ' || pg_temp.counter(12), '0 paid, 2 held; 0 paid, 1 held',
+  'each counted its seats once');
 
 select * from finish();
 rollback;
