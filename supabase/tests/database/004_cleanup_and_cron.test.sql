@@ -1,7 +1,7 @@
 -- Cleanup deletes expired rows in batches, keeps live rows and attempts in flight; cron runs it
 -- through a procedure that commits after each batch.
 begin;
-select plan(15);
+select plan(18);
 
 create function pg_temp.row(p_id text, p_status text, p_expires timestamptz, p_lease timestamptz)
 returns void language sql as $$
@@ -58,6 +58,22 @@ select lives_ok($$call public.run_cleanup_expired_idempotency_keys(10000, '2030-
   'a run that fits one batch needs no commit');
 select is((select count(*)::int from public.stripe_idempotency_keys where operation_id like 'batch-%'), 0,
   'the procedure deleted the rest');
+
+-- Each batch starts where the previous one ended: the rows earlier batches of the same
+-- transaction deleted stay in the expires_at index until it commits, and are not walked again.
+-- Counted in index entries returned: about one per row, not one per row per earlier batch.
+select pg_temp.row('walk-' || i, 'completed', '2030-01-06 00:00+00'::timestamptz + i * interval '1 second', null)
+from generate_series(1, 100) i;
+create temp table walk_before as
+  select pg_stat_get_xact_tuples_returned('public.stripe_idempotency_keys_expires_at_idx'::regclass) as n;
+select is(public.cleanup_expired_idempotency_keys(10, '2030-01-07 00:00+00'), 100::bigint,
+  '100 expired rows deleted in batches of 10');
+select cmp_ok(pg_stat_get_xact_tuples_returned('public.stripe_idempotency_keys_expires_at_idx'::regclass)
+              - (select n from walk_before), '<=', 200::bigint,
+  'the expires_at index returned about one entry per deleted row');
+select cmp_ok(pg_stat_get_xact_tuples_returned('public.stripe_idempotency_keys_expires_at_idx'::regclass)
+              - (select n from walk_before), '>=', 100::bigint,
+  '(it was read: the batches went through it)');
 
 -- pg_cron: the cleanup job exists exactly once, every 15 minutes, and the run log is purged.
 select is((select count(*)::int from cron.job where jobname = 'cleanup-expired-idempotency-keys'), 1,
