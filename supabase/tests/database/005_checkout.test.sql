@@ -1,6 +1,6 @@
 -- Checkout claim, record and release: orders, prices from the tiers, capacity holds, renewals.
 begin;
-select plan(65);
+select plan(67);
 
 insert into events.events (id, title, currency, status) values
   ('e0000000-0000-4000-8000-000000000001', 'Test Gig', 'eur', 'published'),
@@ -98,6 +98,27 @@ select is(
    where f.calls > coalesce(b.calls, 0) and f.funcname not in ('claim_checkout', 'checkout_operation')),
   '{}'::text[], 'a replay of a live session runs no function but claim_checkout itself');
 reset track_functions;
+-- The replay read finds the operation by its key whatever the statistics say. Analyzed while
+-- almost no row had an order (after a bulk load of old operations, say), an index of order ids
+-- limited to rows with one looked empty, and the planner walked all of it on every replay.
+insert into public.stripe_idempotency_keys (operation_type, operation_id, stripe_idempotency_key,
+                                            request_fingerprint, status, expires_at)
+select 'checkout:create', 'stats-' || g, 'checkout:create:stats-' || g || ':' || gen_random_uuid(),
+       repeat('a', 64), 'failed', '2030-01-03 00:00+00'
+from generate_series(1, 20000) g;
+analyze public.stripe_idempotency_keys;
+update public.stripe_idempotency_keys set order_id = (select order_id from c1)
+where operation_id like 'stats-%' and operation_id <= 'stats-3';
+-- The generic plan, which a pooled session's cached plan becomes after five calls.
+set local plan_cache_mode = force_generic_plan;
+create temp table order_index_before as
+  select pg_stat_get_xact_blocks_fetched('public.stripe_idempotency_keys_order_id_idx'::regclass) as n;
+select is((select outcome from pg_temp.claim('op-checkout-0000001', 'd', 'a', pg_temp.items(2, 3), 62)), 'replay',
+  'a replay after that');
+select is(pg_stat_get_xact_blocks_fetched('public.stripe_idempotency_keys_order_id_idx'::regclass)
+          - (select n from order_index_before), 0::bigint,
+  'it read nothing of the index of order ids');
+reset plan_cache_mode;
 select throws_ok(
   format($$select public.record_checkout('op-checkout-0000001', %L, 'cs_test_gig_2', '{}', '2030-01-01 12:00:41+00')$$,
          (select lease_token from c1)),
