@@ -1,7 +1,7 @@
 -- Cleanup deletes expired rows in batches, keeps live rows and attempts in flight; cron runs it
 -- through a procedure that commits after each batch.
 begin;
-select plan(18);
+select plan(19);
 
 create function pg_temp.row(p_id text, p_status text, p_expires timestamptz, p_lease timestamptz)
 returns void language sql as $$
@@ -66,8 +66,16 @@ select pg_temp.row('walk-' || i, 'completed', '2030-01-06 00:00+00'::timestamptz
 from generate_series(1, 100) i;
 create temp table walk_before as
   select pg_stat_get_xact_tuples_returned('public.stripe_idempotency_keys_expires_at_idx'::regclass) as n;
+set local track_functions = 'pl';
+create temp table pauses_before as
+  select coalesce((select calls from pg_stat_xact_user_functions
+                   where schemaname = 'private' and funcname = 'cleanup_pause'), 0) as n;
 select is(public.cleanup_expired_idempotency_keys(10, '2030-01-07 00:00+00'), 100::bigint,
   '100 expired rows deleted in batches of 10');
+-- It yields between batches (claims commit meanwhile): one pause after each of the 10 full ones.
+select is((select calls from pg_stat_xact_user_functions where schemaname = 'private' and funcname = 'cleanup_pause')
+          - (select n from pauses_before), 10::bigint, 'it paused after each full batch');
+reset track_functions;
 select cmp_ok(pg_stat_get_xact_tuples_returned('public.stripe_idempotency_keys_expires_at_idx'::regclass)
               - (select n from walk_before), '<=', 200::bigint,
   'the expires_at index returned about one entry per deleted row');
