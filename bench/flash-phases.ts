@@ -273,18 +273,28 @@ async function latePayments(
   count: number,
 ): Promise<LatePayments> {
   const operations = Array.from({ length: count }, () => `late-${crypto.randomUUID()}`);
+  // Each checkout is claimed and its session recorded, as the function does before the buyer
+  // pays: the payment then finds the session id on its order, as in production, and adds only
+  // its PaymentIntent id.
   await bench.admin`
-    select public.claim_checkout(op, 'checkout:create:' || op || ':' || gen_random_uuid(),
-      repeat('d', 64), gen_random_uuid(), ${eventId}::uuid,
-      jsonb_build_array(jsonb_build_object('tierId', ${tier}::uuid, 'quantity', 1)), null,
-      op || '@bench.example', null, 'https://shop.example/ok', 'https://shop.example/cancel', 1920, 30)
-    from unnest(${operations}::text[]) op`;
-  const orders = await bench.admin<{ id: string; amount: number }[]>`
+    with c as (select op, gen_random_uuid() as lease from unnest(${operations}::text[]) op),
+    claimed as (
+      select c.op, c.lease, public.claim_checkout(c.op, 'checkout:create:' || c.op || ':' || gen_random_uuid(),
+        repeat('d', 64), c.lease, ${eventId}::uuid,
+        jsonb_build_array(jsonb_build_object('tierId', ${tier}::uuid, 'quantity', 1)), null,
+        c.op || '@bench.example', null, 'https://shop.example/ok', 'https://shop.example/cancel', 1920, 30) as claim
+      from c)
+    select public.record_checkout(op, lease, 'cs_test_' || replace(gen_random_uuid()::text, '-', ''), '{}'::jsonb)
+    from claimed where (claim).outcome = 'created'`;
+  const orders = await bench.admin<{ id: string; amount: number; session: string }[]>`
     update public.orders
     set hold_expires_at = now() - interval '2 hours', seats_held_until = now() - interval '1 hour'
     where id in (select k.order_id from public.stripe_idempotency_keys k
                  where k.operation_type = 'checkout:create' and k.operation_id = any(${operations}::text[]))
-    returning id, amount_total as amount`;
+    returning id, amount_total as amount, stripe_checkout_session_id as session`;
+  if (orders.length !== count || orders.some((o) => !o.session)) {
+    throw new Error(`late payments: ${orders.length} of ${count} checkouts recorded`);
+  }
   // The claims' tables vacuumed and analyzed at every level: the claims made just before (twice
   // as many at the largest level, which also claims on the sold tier) would otherwise have
   // autovacuum start on them in the middle of some rounds (their WAL counted as the payments').
@@ -304,7 +314,7 @@ async function latePayments(
   const started = performance.now();
   for (const order of orders) {
     const session = {
-      id: `cs_test_${crypto.randomUUID().replaceAll("-", "")}`,
+      id: order.session,
       object: "checkout.session",
       client_reference_id: order.id,
       metadata: { order_id: order.id },
