@@ -447,7 +447,7 @@ $$;
 -- What a claim and a late payment both use; the claim's order items name the shard it returns.
 -- The fast path locks the shard with the update that adds the seats, in the subtransaction
 -- that the slow path undoes: a lock taken in it and an update after it in the parent
--- transaction are two transaction ids' on one row, which PostgreSQL records as a MultiXact
+-- transaction are two transaction ids on one row, which PostgreSQL records as a MultiXact
 -- (one per claim, and a fifth slower at 16 clients on one tier, measured on a scratch cluster).
 create or replace function private.take_tier_room(
   p_tier_id uuid,
@@ -475,7 +475,7 @@ begin
     end if;
     raise exception using errcode = 'CKS01', message = 'the shard lacks room';
   exception when sqlstate 'CKS01' then
-    null; -- rolled back: the shard's lock is released before the slow path takes them all
+    null; -- rolled back: the shard's seats and lock go before the slow path takes them all
   end;
   -- One shard: its allotment is the capacity, so its room is the tier's.
   if v_shards = 1 or not private.make_tier_room(p_tier_id, v_shard, p_quantity, p_now) then

@@ -3,8 +3,8 @@
 --          claim_stripe_idempotency (with stripe_idempotency_settled), check_stripe_idempotency,
 --          record_stripe_idempotency, release_stripe_idempotency, cleanup_expired_idempotency_keys
 --          (with cleanup_expired_idempotency_keys_batch, private.cleanup_idempotency_batch and
---          private.cleanup_pause);
---          procedure run_cleanup_expired_idempotency_keys (pg_cron's, committing per batch).
+--          private.cleanup_pause); procedure run_cleanup_expired_idempotency_keys (pg_cron's,
+--          committing per batch).
 -- Protocol: claim (one statement: insert, or lock and classify the existing row) → call Stripe
 --          with the returned key → record (only the lease holder) or release (key kept when
 --          Stripe gave no answer, burnt when it did).
@@ -539,7 +539,8 @@ $$;
 -- pg_cron calls the procedure below instead.
 create or replace function public.cleanup_expired_idempotency_keys(
   p_batch_size integer default 10000,
-  p_now timestamptz default now())
+  p_now timestamptz default now()
+)
 returns bigint
 language plpgsql volatile set search_path = ''
 as $$
@@ -570,7 +571,8 @@ comment on function public.cleanup_expired_idempotency_keys(integer, timestamptz
 -- schema-qualified objects, and the functions it calls pin their own search_path.
 create or replace procedure public.run_cleanup_expired_idempotency_keys(
   p_batch_size integer default 10000,
-  p_now timestamptz default now())
+  p_now timestamptz default now()
+)
 language plpgsql
 as $$
 declare

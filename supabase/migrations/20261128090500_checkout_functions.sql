@@ -95,8 +95,9 @@ $$;
 -- none; no room in the whole tier: CK003, which undoes it all), and the lines and their holds
 -- are inserted in one statement each (counted here, not by the counting trigger, see below).
 -- So a hot tier's lock is held only for its count, the items and the commit, and concurrent
--- checkouts of overlapping tiers queue, never deadlock. Returns p_claim with the order's part filled from what it wrote (what
--- checkout_claim_order would read back, without reading it back).
+-- checkouts of overlapping tiers queue, never deadlock. Returns p_claim with the order's part
+-- filled from what it wrote (what checkout_claim_order would read back, without reading it
+-- back).
 create or replace function private.create_checkout_order(
   p_order_id uuid,
   p_request private.checkout_request,
@@ -192,8 +193,9 @@ begin
   end loop;
   -- The claim counts its own seats (take_tier_room added them to the shards it holds; the hold
   -- rows follow): what count_new_order_items would do for a pending order, without its trigger
-  -- and the transition table it reads (a seventh of a claim). The trigger skips only a statement of the transaction that set this mark to its
-  -- own id, and the mark is cleared right after; every other writer's items are counted by it.
+  -- and the transition table it reads (a seventh of a claim). The trigger skips only a
+  -- statement of the transaction that set this mark to its own id, and the mark is cleared
+  -- right after; every other writer's items are counted by it.
   v_mark := set_config('private.items_counted_by', pg_current_xact_id()::text, true);
   -- The lines as checkout_claim_order builds them, from the rows as inserted.
   with items as (
