@@ -115,6 +115,10 @@ export interface LatePayments extends LatencySummary {
   perSecond: number;
   /** WAL bytes per payment, from a checkpoint on (full-page images included). */
   walBytes: number;
+  /** Blocks the payments read from outside shared buffers (page cache or disk), per payment. */
+  blocksRead: number;
+  /** Time spent in those reads (track_io_timing), ms per payment. */
+  readMs: number;
   otherCores: number;
   retries?: number;
   /** Each payment's latency (ms), for the tail over all rounds; not reported. */
@@ -260,6 +264,29 @@ async function claimWal(sql: postgres.Sql, eventId: string, tier: string): Promi
 }
 
 /**
+ * The blocks that `sql`'s role has read from outside shared buffers (the OS page cache or the
+ * disk) and the time those reads took (pg_stat_statements, track_io_timing), as a function that
+ * returns them since this call. Nothing else runs as that role during the measurement.
+ */
+async function backendReads(
+  sql: postgres.Sql,
+): Promise<() => Promise<{ blocks: number; ms: number }>> {
+  const read = async () => {
+    const [row] = await sql<{ blocks: string; ms: number }[]>`
+      select coalesce(sum(shared_blks_read), 0)::text as blocks,
+             coalesce(sum(blk_read_time), 0)::float8 as ms
+      from extensions.pg_stat_statements(false)
+      where userid = (select oid from pg_roles where rolname = current_user)`;
+    return { blocks: Number(row!.blocks), ms: row!.ms };
+  };
+  const start = await read();
+  return async () => {
+    const end = await read();
+    return { blocks: end.blocks - start.blocks, ms: end.ms - start.ms };
+  };
+}
+
+/**
  * `count` payments that arrive after their order's hold ran out (the late-payment path checks
  * the tier's room), one at a time through processWebhookEvent. Operation ids are random client
  * keys and each session names its PaymentIntent, as in production; WAL is what the payments
@@ -309,6 +336,7 @@ async function latePayments(
     select extensions.pg_prewarm(i.indexrelid::regclass, 'read') from pg_index i
     where i.indrelid in ('public.orders'::regclass, 'public.order_items'::regclass)`;
   const walSince = await walFromCheckpoint(bench.admin);
+  const readsSince = await backendReads(sql);
   const samples: number[] = [];
   const meter = await startMeter([], bench.postmasterPid);
   const started = performance.now();
@@ -337,11 +365,14 @@ async function latePayments(
   const seconds = (performance.now() - started) / 1000;
   const { otherCores } = await meter.stop();
   const walBytes = await walSince();
+  const reads = await readsSince();
   return {
     ...summarize(samples),
     samples,
     perSecond: round(orders.length / seconds, 1),
     walBytes: Math.round(walBytes / orders.length),
+    blocksRead: round(reads.blocks / orders.length, 2),
+    readMs: round(reads.ms / orders.length, 3),
     otherCores: round(otherCores, 3),
   };
 }

@@ -1300,6 +1300,7 @@ function historySection(r: Results): string[] {
     level === empty ? "–" : `${x(level.latePayment.p50 / empty.latePayment.p50)} / ` +
       x(level.latePayment.p99 / empty.latePayment.p99),
     int(level.latePayment.walBytes),
+    `${fmt(level.latePayment.blocksRead, 2)} / ${fmt(level.latePayment.readMs, 3)}`,
     int(level.disagreeingTiers),
     fmt(level.latePayment.otherCores, 2),
   ]);
@@ -1351,6 +1352,7 @@ function historySection(r: Results): string[] {
       "per second",
       "vs empty: p50 / p99",
       "WAL bytes per payment",
+      "reads outside shared buffers per payment: blocks / ms",
       "tiers whose counter disagrees",
       "other processes (cores)",
     ], late),

@@ -87,6 +87,8 @@ function historyLevel(orders: number, slower: number) {
       ...latency(1.5 * slower, 3 * slower),
       perSecond: 600,
       walBytes: 4_500,
+      blocksRead: 0.5,
+      readMs: 0.01,
       otherCores: 0.01,
     },
     buffersPerClaim: 80,
