@@ -140,16 +140,22 @@ export interface Cors {
 const ALLOWED_HEADERS = "authorization, x-client-info, apikey, content-type, idempotency-key";
 const EXPOSED_HEADERS = "Idempotent-Replayed, Retry-After";
 
-/** CORS headers for a request: the origin is echoed only when it is allowed. */
+/**
+ * CORS headers for a request: the origin is echoed only when it is allowed. What a browser may
+ * send (methods, headers, how long to remember it) is read from the preflight's answer only
+ * (Fetch standard, CORS-preflight fetch), so only the OPTIONS answer carries it.
+ */
 export function corsHeaders(cors: Cors, request: Request): Record<string, string> {
   const origin = request.headers.get("origin");
-  const headers: Record<string, string> = {
-    "access-control-allow-methods": "POST, OPTIONS",
-    "access-control-allow-headers": ALLOWED_HEADERS,
-    "access-control-expose-headers": EXPOSED_HEADERS,
-    "access-control-max-age": "600",
-    "vary": "Origin",
-  };
+  const headers: Record<string, string> = request.method === "OPTIONS"
+    ? {
+      "access-control-allow-methods": "POST, OPTIONS",
+      "access-control-allow-headers": ALLOWED_HEADERS,
+      "access-control-expose-headers": EXPOSED_HEADERS,
+      "access-control-max-age": "600",
+      "vary": "Origin",
+    }
+    : { "access-control-expose-headers": EXPOSED_HEADERS, "vary": "Origin" };
   if (origin && cors.allowedOrigins.has(origin)) headers["access-control-allow-origin"] = origin;
   return headers;
 }
