@@ -546,6 +546,8 @@ export interface PgbenchRun {
   pgbenchCpuMs: number;
   /** Cores used by other processes meanwhile. */
   otherCores: number;
+  /** Each transaction's latency (ms), when asked for (`keepSamples`); not reported. */
+  samples?: number[];
 }
 
 /**
@@ -563,6 +565,8 @@ export async function runPgbench(
     tag: string;
     variables?: Record<string, string>;
     mode?: "prepared" | "simple";
+    /** Return every transaction's latency too (`samples`). */
+    keepSamples?: boolean;
   },
 ): Promise<PgbenchRun> {
   const { dir, file, clients, tag } = options;
@@ -620,5 +624,6 @@ export async function runPgbench(
     postgresCpuMs: round(cpuMs / Math.max(1, latencies.length), 4),
     pgbenchCpuMs: round(pgbenchMs / Math.max(1, latencies.length), 4),
     otherCores: round(otherCores, 3),
+    ...(options.keepSamples ? { samples: latencies } : {}),
   };
 }

@@ -88,6 +88,7 @@ function pgbenchPoint(
   clients: number,
   seconds: number,
   tag: string,
+  keepSamples = false,
 ): Promise<PgbenchRun & { retries: number }> {
   return undisturbed((attempt) =>
     runPgbench(bench, {
@@ -97,6 +98,7 @@ function pgbenchPoint(
       seconds,
       tag: `${clients}-${tag}-${attempt}`,
       mode: "simple",
+      keepSamples,
     })
   );
 }
@@ -457,14 +459,33 @@ export async function historyBenchmark(
         for (const [, name] of targets) {
           for (const clients of options.clients) {
             const file = `claim-${orders}-${name}`;
-            const run = await pgbenchPoint(bench, dir, file, clients, options.seconds, `${round}`);
+            const run = await pgbenchPoint(
+              bench,
+              dir,
+              file,
+              clients,
+              options.seconds,
+              `${round}`,
+              true,
+            );
             progress(`history ${orders}: claims on ${name} × ${clients}: ${run.tps} tps`);
             rounds.set(`${name} ${clients}`, [...(rounds.get(`${name} ${clients}`) ?? []), run]);
           }
         }
       }
+      // Throughput and p50 from the median round; the tail from every round's claims together,
+      // as for late payments below: the p99 of one 4-second round at one client is its 30th
+      // slowest claim or so, which one stall of the shared cores or disk decides.
       const medians = (name: string) =>
-        options.clients.map((c) => median(rounds.get(`${name} ${c}`)!, (run) => run.tps));
+        options.clients.map((c) => {
+          const runs = rounds.get(`${name} ${c}`)!;
+          const { samples: _, ...run } = median(runs, (r) => r.tps);
+          const pooled = summarize(runs.flatMap((r) => r.samples ?? []));
+          return {
+            ...run,
+            latency: { ...run.latency, p90: pooled.p90, p99: pooled.p99, max: pooled.max },
+          };
+        });
       const claims = medians("fresh");
       const sold = top ? medians("sold") : null;
       // A claim's buffers and WAL are counted here, in the state its throughput was measured in

@@ -1325,9 +1325,10 @@ function historySection(r: Results): string[] {
     "so that autovacuum does not start inside some runs and not others. Claims " +
     `and late payments are measured ${h.rounds} times (claims interleaving tiers and client ` +
     "counts); " +
-    "each row is the median run, by throughput for claims and by p50 for late payments (whose " +
-    "p99 is over the payments of all runs together; before each run the indexes of orders and " +
-    "order_items are read into the OS page cache, not into shared buffers). " +
+    "each row is the median run, by throughput for claims and by p50 for late payments, with " +
+    "its p99 taken over the claims or payments of all runs together (before each run of late " +
+    "payments the indexes of orders and order_items are read into the OS page cache, not into " +
+    "shared buffers). " +
     "tests/capacity-history.test.ts asserts the buffer figure in `npm test`.",
     table(
       [
