@@ -146,7 +146,10 @@ export interface HistoryLevel {
 
 /** The history benchmark. */
 export interface HistoryResult {
-  /** Measurements per point (claims and late payments); each figure is the median one. */
+  /**
+   * Measurements per point (claims and late payments): throughput and p50 are the median
+   * round's, p90, p99 and max are over all rounds together.
+   */
   rounds: number;
   events: number;
   tiersPerEvent: number;
@@ -268,7 +271,9 @@ async function claimWal(sql: postgres.Sql, eventId: string, tier: string): Promi
 /**
  * The blocks that `sql`'s role has read from outside shared buffers (the OS page cache or the
  * disk) and the time those reads took (pg_stat_statements, track_io_timing), as a function that
- * returns them since this call. Nothing else runs as that role during the measurement.
+ * returns them since this call. Top-level statements only: a nested statement's reads are in its
+ * caller's (with pg_stat_statements.track = all they would count twice). Nothing else runs as
+ * that role during the measurement.
  */
 async function backendReads(
   sql: postgres.Sql,
@@ -278,7 +283,7 @@ async function backendReads(
       select coalesce(sum(shared_blks_read), 0)::text as blocks,
              coalesce(sum(blk_read_time), 0)::float8 as ms
       from extensions.pg_stat_statements(false)
-      where userid = (select oid from pg_roles where rolname = current_user)`;
+      where userid = (select oid from pg_roles where rolname = current_user) and toplevel`;
     return { blocks: Number(row!.blocks), ms: row!.ms };
   };
   const start = await read();
@@ -395,7 +400,7 @@ export async function historyBenchmark(
     clients: number[];
     seconds: number;
     latePayments: number;
-    /** Measurements per point; the median is kept. */
+    /** Measurements per point: the median round's throughput and p50, all rounds' tail. */
     rounds: number;
   },
 ): Promise<HistoryResult> {
@@ -444,8 +449,9 @@ export async function historyBenchmark(
       const tier = await createTier(bench, eventId, `Fresh at ${orders}`, 10_000_000);
       // Claims on each target tier (the level's fresh tier; at the top level the sold one too).
       // Rounds interleave the targets and the client counts; each point keeps its median round
-      // (by throughput), so that one disturbed run on the shared cores, or whatever else the
-      // database does meanwhile, does not make a figure alone.
+      // (by throughput) for claims/s and p50, and its tail from all rounds (below), so that one
+      // disturbed run on the shared cores, or whatever else the database does meanwhile, does
+      // not make a figure alone.
       const targets: [string, string][] = [[tier, "fresh"]];
       if (top) targets.push([soldTier, "sold"]);
       const rounds = new Map<string, PgbenchRun[]>();
@@ -604,7 +610,7 @@ export async function hotTierBenchmark(
     ["claim, 64 tiers", "spread"],
   ] as const;
   // Rounds interleave the statements and client counts, and each point keeps its median round
-  // (by throughput), as the history points do: one 5-second run on the shared cores moves by
+  // (by throughput), as the history points do for theirs: one 5-second run on the shared cores moves by
   // 5–10%, and the verdict is a ratio of two such runs.
   const runs = new Map<string, PgbenchRun[]>();
   try {

@@ -126,7 +126,6 @@ async function assertError(
   return body;
 }
 
-/** Asserts the CORS headers every response carries. */
 /** CORS headers that only a preflight's answer is read for (Fetch standard, CORS-preflight fetch). */
 const PREFLIGHT_ONLY_HEADERS = [
   "access-control-allow-methods",
@@ -134,6 +133,7 @@ const PREFLIGHT_ONLY_HEADERS = [
   "access-control-max-age",
 ];
 
+/** Asserts the CORS headers every response carries. */
 function assertCors(response: Response, why: string, origin: string | null = ALLOWED_ORIGIN) {
   assert.equal(response.headers.get("access-control-allow-origin"), origin, `${why}: allow-origin`);
   assert.match(response.headers.get("vary") ?? "", /(^|,)\s*Origin\s*(,|$)/i, `${why}: vary`);
