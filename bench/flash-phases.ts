@@ -108,6 +108,15 @@ function median<T>(runs: T[], key: (run: T) => number): T {
   return [...runs].sort((a, b) => key(a) - key(b))[Math.floor(runs.length / 2)]!;
 }
 
+/**
+ * p90, p99 and max over the samples of all `runs` together: the tail of one short run is a
+ * handful of its slowest samples, which one stall of the shared cores or disk decides.
+ */
+function pooledTail(runs: { samples?: number[] }[]): Pick<LatencySummary, "p90" | "p99" | "max"> {
+  const { p90, p99, max } = summarize(runs.flatMap((run) => run.samples ?? []));
+  return { p90, p99, max };
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. History
 // ---------------------------------------------------------------------------------------------
@@ -486,11 +495,7 @@ export async function historyBenchmark(
         options.clients.map((c) => {
           const runs = rounds.get(`${name} ${c}`)!;
           const { samples: _, ...run } = median(runs, (r) => r.tps);
-          const pooled = summarize(runs.flatMap((r) => r.samples ?? []));
-          return {
-            ...run,
-            latency: { ...run.latency, p90: pooled.p90, p99: pooled.p99, max: pooled.max },
-          };
+          return { ...run, latency: { ...run.latency, ...pooledTail(runs) } };
         });
       const claims = medians("fresh");
       const sold = top ? medians("sold") : null;
@@ -513,8 +518,7 @@ export async function historyBenchmark(
       // one round of 300 is its 4th slowest payment, which a single stall on the shared cores or
       // disk decides.
       const { samples: _, ...medianRound } = median(lateRounds, (run) => -run.p50);
-      const pooled = summarize(lateRounds.flatMap((run) => run.samples ?? []));
-      const late = { ...medianRound, p90: pooled.p90, p99: pooled.p99, max: pooled.max };
+      const late = { ...medianRound, ...pooledTail(lateRounds) };
       progress(`history ${orders}: late payments p50 ${late.p50.toFixed(2)} ms`);
       levels.push({
         orders,
@@ -610,8 +614,8 @@ export async function hotTierBenchmark(
     ["claim, 64 tiers", "spread"],
   ] as const;
   // Rounds interleave the statements and client counts, and each point keeps its median round
-  // (by throughput), as the history points do for theirs: one 5-second run on the shared cores moves by
-  // 5–10%, and the verdict is a ratio of two such runs.
+  // (by throughput), as the history points do for theirs: one 5-second run on the shared cores
+  // moves by 5–10%, and the verdict is a ratio of two such runs.
   const runs = new Map<string, PgbenchRun[]>();
   try {
     for (let round = 0; round < options.rounds; round++) {

@@ -147,15 +147,15 @@ const EXPOSED_HEADERS = "Idempotent-Replayed, Retry-After";
  */
 export function corsHeaders(cors: Cors, request: Request): Record<string, string> {
   const origin = request.headers.get("origin");
-  const headers: Record<string, string> = request.method === "OPTIONS"
-    ? {
-      "access-control-allow-methods": "POST, OPTIONS",
-      "access-control-allow-headers": ALLOWED_HEADERS,
-      "access-control-expose-headers": EXPOSED_HEADERS,
-      "access-control-max-age": "600",
-      "vary": "Origin",
-    }
-    : { "access-control-expose-headers": EXPOSED_HEADERS, "vary": "Origin" };
+  const headers: Record<string, string> = {
+    "access-control-expose-headers": EXPOSED_HEADERS,
+    "vary": "Origin",
+  };
+  if (request.method === "OPTIONS") {
+    headers["access-control-allow-methods"] = "POST, OPTIONS";
+    headers["access-control-allow-headers"] = ALLOWED_HEADERS;
+    headers["access-control-max-age"] = "600";
+  }
   if (origin && cors.allowedOrigins.has(origin)) headers["access-control-allow-origin"] = origin;
   return headers;
 }
